@@ -1,0 +1,230 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Load and save OpenVLA checkpoints in the Hugging Face layout, tensor by tensor.
+
+Layout: `config.json` (with `text_config` and `norm_stats`), `model.safetensors` or shards
+listed in `model.safetensors.index.json`, and the tokenizer files. The model is built on the
+meta device, allocated once in the target dtype and device, and every tensor is copied
+straight in: peak memory is the model in its target dtype plus one tensor (a 7B checkpoint
+loads in bf16 without an fp32 copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import json
+from pathlib import Path
+import shutil
+import time
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+import torch
+
+from .config import OpenVLAConfig
+from .errors import CheckpointError
+from .openvla import OpenVLA
+from .tokenizer import TOKENIZER_FILES
+from .vision import unused_tower_keys
+
+CONFIG = 'config.json'
+WEIGHTS = 'model.safetensors'
+INDEX = 'model.safetensors.index.json'
+DTYPES = {
+    'float32': torch.float32, 'fp32': torch.float32,
+    'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
+    'float16': torch.float16, 'fp16': torch.float16,
+}
+
+
+@dataclass
+class LoadReport:
+    files: list[str]
+    loaded: int = 0
+    skipped_unused: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f'unknown dtype {name!r}; use one of {sorted(DTYPES)}')
+    return DTYPES[name]
+
+
+def parse_device(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f'unknown device {name!r}; use "cpu" or "cuda[:N]"') from exc
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {name!r} requested but CUDA is not available here')
+    if device.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {name!r} is not supported; use "cpu" or "cuda[:N]"')
+    return device
+
+
+def read_config(path: str | Path) -> OpenVLAConfig:
+    path = _checkpoint_dir(path)
+    file = path / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f'{path}: missing {CONFIG} (the Hugging Face OpenVLA layout)')
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f'{file}: not valid JSON: {exc}') from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f'{file}: must hold a JSON object')
+    return OpenVLAConfig.from_dict(raw, source=str(file))
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """List the safetensors files of a checkpoint: the single file or every indexed shard."""
+    path = _checkpoint_dir(path)
+    if (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())['weight_map']
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f'{path / INDEX}: needs a "weight_map" object: {exc}') from exc
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+    elif (path / WEIGHTS).is_file():
+        files = [path / WEIGHTS]
+    else:
+        raise CheckpointError(f'{path}: no weights (expected {WEIGHTS} or {INDEX} with shards)')
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f'{file}: shard listed in {INDEX} is missing')
+    return files
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f'{path}: checkpoint directory does not exist')
+    return path
+
+
+def _known_unused(cfg: OpenVLAConfig) -> tuple[str, ...]:
+    """Checkpoint keys inference never reads: ViT tails and heads, cached rotary tables."""
+    prefixes = []
+    for name, tower in zip(('featurizer', 'fused_featurizer'), cfg.vision, strict=True):
+        prefixes += [f'vision_backbone.{name}.{k}' for k in unused_tower_keys(tower)]
+    return tuple(prefixes)
+
+
+def _our_name(key: str) -> str:
+    # timm 1.x names LayerScale's parameter `gamma`; OpenVLA's checkpoint calls it `scale_factor`.
+    if key.endswith('.gamma') and ('.ls1.' in key or '.ls2.' in key):
+        return key[: -len('gamma')] + 'scale_factor'
+    return key
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = 'cpu', dtype: str | torch.dtype = 'float32'
+) -> tuple[OpenVLA, LoadReport]:
+    """Build the model for `path` and fill it from its safetensors files."""
+    start = time.perf_counter()
+    cfg = read_config(path)
+    files = weight_files(path)
+    device, dtype = parse_device(device), parse_dtype(dtype)
+
+    with torch.device('meta'):
+        model = OpenVLA(cfg)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    targets = model.state_dict()
+    unused = _known_unused(cfg)
+    report = LoadReport(files=[str(f) for f in files])
+    filled: set[str] = set()
+    # safetensors reads straight to the GPU when asked; the copy casts to the target dtype.
+    read_device = str(device) if device.type == 'cuda' else 'cpu'
+    with torch.no_grad():
+        for file in files:
+            with safe_open(str(file), framework='pt', device=read_device) as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    name = _our_name(key)
+                    if name not in targets:
+                        if key.startswith(unused) or key.endswith('rotary_emb.inv_freq'):
+                            report.skipped_unused.append(key)
+                        else:
+                            report.unexpected.append(key)
+                        continue
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != tuple(targets[name].shape):
+                        raise CheckpointError(
+                            f'{file.name}: "{key}" has shape {list(shape)}, the config implies '
+                            f'{list(targets[name].shape)}'
+                        )
+                    targets[name].copy_(f.get_tensor(key))
+                    filled.add(name)
+    missing = [k for k in targets if k not in filled]
+    if missing:
+        raise CheckpointError(
+            f'{Path(path)}: {len(missing)} weights missing from {[f.name for f in files]}, e.g. '
+            f'{missing[:5]}'
+        )
+    report.loaded = len(filled)
+    report.seconds = time.perf_counter() - start
+    return model.eval(), report
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    cfg: OpenVLAConfig,
+    tokenizer_dir: str | Path | None = None,
+    dtype: str | torch.dtype | None = 'bfloat16',
+    max_shard_bytes: int = 5 * 1024**3,
+) -> Path:
+    """Write config.json, weights (sharded with an index past `max_shard_bytes`), tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cast = parse_dtype(dtype) if dtype is not None else None
+    tensors = {
+        k: (v.to(cast) if cast is not None and v.is_floating_point() else v)
+        .detach().to('cpu').contiguous()
+        for k, v in state_dict.items()
+    }
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    metadata = {'format': 'pt'}
+    for stale in [*out.glob('model*.safetensors'), out / INDEX]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(out / WEIGHTS), metadata=metadata)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f'model-{i:05d}-of-{len(shards):05d}.safetensors'
+            save_file(shard, str(out / name), metadata=metadata)
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {'metadata': {'total_size': total}, 'weight_map': weight_map}
+        (out / INDEX).write_text(json.dumps(index, indent=2) + '\n')
+    (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
+    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != out.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, out / name)
+    return out

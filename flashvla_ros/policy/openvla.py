@@ -1,0 +1,208 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The OpenVLA model (vision -> projector -> Llama) and the policy that turns frames into actions.
+
+    policy = load_policy('path/to/openvla-7b', device='cuda', dtype='bfloat16',
+                         unnorm_key='bridge_orig')
+    action = policy.predict(rgb, 'pick up the red block')   # action.values: 7 floats
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .actions import ActionCodec, NormStats
+from .config import OpenVLAConfig
+from .errors import CheckpointError, InputError, NonFiniteOutputError
+from .llama import Llama
+from .preprocess import check_rgb, preprocess
+from .tokenizer import SPACE
+from .vision import FusedProjector, FusedVisionBackbone
+
+PROMPT = 'In: What action should the robot take to {}?\nOut:'
+MAX_INSTRUCTION_CHARS = 1000
+
+
+class OpenVLA(nn.Module):
+    """Module tree and parameter names of the Hugging Face OpenVLA checkpoint."""
+
+    def __init__(self, cfg: OpenVLAConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision_backbone = FusedVisionBackbone(cfg)
+        self.projector = FusedProjector(cfg.vision_dim, cfg.text.hidden_size)
+        self.language_model = Llama(cfg.text)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 6, S, S] -> projected patch embeddings [B, N, llm_dim]."""
+        return self.projector(self.vision_backbone(pixels))
+
+
+@dataclass
+class Action:
+    """One policy step: un-normalised action, its tokens, timings, and per-step extras."""
+
+    values: np.ndarray  # [action_dim] float64, in the dataset's units (un-normalised)
+    normalized: np.ndarray  # [action_dim] in [-1, 1], as decoded from the bins
+    token_ids: list[int]
+    timings_ms: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class OpenVLAPolicy:
+    """Greedy OpenVLA inference on one frame at a time, with a preallocated KV cache."""
+
+    def __init__(
+        self,
+        model: OpenVLA,
+        tokenizer: Any,
+        unnorm_key: str | None = None,
+        center_crop: bool = False,
+        max_prompt_tokens: int = 128,
+    ) -> None:
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.unnorm_key, self.stats = NormStats.select(self.cfg.norm_stats, unnorm_key)
+        self.action_dim = self.stats.action_dim
+        self.codec = ActionCodec(vocab_size=tokenizer.vocab_size, n_bins=self.cfg.n_action_bins)
+        self.crop_area = 0.9 if center_crop else None
+        self.max_prompt_tokens = max_prompt_tokens
+        self.space_id = tokenizer.convert_tokens_to_ids(SPACE)
+        if self.codec.vocab_size > self.cfg.text.vocab_size:
+            raise CheckpointError(
+                f'tokenizer has {self.codec.vocab_size} tokens but the model embeds only '
+                f'{self.cfg.text.vocab_size}'
+            )
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        max_len = 1 + self.cfg.num_patches + max_prompt_tokens + self.action_dim
+        if max_len > self.cfg.text.max_position_embeddings:
+            raise CheckpointError(
+                f'{max_len} positions needed, model allows {self.cfg.text.max_position_embeddings}'
+            )
+        model.language_model.setup_cache(max_len)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    def prompt_ids(self, instruction: str) -> torch.Tensor:
+        """Token ids of OpenVLA's prompt, BOS first, ending in the empty '▁' token."""
+        if instruction in self._prompt_cache:
+            return self._prompt_cache[instruction]
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InputError('instruction is empty')
+        if len(instruction) > MAX_INSTRUCTION_CHARS:
+            raise InputError(
+                f'instruction is {len(instruction)} characters; '
+                f'the limit is {MAX_INSTRUCTION_CHARS}'
+            )
+        ids = list(self.tokenizer(PROMPT.format(instruction.strip().lower()))['input_ids'])
+        if ids[-1] != self.space_id:
+            ids.append(self.space_id)
+        if len(ids) > self.max_prompt_tokens:
+            raise InputError(
+                f'instruction makes a {len(ids)}-token prompt; '
+                f'the limit is {self.max_prompt_tokens}'
+            )
+        tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
+        if len(self._prompt_cache) > 64:
+            self._prompt_cache.clear()
+        self._prompt_cache[instruction] = tensor
+        return tensor
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray, instruction: str) -> Action:
+        t0 = time.perf_counter()
+        check_rgb(rgb)
+        ids = self.prompt_ids(instruction)
+        pixels = preprocess(rgb, self.cfg.image_size, self.crop_area)
+        pixels = pixels.to(self.device, self.dtype)
+        _sync(self.device)
+        t1 = time.perf_counter()
+
+        patches = self.model.encode_image(pixels)
+        _sync(self.device)
+        t2 = time.perf_counter()
+
+        llm = self.model.language_model
+        llm.reset_cache()
+        text = llm.embed(ids[None])
+        seq = torch.cat([text[:, :1], patches, text[:, 1:]], dim=1)
+        positions = torch.arange(seq.shape[1], device=self.device)
+        logits = llm(seq, positions)
+        tokens = [self._greedy(logits)]
+        _sync(self.device)
+        t3 = time.perf_counter()
+
+        next_pos = seq.shape[1]
+        for _ in range(self.action_dim - 1):
+            step = llm.embed(torch.tensor([[tokens[-1]]], device=self.device))
+            logits = llm(step, torch.tensor([next_pos], device=self.device))
+            tokens.append(self._greedy(logits))
+            next_pos += 1
+        t4 = time.perf_counter()
+
+        normalized = self.codec.decode(np.array(tokens))
+        values = self.stats.unnormalize(normalized)
+        if not np.isfinite(values).all():
+            raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
+        ms = {
+            'preprocess': t1 - t0, 'vision': t2 - t1, 'prefill': t3 - t2, 'decode': t4 - t3,
+            'total': t4 - t0,
+        }
+        return Action(
+            values=values,
+            normalized=normalized,
+            token_ids=tokens,
+            timings_ms={k: v * 1e3 for k, v in ms.items()},
+            info={
+                'prompt_tokens': int(ids.numel()),
+                'visual_tokens': int(patches.shape[1]),
+                'non_action_tokens': int((~self.codec.is_action_token(np.array(tokens))).sum()),
+            },
+        )
+
+    @staticmethod
+    def _greedy(logits: torch.Tensor) -> int:
+        if not torch.isfinite(logits).all():
+            raise NonFiniteOutputError('the language model produced NaN/inf logits')
+        return int(logits[0].argmax())
+
+
+def load_policy(
+    path: str,
+    device: str = 'cpu',
+    dtype: str = 'float32',
+    unnorm_key: str | None = None,
+    center_crop: bool = False,
+) -> OpenVLAPolicy:
+    """Load a local OpenVLA checkpoint directory and its tokenizer into a ready policy."""
+    from .checkpoint import load_model
+    from .tokenizer import load_tokenizer
+
+    model, _report = load_model(path, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(path)
+    return OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop)

@@ -1,0 +1,47 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Small OpenVLA-architecture configurations for tests, demos and training."""
+
+from __future__ import annotations
+
+from .config import OpenVLAConfig, TextConfig, ViTConfig
+
+# A 7-D action (xyz, rpy deltas, gripper), gripper not normalised: OpenVLA's layout.
+TINY_NORM_STATS = {
+    'mock_world': {
+        'action': {
+            'q01': [-0.05, -0.05, -0.05, -0.2, -0.2, -0.2, 0.0],
+            'q99': [0.05, 0.05, 0.05, 0.2, 0.2, 0.2, 1.0],
+            'mask': [True, True, True, True, True, True, False],
+        },
+    },
+}
+
+
+def tiny_config(vocab_size: int = 32064, pad_token_id: int = 32000) -> OpenVLAConfig:
+    """Return OpenVLA's shape at 224 px (256 visual tokens) with tiny widths, fast on CPU."""
+    dino = ViTConfig(embed_dim=64, depth=3, num_heads=4, mlp_dim=256, reg_tokens=4,
+                     layer_scale=True)
+    siglip = ViTConfig(embed_dim=72, depth=3, num_heads=4, mlp_dim=288, class_token=False,
+                       attn_pool=True)
+    text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=344,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=2048, pad_token_id=pad_token_id)
+    return OpenVLAConfig(
+        vision=(dino, siglip),
+        text=text,
+        norm_stats=TINY_NORM_STATS,
+        timm_model_ids=('flashvla_tiny_dinov2_reg4', 'flashvla_tiny_siglip'),
+    )

@@ -1,0 +1,58 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'flashvla_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    python_requires='>=3.10',
+    # A ROS workspace gets these through rosdep (package.xml); pip users get them here.
+    install_requires=[
+        'numpy',
+        'torch',
+        'transformers>=5',
+        'tokenizers',
+        'safetensors',
+        'pyyaml',
+        'opencv-python-headless',
+    ],
+    extras_require={
+        # Oracles and tools for the test suite only: the runtime never imports them.
+        'test': ['pytest', 'pillow', 'ruff'],
+    },
+    zip_safe=True,
+    maintainer='flashvla_ros maintainers',
+    maintainer_email='maintainers@flashvla-ros.dev',
+    description='Real-time, training-free accelerated VLA policies for ROS 2.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'flashvla-make-tiny = flashvla_ros.tools.make_tiny:main',
+            'flashvla-predict = flashvla_ros.tools.predict:main',
+            'flashvla-demo = flashvla_ros.tools.demo:main',
+        ],
+    },
+)

@@ -1,0 +1,32 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Shared fixtures: one tiny checkpoint per session, written by the real make-tiny code."""
+
+from pathlib import Path
+
+import pytest
+
+from flashvla_ros.policy import load_policy
+from flashvla_ros.tools.make_tiny import make_tiny
+
+
+@pytest.fixture(scope='session')
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp('tiny') / 'openvla-tiny', seed=0, dtype='float32')
+
+
+@pytest.fixture(scope='session')
+def tiny_policy(tiny_dir):
+    return load_policy(str(tiny_dir))
