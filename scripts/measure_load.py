@@ -73,7 +73,7 @@ print(json.dumps({'dtype': sys.argv[2], 'seconds': round(dt, 2), 'weights_mb': r
 
 
 def synthetic(out: Path) -> Path:
-    """OpenVLA's real DINOv2-L + SigLIP-so400m towers with a 1 B Llama, random bf16."""
+    """Write OpenVLA's real DINOv2-L + SigLIP-so400m towers with a 1 B Llama, random bf16."""
     cfg = OpenVLAConfig.from_dict({
         'timm_model_ids': ['vit_large_patch14_reg4_dinov2.lvd142m',
                            'vit_so400m_patch14_siglip_224'],
