@@ -1,0 +1,310 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The real-time core: an inference worker thread and a fixed-rate control tick that never waits.
+
+Data flow: the camera callback drops the newest frame into a one-slot mailbox (an unread frame
+that gets replaced counts as dropped). The worker takes the newest frame whenever the action
+queue runs dry, runs the policy, and queues the resulting chunk. Each control tick pops one
+action, passes it through the safety limits and returns it as the command to publish.
+
+Faults (no instruction, stale camera, worker error or death) produce exactly one hold command,
+then silence until the fault clears: the robot is never fed a repeated old command. A tick
+with a healthy pipeline and an empty queue (inference slower than the control rate) publishes
+nothing and is counted as starved.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..policy.errors import InputError, NonFiniteOutputError
+from .safety import GRIPPER, SafetyLimits
+
+
+class Policy(Protocol):
+    def predict(self, rgb: np.ndarray, instruction: str) -> Any: ...
+
+
+@dataclass
+class QueuedAction:
+    values: np.ndarray  # raw policy output, before the safety limits
+    frame_time: float  # arrival time of the frame it was computed from
+    episode: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Tick:
+    """What one control tick decided. `command` is None when nothing is to be published."""
+
+    kind: str  # 'action', 'hold', 'idle' (fault already reported) or 'starved'
+    command: np.ndarray | None = None
+    raw: np.ndarray | None = None
+    remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
+    fault: str = ''
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    dropped_frames: int = 0
+    stale_frames: int = 0
+    rejected_inputs: int = 0
+    nonfinite_outputs: int = 0
+    worker_errors: int = 0
+    inferences: int = 0
+    discarded_results: int = 0
+    stale_actions: int = 0
+    clamped_values: int = 0
+    commands: int = 0
+    holds: int = 0
+    starved_ticks: int = 0
+
+
+class RateMeter:
+    """Events per second over a sliding window of timestamps."""
+
+    def __init__(self, window: int = 100) -> None:
+        self.times: deque[float] = deque(maxlen=window)
+
+    def mark(self, t: float) -> None:
+        self.times.append(t)
+
+    def rate(self) -> float:
+        if len(self.times) < 2 or self.times[-1] == self.times[0]:
+            return 0.0
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+
+
+class PolicyRunner:
+    def __init__(
+        self,
+        policy: Policy,
+        limits: SafetyLimits,
+        max_image_age_s: float,
+        max_action_age_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.limits = limits
+        self.max_image_age_s = max_image_age_s
+        self.max_action_age_s = max_action_age_s
+        self.clock = clock
+        self.counters = Counters()
+        self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.inference_rate = RateMeter()
+        self.control_rate = RateMeter()
+        self.last_error = ''
+        self.last_info: dict[str, Any] = {}
+        self._lock = threading.Condition()
+        self._frame: tuple[np.ndarray, float] | None = None  # newest unread frame
+        self._last_frame_time: float | None = None
+        self._instruction = ''
+        self._episode = 0
+        self._queue: deque[QueuedAction] = deque()
+        self._busy = False
+        self._error = ''  # set by the worker on failure, cleared by its next success
+        self._fault = ''
+        self._last_gripper: float | None = None
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    # -- inputs (any thread) -------------------------------------------------------------
+
+    def submit_frame(self, rgb: np.ndarray) -> None:
+        now = self.clock()
+        with self._lock:
+            self.counters.frames += 1
+            if self._frame is not None:
+                self.counters.dropped_frames += 1
+            self._frame = (rgb, now)
+            self._last_frame_time = now
+            self._lock.notify_all()
+
+    def reject_input(self, reason: str) -> None:
+        """Count an input the ROS layer could not decode (bad encoding, corrupt JPEG...)."""
+        with self._lock:
+            self.counters.rejected_inputs += 1
+            self.last_error = reason
+
+    def set_instruction(self, text: str) -> bool:
+        """Change the task; a different instruction starts a new episode. Returns True then."""
+        text = text.strip()
+        with self._lock:
+            if text == self._instruction:
+                return False
+            self._instruction = text
+            self._episode += 1
+            self._queue.clear()
+            self._last_gripper = None
+            reset = getattr(self.policy, 'reset', None)
+            if callable(reset):
+                reset()
+            self._lock.notify_all()
+            return True
+
+    @property
+    def instruction(self) -> str:
+        return self._instruction
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._work, name='flashvla-inference', daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._running = False
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wanted(self) -> bool:
+        return bool(self._frame is not None and self._instruction and not self._queue)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and not self._wanted():
+                    self._lock.wait(0.1)
+                if not self._running:
+                    return
+                (rgb, frame_time), self._frame = self._frame, None
+                instruction, episode = self._instruction, self._episode
+                if self.clock() - frame_time > self.max_image_age_s:
+                    self.counters.stale_frames += 1
+                    continue
+                self._busy = True
+            self._infer(rgb, frame_time, instruction, episode)
+
+    def _infer(self, rgb: np.ndarray, frame_time: float, instruction: str, episode: int) -> None:
+        error, action = '', None
+        start = time.perf_counter()
+        try:
+            action = self.policy.predict(rgb, instruction)
+            values = np.atleast_2d(np.asarray(action.values, dtype=np.float64))
+            if not np.isfinite(values).all():
+                raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
+        except InputError as exc:
+            with self._lock:
+                self.counters.rejected_inputs += 1
+                self.last_error = str(exc)
+                self._busy = False
+            return
+        except NonFiniteOutputError as exc:
+            error = f'non-finite model output: {exc}'
+            self.counters.nonfinite_outputs += 1
+        except Exception as exc:
+            error = f'inference failed: {type(exc).__name__}: {exc}'
+            self.counters.worker_errors += 1
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        with self._lock:
+            self._busy = False
+            self._error = error
+            if error:
+                self.last_error = error
+                return
+            self.counters.inferences += 1
+            self.latencies_ms.append(elapsed_ms)
+            self.inference_rate.mark(time.monotonic())
+            self.last_info = dict(getattr(action, 'info', {}) or {})
+            if episode != self._episode:  # the instruction changed meanwhile
+                self.counters.discarded_results += 1
+                return
+            self._queue.extend(QueuedAction(v, frame_time, episode, self.last_info) for v in values)
+
+    # -- control tick (timer thread; never blocks on inference) ---------------------------
+
+    def fault(self, now: float) -> str:
+        """Return why commanding must stop now, or '' when the pipeline is healthy."""
+        if not self._instruction:
+            return 'no instruction'
+        if self._last_frame_time is None:
+            return 'no camera frame yet'
+        age = now - self._last_frame_time
+        if age > self.max_image_age_s:
+            return f'camera stale: newest frame is {age:.2f} s old'
+        if not self.worker_alive:
+            return 'inference worker is not running'
+        if self._error:
+            return self._error
+        return ''
+
+    def tick(self) -> Tick:
+        now = self.clock()
+        with self._lock:
+            fault = self.fault(now)
+            if fault:
+                self._queue.clear()
+                if fault == self._fault:
+                    return Tick('idle', fault=fault)
+                self._fault = fault
+                self.counters.holds += 1
+                return Tick('hold', command=self.limits.hold(self._last_gripper), fault=fault)
+            self._fault = ''
+            while self._queue and now - self._queue[0].frame_time > self.max_action_age_s:
+                self._queue.popleft()
+                self.counters.stale_actions += 1
+            if not self._queue:
+                self.counters.starved_ticks += 1
+                self._lock.notify_all()
+                return Tick('starved')
+            item = self._queue.popleft()
+            remaining = [self.limits.apply(q.values)[0] for q in self._queue]
+            if not self._queue:
+                self._lock.notify_all()  # wake the worker: the next frame is needed now
+        command, clamped = self.limits.apply(item.values)
+        self.counters.clamped_values += clamped
+        self.counters.commands += 1
+        self._last_gripper = float(command[GRIPPER])
+        self.control_rate.mark(time.monotonic())
+        return Tick('action', command=command, raw=item.values, remaining=remaining)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        with self._lock:
+            fault = self.fault(self.clock())
+            return {
+                'fault': fault,
+                'instruction': self._instruction,
+                'episode': self._episode,
+                'queue': len(self._queue),
+                'busy': self._busy,
+                'latency_p50_ms': float(np.percentile(lat, 50)),
+                'latency_p99_ms': float(np.percentile(lat, 99)),
+                'inference_hz': self.inference_rate.rate(),
+                'command_hz': self.control_rate.rate(),
+                'last_error': self.last_error,
+                **vars(self.counters),
+            }

@@ -1,0 +1,199 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The policy node's parameters: one table, one typed config, one loader.
+
+The table is the single source of truth: the ROS node declares every entry with its
+description, range and read-only flag; `config/policy.yaml` sets the same names; the
+validators here reject bad values with a reason, at load and for live changes alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ACTION_DIM = 7
+OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
+ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+PARAMS: tuple[Param, ...] = (
+    Param('model', '', 'Checkpoint directory (Hugging Face OpenVLA layout); empty = the '
+          'embedded default model.', read_only=True),
+    Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
+    Param('dtype', 'float32', 'Weights dtype.', read_only=True,
+          choices=('float32', 'bfloat16', 'float16')),
+    Param('unnorm_key', '', 'Dataset statistics used to un-normalise actions; empty = the '
+          "checkpoint's only one.", read_only=True),
+    Param('center_crop', False, 'Crop the central 90% of the image area first (LIBERO).',
+          read_only=True),
+    Param('autostart', True, 'Configure and activate the lifecycle node at start-up.',
+          read_only=True),
+    Param('image_transport', 'raw', 'Camera input: raw (sensor_msgs/Image on image_raw) or '
+          'compressed (sensor_msgs/CompressedImage on image_raw/compressed).', read_only=True,
+          choices=('raw', 'compressed')),
+    Param('instruction', '', 'Task instruction; the instruction topic overrides it. A change '
+          'resets the episode.'),
+    Param('control_rate_hz', 10.0, 'Rate of the control tick that publishes commands, Hz.',
+          read_only=True, low=0.5, high=500.0),
+    Param('max_image_age_s', 0.5, 'Newest frame older than this (by arrival): hold and stop '
+          'commanding; such frames are never inferred on, s.', low=0.01, high=10.0),
+    Param('max_action_age_s', 1.0, 'Queued actions computed from frames older than this are '
+          'dropped, s.', low=0.01, high=10.0),
+    Param('outputs', ['twist', 'array', 'gripper', 'raw'], f'Which command outputs to publish, '
+          f'any of {list(OUTPUTS)}.', read_only=True, choices=OUTPUTS),
+    Param('command_frame_id', 'base_link', 'frame_id of TwistStamped commands (the frame the '
+          'policy\'s end-effector deltas are expressed in).'),
+    Param('action_scale', [1.0] * ACTION_DIM, 'Per-dimension factor applied to the policy '
+          'action before clamping.', low=-100.0, high=100.0),
+    Param('action_lower', [-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 0.0], 'Per-dimension '
+          'lower command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
+    Param('action_upper', [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0], 'Per-dimension upper '
+          'command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
+    Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
+          'action dimension).', read_only=True),
+)
+PARAM_BY_NAME = {p.name: p for p in PARAMS}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    model: str
+    device: str
+    dtype: str
+    unnorm_key: str
+    center_crop: bool
+    autostart: bool
+    image_transport: str
+    instruction: str
+    control_rate_hz: float
+    max_image_age_s: float
+    max_action_age_s: float
+    outputs: tuple[str, ...]
+    command_frame_id: str
+    action_scale: tuple[float, ...]
+    action_lower: tuple[float, ...]
+    action_upper: tuple[float, ...]
+    joint_names: tuple[str, ...]
+
+    @property
+    def control_period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+
+assert [f.name for f in fields(NodeConfig)] == [p.name for p in PARAMS]
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Return why `value` is not acceptable for parameter `name`, or None when it is."""
+    spec = PARAM_BY_NAME.get(name)
+    if spec is None:
+        return f'unknown parameter {name!r}'
+    default = spec.default
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f'{name} must be true or false'
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'{name} must be a number'
+        return _check_number(spec, float(value))
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            return f'{name} must be a string'
+        if spec.choices and value not in spec.choices:
+            return f'{name} is {value!r}; choose one of {list(spec.choices)}'
+        return None
+    # Lists: numbers or strings, one entry per action dimension unless they are choices.
+    if not isinstance(value, (list, tuple)):
+        return f'{name} must be a list'
+    if isinstance(default[0], str):
+        if not all(isinstance(v, str) for v in value):
+            return f'{name} must be a list of strings'
+        if spec.choices:
+            bad = [v for v in value if v not in spec.choices]
+            if bad or not value:
+                return f'{name} has {bad or "no entries"}; allowed: {list(spec.choices)}'
+            return None
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return f'{name} must be a list of numbers'
+    if len(value) != ACTION_DIM:
+        return f'{name} needs {ACTION_DIM} entries (one per action dimension), got {len(value)}'
+    if not isinstance(default[0], str):
+        for v in value:
+            reason = _check_number(spec, float(v))
+            if reason:
+                return reason
+    return None
+
+
+def _check_number(spec: Param, v: float) -> str | None:
+    if not math.isfinite(v):
+        return f'{spec.name} must be finite, got {v}'
+    if spec.low is not None and not spec.low <= v <= spec.high:
+        return f'{spec.name} = {v} is outside [{spec.low}, {spec.high}]'
+    return None
+
+
+def check_config(values: dict[str, Any]) -> str | None:
+    """Return why a complete set of values is inconsistent, or None."""
+    for name, value in values.items():
+        reason = check_value(name, value)
+        if reason:
+            return reason
+    lower, upper = values['action_lower'], values['action_upper']
+    bad = [i for i in range(ACTION_DIM) if lower[i] > upper[i]]
+    if bad:
+        return f'action_lower > action_upper in dimensions {bad}'
+    return None
+
+
+def build_config(values: dict[str, Any]) -> NodeConfig:
+    """Turn a name -> value mapping (defaults filled in) into a validated NodeConfig."""
+    unknown = sorted(set(values) - set(PARAM_BY_NAME))
+    if unknown:
+        raise ValueError(f'unknown parameters {unknown}; known: {sorted(PARAM_BY_NAME)}')
+    merged = {p.name: values.get(p.name, p.default) for p in PARAMS}
+    reason = check_config(merged)
+    if reason:
+        raise ValueError(reason)
+    return NodeConfig(**{
+        k: tuple(v) if isinstance(v, list) else float(v) if isinstance(PARAM_BY_NAME[k].default,
+                                                                         float) else v
+        for k, v in merged.items()
+    })
+
+
+def load_yaml(path: str | Path, node_name: str = 'policy_node') -> NodeConfig:
+    """Read a ROS parameter file (`node: ros__parameters: {...}`) into a NodeConfig."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    section = data.get(node_name, data.get(f'/{node_name}', data.get('/**', {})))
+    params = dict((section or {}).get('ros__parameters', {}))
+    params.pop('use_sim_time', None)
+    return build_config(params)

@@ -1,0 +1,239 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The control core: worker + tick, faults, holds, limits, counters (no ROS)."""
+
+from dataclasses import dataclass, field
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from flashvla_ros.control.runner import PolicyRunner
+from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.policy.errors import InputError
+
+LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
+FRAME = np.zeros((32, 32, 3), np.uint8)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Result:
+    values: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+class ScriptedPolicy:
+    """Stands in for the model: returns queued outcomes in order (arrays or exceptions)."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.resets = 0
+
+    def predict(self, rgb, instruction):
+        self.gate.wait()
+        self.calls += 1
+        out = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(out, Exception):
+            raise out
+        return Result(np.asarray(out, dtype=float))
+
+    def reset(self):
+        self.resets += 1
+
+
+def wait_for(predicate, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.002)
+    raise AssertionError('condition not reached')
+
+
+@pytest.fixture
+def make_runner():
+    runners = []
+
+    def make(policy, clock=None):
+        r = PolicyRunner(policy, LIMITS, max_image_age_s=0.5, max_action_age_s=1.0,
+                         clock=clock or Clock())
+        r.start()
+        runners.append(r)
+        return r
+
+    yield make
+    for r in runners:
+        r.stop()
+
+
+def next_action(runner):
+    wait_for(lambda: runner.status()['queue'] > 0)
+    return runner.tick()
+
+
+def test_actions_flow_and_are_clamped(make_runner):
+    runner = make_runner(ScriptedPolicy([0.01, -0.2, 0, 0, 0, 0, 0.7]))
+    runner.set_instruction('pick up the cup')
+    runner.submit_frame(FRAME)
+    tick = next_action(runner)
+    assert tick.kind == 'action'
+    assert tick.command.tolist() == [0.01, -0.05, 0, 0, 0, 0, 0.7]
+    assert tick.raw.tolist() == [0.01, -0.2, 0, 0, 0, 0, 0.7]
+    assert runner.counters.clamped_values == 1
+    assert runner.tick().kind == 'starved'  # the queue is empty until the next inference
+
+
+def test_no_instruction_holds_once_then_stays_silent(make_runner):
+    runner = make_runner(ScriptedPolicy([0.0] * 7))
+    runner.submit_frame(FRAME)
+    first, second = runner.tick(), runner.tick()
+    assert first.kind == 'hold' and first.fault == 'no instruction'
+    assert first.command.tolist() == [0.0] * 7
+    assert second.kind == 'idle' and second.command is None
+
+
+def test_stale_camera_holds_with_last_gripper_and_recovers(make_runner):
+    clock = Clock()
+    policy = ScriptedPolicy([0.01, 0, 0, 0, 0, 0, 1.0])
+    runner = make_runner(policy, clock)
+    runner.set_instruction('pick up the cup')
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    clock.t += 0.6  # no frame for longer than max_image_age_s
+    hold = runner.tick()
+    assert hold.kind == 'hold' and 'camera stale' in hold.fault
+    assert hold.command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]  # keeps the grasp
+    assert runner.tick().kind == 'idle'
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    assert runner.counters.holds == 1
+
+
+def test_frames_older_than_the_limit_are_never_inferred(make_runner):
+    clock = Clock()
+    policy = ScriptedPolicy([0.0] * 7)
+    policy.gate.clear()
+    runner = make_runner(policy, clock)
+    runner.submit_frame(FRAME)  # arrives before any instruction: waits in the mailbox
+    clock.t += 1.0
+    runner.set_instruction('push the cup')
+    policy.gate.set()
+    wait_for(lambda: runner.counters.stale_frames == 1)
+    assert policy.calls == 0
+
+
+def test_frames_arriving_while_busy_replace_each_other(make_runner):
+    policy = ScriptedPolicy([0.0] * 7)
+    policy.gate.clear()
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.status()['busy'])
+    for _ in range(5):
+        runner.submit_frame(FRAME)
+    assert runner.counters.dropped_frames == 4
+    # The control tick answers while inference is stuck (it would deadlock otherwise).
+    ticker = threading.Thread(target=runner.tick)
+    ticker.start()
+    ticker.join(2.0)
+    assert not ticker.is_alive()
+    policy.gate.set()
+
+
+def test_worker_errors_hold_and_recover(make_runner):
+    policy = ScriptedPolicy(RuntimeError('CUDA out of memory'), [0.01] + [0.0] * 6)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.counters.worker_errors == 1)
+    hold = runner.tick()
+    assert hold.kind == 'hold' and 'CUDA out of memory' in hold.fault
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+
+
+def test_nonfinite_output_never_reaches_the_robot(make_runner):
+    policy = ScriptedPolicy([np.nan] + [0.0] * 6)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.counters.nonfinite_outputs == 1)
+    tick = runner.tick()
+    assert tick.kind == 'hold' and np.isfinite(tick.command).all()
+    assert runner.counters.commands == 0
+
+
+def test_rejected_inputs_are_counted_without_fault(make_runner):
+    policy = ScriptedPolicy(InputError('image must be uint8'), [0.0] * 7)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.counters.rejected_inputs == 1)
+    assert runner.status()['fault'] == ''
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+
+
+def test_instruction_change_discards_in_flight_result(make_runner):
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    policy.gate.clear()
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.status()['busy'])
+    assert runner.set_instruction('move to the red block')
+    assert not runner.set_instruction('move to the red block')  # same text: same episode
+    policy.gate.set()
+    wait_for(lambda: runner.counters.discarded_results == 1)
+    assert runner.status()['queue'] == 0 and policy.resets == 2
+
+
+def test_dead_worker_is_a_fault(make_runner):
+    runner = make_runner(ScriptedPolicy([0.0] * 7))
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    runner.stop()
+    tick = runner.tick()
+    assert tick.kind == 'hold' and tick.fault == 'inference worker is not running'
+
+
+def test_with_the_real_tiny_policy(make_runner, tiny_policy):
+    from flashvla_ros.sim.tasks import Episode
+
+    ep = Episode(3)
+    runner = PolicyRunner(tiny_policy, LIMITS, 5.0, 5.0)
+    runner.start()
+    try:
+        runner.set_instruction(ep.instruction)
+        runner.submit_frame(ep.observe())
+        tick = next_action(runner)
+    finally:
+        runner.stop()
+    expected = tiny_policy.predict(ep.observe(), ep.instruction).values
+    assert tick.raw.tolist() == expected.tolist()
+    assert ((tick.command >= LIMITS.lower) & (tick.command <= LIMITS.upper)).all()
+    assert runner.status()['latency_p50_ms'] > 0
