@@ -49,6 +49,7 @@ class Policy(Protocol):
 class QueuedAction:
     values: np.ndarray  # raw policy output, before the safety limits
     frame_time: float  # arrival time of the frame it was computed from
+    capture_time: float  # the frame's own timestamp (camera clock)
     episode: int
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +96,13 @@ class RateMeter:
             return 0.0
         return (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
+    def jitter_ms(self) -> tuple[float, float]:
+        """Standard deviation and largest deviation of the intervals from their mean, ms."""
+        if len(self.times) < 3:
+            return 0.0, 0.0
+        d = np.diff(np.array(self.times))
+        return float(d.std() * 1e3), float(np.abs(d - d.mean()).max() * 1e3)
+
 
 class PolicyRunner:
     def __init__(
@@ -112,12 +120,14 @@ class PolicyRunner:
         self.clock = clock
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.e2e_ms: deque[float] = deque(maxlen=500)  # frame capture -> command
         self.inference_rate = RateMeter()
         self.control_rate = RateMeter()
+        self.tick_rate = RateMeter(window=200)
         self.last_error = ''
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Condition()
-        self._frame: tuple[np.ndarray, float] | None = None  # newest unread frame
+        self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
         self._last_frame_time: float | None = None
         self._instruction = ''
         self._episode = 0
@@ -131,13 +141,14 @@ class PolicyRunner:
 
     # -- inputs (any thread) -------------------------------------------------------------
 
-    def submit_frame(self, rgb: np.ndarray) -> None:
+    def submit_frame(self, rgb: np.ndarray, capture_time: float | None = None) -> None:
+        """Offer the newest frame; `capture_time` is its own stamp (defaults to arrival)."""
         now = self.clock()
         with self._lock:
             self.counters.frames += 1
             if self._frame is not None:
                 self.counters.dropped_frames += 1
-            self._frame = (rgb, now)
+            self._frame = (rgb, now, now if capture_time is None else capture_time)
             self._last_frame_time = now
             self._lock.notify_all()
 
@@ -198,15 +209,16 @@ class PolicyRunner:
                     self._lock.wait(0.1)
                 if not self._running:
                     return
-                (rgb, frame_time), self._frame = self._frame, None
+                (rgb, frame_time, capture_time), self._frame = self._frame, None
                 instruction, episode = self._instruction, self._episode
                 if self.clock() - frame_time > self.max_image_age_s:
                     self.counters.stale_frames += 1
                     continue
                 self._busy = True
-            self._infer(rgb, frame_time, instruction, episode)
+            self._infer(rgb, (frame_time, capture_time), instruction, episode)
 
-    def _infer(self, rgb: np.ndarray, frame_time: float, instruction: str, episode: int) -> None:
+    def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
+               episode: int) -> None:
         error, action = '', None
         start = time.perf_counter()
         try:
@@ -240,7 +252,8 @@ class PolicyRunner:
             if episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return
-            self._queue.extend(QueuedAction(v, frame_time, episode, self.last_info) for v in values)
+            info = self.last_info
+            self._queue.extend(QueuedAction(v, *times, episode, info) for v in values)
 
     # -- control tick (timer thread; never blocks on inference) ---------------------------
 
@@ -261,6 +274,7 @@ class PolicyRunner:
 
     def tick(self) -> Tick:
         now = self.clock()
+        self.tick_rate.mark(time.monotonic())
         with self._lock:
             fault = self.fault(now)
             if fault:
@@ -287,12 +301,15 @@ class PolicyRunner:
         self.counters.commands += 1
         self._last_gripper = float(command[GRIPPER])
         self.control_rate.mark(time.monotonic())
+        self.e2e_ms.append((now - item.capture_time) * 1e3)
         return Tick('action', command=command, raw=item.values, remaining=remaining)
 
     # -- reporting -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        e2e = np.array(self.e2e_ms) if self.e2e_ms else np.zeros(1)
+        jitter_std, jitter_max = self.tick_rate.jitter_ms()
         with self._lock:
             fault = self.fault(self.clock())
             return {
@@ -303,6 +320,11 @@ class PolicyRunner:
                 'busy': self._busy,
                 'latency_p50_ms': float(np.percentile(lat, 50)),
                 'latency_p99_ms': float(np.percentile(lat, 99)),
+                'frame_to_command_p50_ms': float(np.percentile(e2e, 50)),
+                'frame_to_command_p99_ms': float(np.percentile(e2e, 99)),
+                'tick_hz': self.tick_rate.rate(),
+                'tick_jitter_std_ms': jitter_std,
+                'tick_jitter_max_ms': jitter_max,
                 'inference_hz': self.inference_rate.rate(),
                 'command_hz': self.control_rate.rate(),
                 'last_error': self.last_error,

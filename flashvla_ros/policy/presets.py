@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import OpenVLAConfig, TextConfig, ViTConfig
 
 # A 7-D action (xyz, rpy deltas, gripper), gripper not normalised: OpenVLA's layout.
@@ -45,3 +47,8 @@ def tiny_config(vocab_size: int = 32064, pad_token_id: int = 32000) -> OpenVLACo
         norm_stats=TINY_NORM_STATS,
         timm_model_ids=('flashvla_tiny_dinov2_reg4', 'flashvla_tiny_siglip'),
     )
+
+
+def default_model_dir() -> Path:
+    """Where the embedded default checkpoint lives inside the installed package."""
+    return Path(__file__).resolve().parent.parent / 'models' / 'default'
