@@ -55,6 +55,7 @@ setup(
             'flashvla-demo = flashvla_ros.tools.demo:main',
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',
+            'flashvla-bag = flashvla_ros.ros.bag:main',
         ],
     },
 )

@@ -183,11 +183,15 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     reason = check_config(merged)
     if reason:
         raise ValueError(reason)
-    return NodeConfig(**{
-        k: tuple(v) if isinstance(v, list) else float(v) if isinstance(PARAM_BY_NAME[k].default,
-                                                                         float) else v
-        for k, v in merged.items()
-    })
+    return NodeConfig(**{k: _typed(k, v) for k, v in merged.items()})
+
+
+def _typed(name: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(PARAM_BY_NAME[name].default, float):
+        return float(value)
+    return value
 
 
 def load_yaml(path: str | Path, node_name: str = 'policy_node') -> NodeConfig:

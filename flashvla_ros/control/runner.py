@@ -97,7 +97,7 @@ class RateMeter:
         return (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
     def jitter_ms(self) -> tuple[float, float]:
-        """Standard deviation and largest deviation of the intervals from their mean, ms."""
+        """Return the std and the largest deviation of the intervals from their mean, ms."""
         if len(self.times) < 3:
             return 0.0, 0.0
         d = np.diff(np.array(self.times))

@@ -35,10 +35,20 @@ from ..policy.tokenizer import (
 from ..policy.vision import Block
 
 INIT_STD = 0.02
+MIXING_STD = 0.15
+ACTION_STD = 1.0
 
 
-def random_model(cfg: OpenVLAConfig, seed: int) -> OpenVLA:
-    """GPT-2 style init (normal 0.02 weights, zero biases, unit norms), seeded."""
+def random_model(cfg: OpenVLAConfig, seed: int, action_vocab: int = 32000) -> OpenVLA:
+    """
+    Seeded random init: normal weights, zero biases, unit norms.
+
+    At GPT-2's 0.02 a tiny random VLA gives the same tokens for every input (near-uniform
+    attention washes the image out), so the projector and decoder matrices get 0.15 and the
+    output rows of the action tokens (the last 256 of the `action_vocab` base vocabulary)
+    1.0: the random model then answers with action tokens that depend on the image and the
+    instruction, as a trained VLA does.
+    """
     torch.manual_seed(seed)
     model = OpenVLA(cfg)
     for name, p in model.named_parameters():
@@ -47,8 +57,13 @@ def random_model(cfg: OpenVLAConfig, seed: int) -> OpenVLA:
         elif p.ndim == 1:
             is_norm = 'norm' in name
             nn.init.constant_(p, 1.0 if is_norm and name.endswith('weight') else 0.0)
-        else:
+        elif name.startswith('vision_backbone') or 'embed_tokens' in name:
             nn.init.normal_(p, std=INIT_STD)
+        else:
+            nn.init.normal_(p, std=MIXING_STD)
+    with torch.no_grad():
+        first = action_vocab - cfg.n_action_bins
+        nn.init.normal_(model.language_model.lm_head.weight[first:action_vocab], std=ACTION_STD)
     return model
 
 
@@ -82,7 +97,8 @@ def _attn_pool(prefix: str, tower: ViTConfig, rand) -> dict[str, torch.Tensor]:
     return {prefix + k: rand(*s) for k, s in shapes.items()}
 
 
-def make_tiny(out: Path, seed: int = 0, dtype: str = 'bfloat16') -> Path:
+def make_tiny(out: str | Path, seed: int = 0, dtype: str = 'bfloat16') -> Path:
+    out = Path(out)
     cfg = tiny_config()
     model = random_model(cfg, seed)
     state = {**model.state_dict(), **unused_timm_tensors(cfg, seed)}

@@ -1,0 +1,186 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+flashvla-bag: record, play and inspect rosbag2 files without rosbag2 (rosbags + rclpy).
+
+    flashvla-bag record OUT --topic /image_raw --topic /instruction [--duration 10]
+    flashvla-bag play BAG [--rate 0.5] [--topic /image_raw] [--loop]
+    flashvla-bag info BAG
+
+Messages travel as the CDR bytes rclpy serialises (raw subscriptions, serialized publishing),
+so a bag round-trips byte for byte. MCAP is the default format; `--format sqlite3` writes the
+Humble default. Both use metadata version 8, the newest that Humble reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+import sys
+import time
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+FORMATS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+SENSOR_TYPES = {'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage',
+                'sensor_msgs/msg/JointState'}
+
+
+def message_class(type_name: str):
+    """Import the rclpy class for 'pkg/msg/Name'."""
+    pkg, kind, name = type_name.split('/')
+    return getattr(importlib.import_module(f'{pkg}.{kind}'), name)
+
+
+def qos_for(type_name: str) -> QoSProfile:
+    return qos_profile_sensor_data if type_name in SENSOR_TYPES else QoSProfile(depth=10)
+
+
+class BagWriter:
+    """A rosbag2 writer keyed by topic; messages are serialized bytes with ns timestamps."""
+
+    def __init__(self, path: str | Path, fmt: str = 'mcap') -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f'unknown bag format {fmt!r}; use one of {sorted(FORMATS)}')
+        self.writer = Writer(Path(path), version=8, storage_plugin=FORMATS[fmt])
+        self.typestore = get_typestore(Stores.ROS2_HUMBLE)
+        self.connections: dict[str, object] = {}
+        self.writer.open()
+
+    def write(self, topic: str, type_name: str, stamp_ns: int, data: bytes) -> None:
+        if topic not in self.connections:
+            self.connections[topic] = self.writer.add_connection(
+                topic, type_name, typestore=self.typestore)
+        self.writer.write(self.connections[topic], stamp_ns, data)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def record(out: str, topics: list[str], duration: float, fmt: str) -> int:
+    rclpy.init()
+    node = Node('flashvla_bag_recorder')
+    writer = BagWriter(out, fmt)
+    counts = dict.fromkeys(topics, 0)
+    pending = set(topics)
+
+    def subscribe(topic: str, type_name: str) -> None:
+        def on_message(data: bytes) -> None:
+            writer.write(topic, type_name, node.get_clock().now().nanoseconds, data)
+            counts[topic] += 1
+        node.create_subscription(message_class(type_name), topic, on_message, qos_for(type_name),
+                                 raw=True)
+
+    end = time.monotonic() + duration
+    try:
+        while time.monotonic() < end:
+            if pending:  # subscribe once a topic's type is known
+                for name, types in node.get_topic_names_and_types():
+                    if name in pending:
+                        subscribe(name, types[0])
+                        pending.discard(name)
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    print(f'recorded {counts} to {out}' + (f'; never seen: {sorted(pending)}' if pending else ''))
+    return 0
+
+
+def read_messages(path: str | Path, topics: list[str] | None = None):
+    """Yield (topic, type_name, stamp_ns, raw bytes) in time order."""
+    with Reader(Path(path)) as reader:
+        conns = [c for c in reader.connections if not topics or c.topic in topics]
+        for conn, stamp, data in reader.messages(connections=conns):
+            yield conn.topic, conn.msgtype, stamp, bytes(data)
+
+
+def play(path: str, rate: float, topics: list[str] | None, loop: bool) -> int:
+    if rate <= 0:
+        raise ValueError('--rate must be positive')
+    rclpy.init()
+    node = Node('flashvla_bag_player')
+    publishers: dict[str, object] = {}
+    sent = 0
+    try:
+        with Reader(Path(path)) as reader:
+            for c in reader.connections:
+                if not topics or c.topic in topics:
+                    publishers[c.topic] = node.create_publisher(
+                        message_class(c.msgtype), c.topic, qos_for(c.msgtype))
+        time.sleep(0.5)  # let subscribers discover the publishers
+        while True:
+            start, first = time.monotonic(), None
+            for topic, _, stamp, data in read_messages(path, topics):
+                first = stamp if first is None else first
+                delay = start + (stamp - first) * 1e-9 / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                publishers[topic].publish(data)
+                sent += 1
+            if not loop:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    print(f'played {sent} messages from {path}')
+    return 0
+
+
+def info(path: str) -> int:
+    with Reader(Path(path)) as reader:
+        print(f'bag: {path}')
+        print(f'duration: {reader.duration * 1e-9:.3f} s, messages: {reader.message_count}')
+        for c in reader.connections:
+            print(f'  {c.topic}  {c.msgtype}  {c.msgcount} messages')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    rec = sub.add_parser('record', help='record topics to a new bag directory')
+    rec.add_argument('out')
+    rec.add_argument('--topic', action='append', required=True, help='topic (repeatable)')
+    rec.add_argument('--duration', type=float, default=10.0, help='seconds to record')
+    rec.add_argument('--format', default='mcap', choices=sorted(FORMATS))
+    ply = sub.add_parser('play', help='publish a bag with its original timing')
+    ply.add_argument('bag')
+    ply.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    ply.add_argument('--topic', action='append', help='only these topics (repeatable)')
+    ply.add_argument('--loop', action='store_true')
+    inf = sub.add_parser('info', help='topics, types, counts, duration')
+    inf.add_argument('bag')
+    args = parser.parse_args(argv)
+    if args.command == 'record':
+        return record(args.out, args.topic, args.duration, args.format)
+    if args.command == 'play':
+        return play(args.bag, args.rate, args.topic, args.loop)
+    return info(args.bag)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
