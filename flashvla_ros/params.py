@@ -60,6 +60,9 @@ PARAMS: tuple[Param, ...] = (
     Param('image_transport', 'raw', 'Camera input: raw (sensor_msgs/Image on image_raw) or '
           'compressed (sensor_msgs/CompressedImage on image_raw/compressed).', read_only=True,
           choices=('raw', 'compressed')),
+    Param('image_reliability', 'best_effort', 'Camera subscription QoS: best_effort (sensor '
+          'data, never waits) or reliable (lossless replay of recorded frames).',
+          read_only=True, choices=('best_effort', 'reliable')),
     Param('instruction', '', 'Task instruction; the instruction topic overrides it. A change '
           'resets the episode.'),
     Param('control_rate_hz', 10.0, 'Rate of the control tick that publishes commands, Hz.',
@@ -93,6 +96,7 @@ class NodeConfig:
     center_crop: bool
     autostart: bool
     image_transport: str
+    image_reliability: str
     instruction: str
     control_rate_hz: float
     max_image_age_s: float

@@ -128,6 +128,8 @@ def test_stale_camera_holds_with_last_gripper_and_recovers(make_runner):
     assert hold.kind == 'hold' and 'camera stale' in hold.fault
     assert hold.command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]  # keeps the grasp
     assert runner.tick().kind == 'idle'
+    clock.t += 5.0  # still stale, later: still silent
+    assert runner.tick().kind == 'idle'
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'
     assert runner.counters.holds == 1

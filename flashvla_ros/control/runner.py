@@ -263,9 +263,9 @@ class PolicyRunner:
             return 'no instruction'
         if self._last_frame_time is None:
             return 'no camera frame yet'
-        age = now - self._last_frame_time
-        if age > self.max_image_age_s:
-            return f'camera stale: newest frame is {age:.2f} s old'
+        if now - self._last_frame_time > self.max_image_age_s:
+            # A stable text: the same fault on the next tick must compare equal (hold once).
+            return f'camera stale: no frame for over {self.max_image_age_s:g} s'
         if not self.worker_alive:
             return 'inference worker is not running'
         if self._error:

@@ -50,7 +50,13 @@ def message_class(type_name: str):
 
 
 def qos_for(type_name: str) -> QoSProfile:
+    """Return the recording QoS: best effort for sensor streams, so any publisher matches."""
     return qos_profile_sensor_data if type_name in SENSOR_TYPES else QoSProfile(depth=10)
+
+
+# Playback is reliable, like `ros2 bag play`: it matches best-effort and reliable
+# subscribers alike, and a reliable subscriber then gets every message.
+PLAY_QOS = QoSProfile(depth=100)
 
 
 class BagWriter:
@@ -115,7 +121,8 @@ def read_messages(path: str | Path, topics: list[str] | None = None):
             yield conn.topic, conn.msgtype, stamp, bytes(data)
 
 
-def play(path: str, rate: float, topics: list[str] | None, loop: bool) -> int:
+def play(path: str, rate: float, topics: list[str] | None, loop: bool,
+         wait_subscribers_s: float = 3.0) -> int:
     if rate <= 0:
         raise ValueError('--rate must be positive')
     rclpy.init()
@@ -127,8 +134,14 @@ def play(path: str, rate: float, topics: list[str] | None, loop: bool) -> int:
             for c in reader.connections:
                 if not topics or c.topic in topics:
                     publishers[c.topic] = node.create_publisher(
-                        message_class(c.msgtype), c.topic, qos_for(c.msgtype))
-        time.sleep(0.5)  # let subscribers discover the publishers
+                        message_class(c.msgtype), c.topic, PLAY_QOS)
+        # Best-effort messages sent before discovery completes are lost: wait (bounded) until
+        # every topic has a subscriber, then a little longer for the match to settle.
+        deadline = time.monotonic() + wait_subscribers_s
+        while time.monotonic() < deadline and any(
+                p.get_subscription_count() == 0 for p in publishers.values()):
+            time.sleep(0.05)
+        time.sleep(0.3)
         while True:
             start, first = time.monotonic(), None
             for topic, _, stamp, data in read_messages(path, topics):
@@ -172,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     ply.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     ply.add_argument('--topic', action='append', help='only these topics (repeatable)')
     ply.add_argument('--loop', action='store_true')
+    ply.add_argument('--wait-subscribers', type=float, default=3.0, metavar='S',
+                     help='wait up to S seconds for a subscriber on every topic first')
     inf = sub.add_parser('info', help='topics, types, counts, duration')
     inf.add_argument('bag')
     args = parser.parse_args(argv)
     if args.command == 'record':
         return record(args.out, args.topic, args.duration, args.format)
     if args.command == 'play':
-        return play(args.bag, args.rate, args.topic, args.loop)
+        return play(args.bag, args.rate, args.topic, args.loop, args.wait_subscribers)
     return info(args.bag)
 
 

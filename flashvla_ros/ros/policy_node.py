@@ -22,6 +22,7 @@ only turns messages into calls and results into messages.
 
 from __future__ import annotations
 
+import array
 import sys
 from typing import Any
 
@@ -62,6 +63,8 @@ LIST_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY,
               str: ParameterType.PARAMETER_STRING_ARRAY}
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
+RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                                 durability=QoSDurabilityPolicy.VOLATILE)
 
 
 def descriptor(p) -> ParameterDescriptor:
@@ -81,7 +84,7 @@ class PolicyNode(LifecycleNode):
         for p in PARAMS:
             self.declare_parameter(p.name, p.default, descriptor(p))
         self.config: NodeConfig = build_config(
-            {p.name: self.get_parameter(p.name).value for p in PARAMS})
+            {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS})
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.policy = None
         self.runner: PolicyRunner | None = None
@@ -92,12 +95,14 @@ class PolicyNode(LifecycleNode):
         self._pub: dict[str, Any] = {}
 
         inputs = MutuallyExclusiveCallbackGroup()
+        camera_qos = qos_profile_sensor_data if self.config.image_reliability == 'best_effort' \
+            else RELIABLE_CAMERA_QOS
         if self.config.image_transport == 'compressed':
             self.create_subscription(CompressedImage, 'image_raw/compressed', self._on_compressed,
-                                     qos_profile_sensor_data, callback_group=inputs)
+                                     camera_qos, callback_group=inputs)
         else:
-            self.create_subscription(Image, 'image_raw', self._on_image,
-                                     qos_profile_sensor_data, callback_group=inputs)
+            self.create_subscription(Image, 'image_raw', self._on_image, camera_qos,
+                                     callback_group=inputs)
         self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=inputs)
         self.create_subscription(JointState, 'joint_states', self._on_joint_state,
@@ -221,14 +226,15 @@ class PolicyNode(LifecycleNode):
         self.joint_state = msg
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        values = {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
         for p in params:
             if p.name == 'use_sim_time':
                 continue
-            reason = check_value(p.name, p.value)
+            value = plain(p.value)
+            reason = check_value(p.name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-            values[p.name] = p.value
+            values[p.name] = value
         reason = check_config(values)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
@@ -312,6 +318,11 @@ class PolicyNode(LifecycleNode):
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics.publish(msg)
+
+
+def plain(value: Any) -> Any:
+    """Return array parameters (rclpy gives array.array) as lists, other values as they are."""
+    return list(value) if isinstance(value, array.array) else value
 
 
 def fmt(v: Any) -> str:

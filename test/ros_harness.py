@@ -1,0 +1,151 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Real rclpy processes for the integration tests: start nodes, probe topics, call services.
+
+Every test session gets its own DDS domain and stays on localhost, so parallel runs and
+other ROS graphs on the machine never see each other.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = Path(__file__).resolve().parent.parent
+BAG = ROOT / 'test' / 'data' / 'mock_world_bag'
+GOLDEN = ROOT / 'test' / 'data' / 'mock_world_bag_golden.json'
+
+
+def ros_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
+        'ROS_DOMAIN_ID': str(100 + os.getpid() % 100),
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+        'ROS_LOCALHOST_ONLY': '1',  # the Humble-era spelling of the same thing
+        'PYTHONUNBUFFERED': '1',
+    })
+    return env
+
+
+def executable(name: str) -> str:
+    path = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(path).exists():
+        raise FileNotFoundError(f'{name} is not installed: run `pip install -e .` (make test)')
+    return path
+
+
+class Processes:
+    """Started nodes; all are interrupted (then killed) at teardown, logs kept for failures."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.log_dir / f'{name}-{len(self.procs)}.log'
+        proc = subprocess.Popen([executable(name), *args], stdout=log.open('w'),
+                                stderr=subprocess.STDOUT, env=ros_environment())
+        self.procs.append((proc, log))
+        return proc
+
+    def died(self) -> bool:
+        """Whether a node (not a tool like the bag player) has exited."""
+        return any(p.poll() is not None and p.args[0].endswith(('policy_node', 'mock_world'))
+                   for p, _ in self.procs if p.returncode is None or p.returncode != -2)
+
+    def logs(self) -> str:
+        return '\n'.join(f'--- {log.name}\n{log.read_text()[-3000:]}' for _, log in self.procs)
+
+    @staticmethod
+    def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            self.interrupt(proc)
+
+
+class Probe:
+    """An in-process node that records what it hears, with the receive time."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.messages: dict[str, list[tuple[float, object]]] = defaultdict(list)
+
+    def listen(self, msg_type, topic: str, qos=10) -> None:
+        def keep(msg, topic=topic):
+            self.messages[topic].append((time.monotonic(), msg))
+        self.node.create_subscription(msg_type, topic, keep, qos)
+
+    def spin(self, seconds: float) -> None:
+        import rclpy
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+
+    def wait_for(self, predicate, timeout: float, what: str, processes: Processes | None = None):
+        import rclpy
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            result = predicate()
+            if result:
+                return result
+            if processes and processes.died():
+                raise AssertionError(f'a node exited while waiting for {what}\n{processes.logs()}')
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+        logs = processes.logs() if processes else ''
+        raise AssertionError(f'timed out after {timeout} s waiting for {what}\n'
+                             f'diagnostics: {self.diagnostics()}\n{logs}')
+
+    def diagnostics(self, name: str = 'flashvla_ros: policy_node') -> dict[str, str] | None:
+        """Key-values (plus 'level' and 'message') of the newest status called `name`."""
+        for _, msg in reversed(self.messages['/diagnostics']):
+            for status in msg.status:
+                if status.name == name:
+                    values = {kv.key: kv.value for kv in status.values}
+                    values['level'] = int.from_bytes(status.level, 'little') \
+                        if isinstance(status.level, bytes) else int(status.level)
+                    values['message'] = status.message
+                    return values
+        return None
+
+    def call(self, srv_type, name: str, request, timeout: float = 10.0):
+        import rclpy
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f'service {name} not available')
+        future = client.call_async(request)
+        end = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+        self.node.destroy_client(client)
+        if not future.done():
+            raise AssertionError(f'service {name} did not answer')
+        return future.result()
