@@ -38,10 +38,15 @@ setup(
         'safetensors',
         'pyyaml',
         'opencv-python-headless',
+        'rosbags',  # flashvla-bag: rosbag2 files without rosbag2 (pure Python)
     ],
     extras_require={
-        # Oracles and tools for the test suite only: the runtime never imports them.
-        'test': ['pytest', 'pillow', 'ruff'],
+        # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the
+        # real-process tests where no ROS is installed (a ROS install provides its own).
+        'test': ['pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]', 'ros-std-msgs',
+                 'ros-sensor-msgs', 'ros-geometry-msgs', 'ros-trajectory-msgs',
+                 'ros-diagnostic-msgs', 'ros-std-srvs', 'ros-lifecycle-msgs',
+                 'ros-builtin-interfaces'],
     },
     zip_safe=True,
     maintainer='flashvla_ros maintainers',
