@@ -1,0 +1,101 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Parameter validation and image conversion: the checks behind 'rejected with the reason'."""
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from flashvla_ros.params import PARAMS, build_config, check_config, check_value
+from flashvla_ros.policy.errors import InputError
+from flashvla_ros.ros.convert import compressed_to_rgb, image_to_rgb, rgb_to_image
+
+
+@pytest.mark.parametrize('name, value, reason', [
+    ('control_rate_hz', 0.1, 'outside [0.5, 500.0]'),
+    ('control_rate_hz', float('inf'), 'finite'),
+    ('control_rate_hz', 'fast', 'must be a number'),
+    ('dtype', 'int8', "choose one of ['float32', 'bfloat16', 'float16']"),
+    ('outputs', ['twist', 'laser'], "['laser']"),
+    ('outputs', [], 'no entries'),
+    ('action_scale', [1.0] * 6, 'needs 7 entries'),
+    ('action_upper', [1.0] * 6 + [True], 'list of numbers'),
+    ('center_crop', 'yes', 'true or false'),
+    ('nonsense', 1, 'unknown parameter'),
+])
+def test_bad_values_are_rejected_with_a_reason(name, value, reason):
+    assert reason in (check_value(name, value) or '')
+
+
+def test_good_values_pass():
+    for p in PARAMS:
+        assert check_value(p.name, p.default) is None, p.name
+
+
+def test_inconsistent_limits_are_rejected():
+    values = {p.name: p.default for p in PARAMS}
+    values['action_lower'] = [0.1] * 7
+    assert check_config(values) == 'action_lower > action_upper in dimensions [0, 1, 2]'
+    with pytest.raises(ValueError, match='unknown parameters'):
+        build_config({'contrl_rate_hz': 5.0})
+
+
+def as_image(encoding, array, pad=0):
+    h, w = array.shape[:2]
+    rows = array.reshape(h, -1)
+    padded = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1)
+    msg = Image(encoding=encoding, height=h, width=w, step=padded.shape[1])
+    msg.data = padded.tobytes()
+    return msg
+
+
+RGB = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('encoding, data, expected', [
+    ('rgb8', RGB, RGB),
+    ('bgr8', RGB[..., ::-1].copy(), RGB),
+    ('rgba8', np.dstack([RGB, np.full((6, 5), 7, np.uint8)]), RGB),
+    ('bgra8', np.dstack([RGB[..., ::-1], np.full((6, 5), 7, np.uint8)]), RGB),
+    ('mono8', RGB[..., 0].copy(), np.repeat(RGB[..., :1], 3, axis=2)),
+])
+@pytest.mark.parametrize('pad', [0, 3])
+def test_encodings_convert_to_rgb(encoding, data, expected, pad):
+    out = image_to_rgb(as_image(encoding, data, pad))
+    assert out.shape == (6, 5, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, expected)
+
+
+def test_round_trip_and_compressed():
+    msg = rgb_to_image(RGB, stamp=Image().header.stamp)
+    assert np.array_equal(image_to_rgb(msg), RGB)
+    _, png = cv2.imencode('.png', cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+    assert np.array_equal(compressed_to_rgb(CompressedImage(format='png', data=png.tobytes())),
+                          RGB)
+
+
+@pytest.mark.parametrize('msg, message', [
+    (as_image('yuv422', np.zeros((4, 8), np.uint8)), 'unsupported image encoding'),
+    (Image(encoding='rgb8', height=4, width=4, step=12), 'data has 0 bytes'),
+    (Image(encoding='rgb8', height=4, width=4, step=4), 'step 4 is smaller'),
+    (Image(encoding='rgb8', height=0, width=4, step=12), 'outside'),
+    (CompressedImage(format='jpeg', data=b'not a jpeg'), 'cannot decode'),
+    (CompressedImage(format='jpeg'), 'empty'),
+])
+def test_malformed_messages_raise_input_errors(msg, message):
+    convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
+    with pytest.raises(InputError, match=message):
+        convert(msg)
