@@ -57,7 +57,7 @@ setup(
         'console_scripts': [
             'flashvla-make-tiny = flashvla_ros.tools.make_tiny:main',
             'flashvla-predict = flashvla_ros.tools.predict:main',
-            'flashvla-demo = flashvla_ros.tools.demo:main',
+            'flashvla-demo = flashvla_ros.ros.demo:main',
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',
             'flashvla-bag = flashvla_ros.ros.bag:main',

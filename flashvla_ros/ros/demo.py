@@ -1,0 +1,154 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+flashvla-demo: the closed loop on this machine, with a live status line and a summary.
+
+Starts the mock world and the policy node as real ROS 2 processes, watches `/diagnostics`
+and the episode results, and stops after `--episodes` episodes or `--duration` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+DEFAULT_TINY = Path('build/openvla-tiny')
+
+
+def ros_env() -> dict[str, str]:
+    """Keep the user's ROS settings; default to localhost-only discovery and Fast DDS."""
+    env = dict(os.environ)
+    env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault('ROS_LOCALHOST_ONLY', '1')
+    env.setdefault('PYTHONUNBUFFERED', '1')
+    return env
+
+
+def resolve_model(model: str | None) -> str:
+    from ..policy.presets import default_model_dir
+    from ..tools.make_tiny import make_tiny
+
+    if model:
+        return model
+    if default_model_dir().is_dir():
+        return str(default_model_dir())
+    if not (DEFAULT_TINY / 'config.json').is_file():
+        make_tiny(DEFAULT_TINY, seed=0)
+        print(f'no embedded default model in this install: wrote the tiny random model to '
+              f'{DEFAULT_TINY} (its actions are meaningless)')
+    return str(DEFAULT_TINY)
+
+
+def tool(name: str) -> str:
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--model', help='checkpoint directory (default: the embedded model)')
+    parser.add_argument('--episodes', type=int, default=3, help='stop after this many')
+    parser.add_argument('--duration', type=float, default=60.0, help='stop after seconds')
+    parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
+    parser.add_argument('--max-steps', type=int, default=40, help='commands per episode')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    model = resolve_model(args.model)
+    os.environ.update(ros_env())
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    import rclpy
+    from std_msgs.msg import String
+
+    logs = Path('build/demo-logs')
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen([tool('mock_world'), '--ros-args', '-p', f'seed:={args.seed}',
+                          '-p', f'max_steps:={args.max_steps}',
+                          '-r', 'commands:=/policy_node/commands'],
+                         stdout=(logs / 'mock_world.log').open('w'), stderr=subprocess.STDOUT),
+        subprocess.Popen([tool('policy_node'), '--ros-args', '-p', f'model:={model}',
+                          '-p', f'device:={args.device}'],
+                         stdout=(logs / 'policy_node.log').open('w'), stderr=subprocess.STDOUT),
+    ]
+    rclpy.init()
+    node = rclpy.create_node('flashvla_demo_monitor')
+    status: dict[str, str] = {}
+    results: list[dict] = []
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if s.name == 'flashvla_ros: policy_node':
+                status.clear()
+                status.update({kv.key: kv.value for kv in s.values}, message=s.message)
+
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    node.create_subscription(String, '/mock_world/episode_result',
+                             lambda m: results.append(json.loads(m.data)), 10)
+    print(f'closed loop: mock world + policy node ({model}); logs in {logs}/')
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < args.duration and len(results) < args.episodes:
+            rclpy.spin_once(node, timeout_sec=0.25)
+            if any(p.poll() is not None for p in procs):
+                print(f'\na node exited; see {logs}/')
+                break
+            wins = sum(r['success'] for r in results)
+            line = (f'[{time.monotonic() - start:5.1f} s] {status.get("message", "starting")}'
+                    f' | control {float(status.get("command_hz", 0)):4.1f} Hz'
+                    f' | inference p50 {float(status.get("latency_p50_ms", 0)):5.1f} ms'
+                    f' | episode {len(results) + 1}: {status.get("instruction", "")!r}'
+                    f' | success {wins}/{len(results)}')
+            print('\r' + line[:150].ljust(150), end='', flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    print()
+    summarize(results, status)
+    return 0
+
+
+def summarize(results: list[dict], status: dict[str, str]) -> None:
+    families = Counter(r['family'] for r in results)
+    wins = Counter(r['family'] for r in results if r['success'])
+    print(f'episodes: {len(results)}, succeeded: {sum(wins.values())}')
+    for family, n in sorted(families.items()):
+        print(f'  {family}: {wins[family]}/{n}')
+    for key in ('command_hz', 'tick_jitter_std_ms', 'latency_p50_ms', 'latency_p99_ms',
+                'frame_to_command_p50_ms', 'inferences', 'dropped_frames', 'holds',
+                'clamped_values', 'rejected_inputs'):
+        if key in status:
+            print(f'  {key}: {status[key]}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
