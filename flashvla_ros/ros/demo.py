@@ -143,9 +143,10 @@ def summarize(results: list[dict], status: dict[str, str]) -> None:
     print(f'episodes: {len(results)}, succeeded: {sum(wins.values())}')
     for family, n in sorted(families.items()):
         print(f'  {family}: {wins[family]}/{n}')
-    for key in ('command_hz', 'tick_jitter_std_ms', 'latency_p50_ms', 'latency_p99_ms',
-                'frame_to_command_p50_ms', 'inferences', 'dropped_frames', 'holds',
-                'clamped_values', 'rejected_inputs'):
+    for key in ('command_hz', 'tick_jitter_std_ms', 'tick_jitter_max_ms', 'latency_p50_ms',
+                'latency_p99_ms', 'frame_to_command_p50_ms', 'frame_to_command_p99_ms',
+                'inferences', 'dropped_frames', 'starved_ticks', 'holds', 'clamped_values',
+                'rejected_inputs'):
         if key in status:
             print(f'  {key}: {status[key]}')
 
