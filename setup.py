@@ -61,6 +61,9 @@ setup(
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',
             'flashvla-bag = flashvla_ros.ros.bag:main',
+            'flashvla-dataset = flashvla_ros.train.dataset:main',
+            'flashvla-train = flashvla_ros.train.trainer:main',
+            'flashvla-bench = flashvla_ros.bench.run:main',
         ],
     },
 )

@@ -26,6 +26,8 @@ from flashvla_ros.policy import InputError, NonFiniteOutputError, load_policy
 from flashvla_ros.policy.preprocess import preprocess
 from flashvla_ros.policy.tokenizer import load_tokenizer
 
+PARTS = {'preprocess', 'vision', 'prefill', 'decode', 'head', 'total'}
+
 
 def oracle_action(policy, tiny_dir, rgb, instruction):
     """Spell out OpenVLA's predict_action: HF Llama generate over [BOS, patches, prompt]."""
@@ -73,7 +75,7 @@ def test_policy_matches_oracle(tiny_policy, tiny_dir, instruction):
         assert action.token_ids == tokens
         assert np.allclose(action.values, values, atol=1e-12)
         assert action.values.shape == (7,)
-        assert set(action.timings_ms) == {'preprocess', 'vision', 'prefill', 'decode', 'total'}
+        assert set(action.timings_ms) == PARTS
         assert action.info['visual_tokens'] == 256
 
 

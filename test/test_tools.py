@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
+PARTS = {'preprocess', 'vision', 'prefill', 'decode', 'head', 'total'}
+
 
 def tool(name: str) -> list[str]:
     exe = shutil.which(name) or str(Path(sys.executable).parent / name)
@@ -45,7 +47,7 @@ def test_make_tiny_then_predict(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert len(result['action']) == 7 and len(result['token_ids']) == 7
-    assert set(result['timings_ms']) == {'preprocess', 'vision', 'prefill', 'decode', 'total'}
+    assert set(result['timings_ms']) == PARTS
     assert result['unnorm_key'] == 'mock_world'
     assert out.stderr == ''  # no stray warnings on a clean run
 

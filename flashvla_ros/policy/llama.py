@@ -192,6 +192,23 @@ class Llama(nn.Module):
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids)
 
+    def forward_hidden(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        layer_hook: LayerHook | None = None,
+    ) -> torch.Tensor:
+        """Run the layer loop on embeddings [B, T, D] at rotary `positions` [T]; final-normed."""
+        cos, sin = self.rotary(positions, hidden.dtype)
+        for i, layer in enumerate(self.model.layers):
+            hidden = layer(hidden, cos, sin)
+            if layer_hook is not None:
+                changed = layer_hook(i, hidden, positions)
+                if changed is not None:
+                    hidden, positions = changed
+                    cos, sin = self.rotary(positions, hidden.dtype)
+        return self.model.norm(hidden)
+
     def forward(
         self,
         hidden: torch.Tensor,
@@ -205,14 +222,5 @@ class Llama(nn.Module):
         With `last_only` only the last position's logits are computed ([B, vocab]); the
         full [B, T, vocab] otherwise.
         """
-        cos, sin = self.rotary(positions, hidden.dtype)
-        for i, layer in enumerate(self.model.layers):
-            hidden = layer(hidden, cos, sin)
-            if layer_hook is not None:
-                changed = layer_hook(i, hidden, positions)
-                if changed is not None:
-                    hidden, positions = changed
-                    cos, sin = self.rotary(positions, hidden.dtype)
-        if last_only:
-            hidden = hidden[:, -1]
-        return self.lm_head(self.model.norm(hidden))
+        hidden = self.forward_hidden(hidden, positions, layer_hook)
+        return self.lm_head(hidden[:, -1] if last_only else hidden)

@@ -169,9 +169,10 @@ class OpenVLAPolicy:
         values = self.stats.unnormalize(normalized)
         if not np.isfinite(values).all():
             raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
+        t5 = time.perf_counter()
         ms = {
             'preprocess': t1 - t0, 'vision': t2 - t1, 'prefill': t3 - t2, 'decode': t4 - t3,
-            'total': t4 - t0,
+            'head': t5 - t4, 'total': t5 - t0,
         }
         return Action(
             values=values,

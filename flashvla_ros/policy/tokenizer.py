@@ -79,13 +79,16 @@ def instruction_corpus() -> list[str]:
 
 
 def build_llama_tokenizer(
-    corpus: list[str], vocab_size: int, merges: int = 2000, space_token_id: int | None = None
+    corpus: list[str], vocab_size: int | None = None, merges: int = 2000,
+    space_token_id: int | None = None, action_tokens: int = 256,
 ) -> Tokenizer:
     """
     Train byte-fallback BPE on `corpus` and lay its vocabulary out as Llama-2 does.
 
     Ids: specials, 256 bytes, merged pieces, then ('▁' + single characters) starting at
     `space_token_id` (29871 reproduces Llama-2), then reserved fillers up to `vocab_size`.
+    Without `vocab_size`, the vocabulary is as small as the corpus allows plus
+    `action_tokens` reserved ids at its end: OpenVLA's action tokens, generalised.
     """
     trainer_tok = Tokenizer(models.BPE(unk_token='<unk>'))
     trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme='first')
@@ -103,7 +106,9 @@ def build_llama_tokenizer(
     for a, b in pairs:
         vocab.setdefault(a + b, len(vocab))
     start = len(vocab) if space_token_id is None else space_token_id
-    if start < len(vocab) or start + 1 + len(chars) > vocab_size - 256:
+    if vocab_size is None:
+        vocab_size = start + 1 + len(chars) + action_tokens
+    if start < len(vocab) or start + 1 + len(chars) > vocab_size - action_tokens:
         raise ValueError(f'vocab_size {vocab_size} too small for {len(vocab)} pieces + characters')
     fillers = (f'<|reserved_{i}|>' for i in itertools.count())
     while len(vocab) < start:

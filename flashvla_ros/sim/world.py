@@ -143,20 +143,36 @@ def to_pixels(p: np.ndarray, size: int) -> tuple[int, int]:
     return int(round(p[0] * s)), int(round((TABLE_SIZE - p[1]) * s))
 
 
+# Object classes of `label_map` (what is drawn on top wins, as in the image).
+LABELS = ('table', *ZONE_COLOURS, *BLOCK_COLOURS, 'gripper')
+
+
 def render(state: WorldState, size: int = 224) -> np.ndarray:
     """Draw the scene as the overhead camera sees it: HxWx3 uint8 RGB."""
-    img = np.empty((size, size, 3), dtype=np.uint8)
-    img[:] = TABLE_RGB
+    return _draw(state, size, np.empty((size, size, 3), np.uint8), TABLE_RGB,
+                 {**ZONE_COLOURS, **BLOCK_COLOURS}, EE_RGB, (255, 255, 255), cv2.LINE_AA)
+
+
+def label_map(state: WorldState, size: int = 224) -> np.ndarray:
+    """Draw the same scene with class indices (LABELS) instead of colours: HxW uint8."""
+    ids = {name: (i,) for i, name in enumerate(LABELS)}
+    img = np.empty((size, size, 1), np.uint8)
+    gripper = ids['gripper']
+    return _draw(state, size, img, ids['table'], ids, gripper, gripper, cv2.LINE_8)[..., 0]
+
+
+def _draw(state, size, img, table, colours, ee, ee_centre, line) -> np.ndarray:
+    img[:] = table
     s = size / TABLE_SIZE
     for z in state.zones:
         (x, y), h = to_pixels(z.pos, size), int(round(ZONE_HALF * s))
-        cv2.rectangle(img, (x - h, y - h), (x + h, y + h), ZONE_COLOURS[z.colour], 2)
+        cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[z.colour], 2)
     order = sorted(range(len(state.blocks)), key=lambda i: i == state.held)
     for i in order:
         b = state.blocks[i]
         (x, y), h = to_pixels(b.pos, size), int(round(BLOCK_HALF * s))
-        cv2.rectangle(img, (x - h, y - h), (x + h, y + h), BLOCK_COLOURS[b.colour], -1)
+        cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[b.colour], -1)
     (x, y), r = to_pixels(state.ee, size), int(round(EE_RADIUS * s))
-    cv2.circle(img, (x, y), r, EE_RGB, -1 if state.gripper_closed else 2, cv2.LINE_AA)
-    cv2.circle(img, (x, y), 2, (255, 255, 255), -1)
+    cv2.circle(img, (x, y), r, ee, -1 if state.gripper_closed else 2, line)
+    cv2.circle(img, (x, y), 2, ee_centre, -1)
     return img

@@ -1,0 +1,302 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+flashvla-bench: closed-loop success, latency, FLOPs, reuse and fidelity, side by side.
+
+    flashvla-bench --accel none --episodes 200 --json out.json --plot out.png
+
+Every configuration (`--accel NAME` or a YAML file with an `accel:` mapping) runs the same
+held-out episodes (seeds from --seed on, families in turn), interleaved episode by episode,
+in-process with the mock-world simulator. JSON schema (one object):
+
+  {"model": str, "episodes": int, "seed": int, "max_steps": int, "command": str,
+   "expert": {"success": float, "per_family": {family: float}},
+   "configs": [{"name": str, "options": {...},
+     "success": float, "per_family": {family: float},
+     "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
+     "latency_ms": {part: {"median": float, "p99": float}},     # part: vision, prefill,
+                                                                # decode, head, total
+     "flops_per_step": {"vision", "prefill", "decode", "head", "total": float},
+     "reuse_rate": float, "steps": int,
+     "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs --accel none
+
+`--markdown docs/BENCHMARKS.md` rewrites that page from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import json
+import math
+from pathlib import Path
+import sys
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from ..accel.flops import Flops, openvla_step_flops
+from ..policy import OpenVLAPolicy, load_policy
+from ..policy.presets import default_model_dir
+from ..sim.tasks import FAMILIES, Episode, run_expert
+from ..train.dataset import HELDOUT_SEED_START
+
+PARTS = ('vision', 'prefill', 'decode', 'head', 'total')
+
+# name -> factory(base policy, options) returning an object with predict() (and reset()).
+ACCELERATORS: dict[str, Callable[[OpenVLAPolicy, dict], Any]] = {
+    'none': lambda policy, options: policy,
+}
+
+
+@dataclass
+class ConfigRun:
+    name: str
+    options: dict
+    policy: Any
+    successes: list[bool] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)
+    latency: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
+    flops: list[Flops] = field(default_factory=list)
+    reused: list[bool] = field(default_factory=list)
+    token_match: list[float] = field(default_factory=list)
+    abs_diff: list[float] = field(default_factory=list)
+
+
+def parse_accel(spec: str) -> tuple[str, dict]:
+    """`none`, `flashvla`, or a YAML file holding `accel: {name: ..., <options>}`."""
+    if spec.endswith(('.yaml', '.yml')):
+        section = (yaml.safe_load(Path(spec).read_text()) or {}).get('accel')
+        if not isinstance(section, dict) or 'name' not in section:
+            raise ValueError(f'{spec}: needs an "accel:" mapping with a "name"')
+        options = dict(section)
+        return str(options.pop('name')), options
+    return spec, {}
+
+
+def step_flops(policy: OpenVLAPolicy, info: dict) -> Flops:
+    """Count the work one prediction did, from what it reports (accelerators skip work)."""
+    if 'flops' in info:
+        return info['flops']
+    return openvla_step_flops(policy.cfg, info['prompt_tokens'], policy.action_dim,
+                              info.get('prefill_tokens_per_layer'), info.get('cache_per_layer'))
+
+
+def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max_steps: int,
+                baseline: OpenVLAPolicy | None) -> None:
+    ep = Episode(seed, family, max_steps=max_steps)
+    reset = getattr(run.policy, 'reset', None)
+    if callable(reset):
+        reset()
+    while not ep.done:
+        frame = ep.observe()
+        action = run.policy.predict(frame, ep.instruction)
+        for part in PARTS:
+            ms = action.timings_ms.get(part, 0.0)
+            run.latency[part].append(ms + (action.timings_ms['preprocess']
+                                           if part == 'vision' else 0.0))
+        run.flops.append(step_flops(base, action.info))
+        run.reused.append(bool(action.info.get('reused', False)))
+        if baseline is not None:
+            ref = baseline.predict(frame, ep.instruction)
+            run.token_match.append(float(np.mean(np.array(ref.token_ids)
+                                                 == np.array(action.token_ids))))
+            run.abs_diff.append(float(np.abs(ref.values - action.values).mean()))
+        else:
+            run.token_match.append(1.0)
+            run.abs_diff.append(0.0)
+        ep.step(action.values)
+    run.successes.append(ep.success())
+    run.families.append(family)
+
+
+def per_family(successes: list[bool], families: list[str]) -> dict[str, float]:
+    return {f: float(np.mean([s for s, g in zip(successes, families, strict=True) if g == f]))
+            for f in FAMILIES if f in families}
+
+
+def paired_diff(a: list[bool], b: list[bool]) -> dict:
+    d = np.array(b, float) - np.array(a, float)
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float('nan')
+    return {'mean': float(d.mean()), 'ci95': [float(d.mean() - half), float(d.mean() + half)]}
+
+
+def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
+    flops = sum(run.flops, Flops())
+    n = max(1, len(run.flops))
+    return {
+        'name': run.name, 'options': run.options,
+        'success': float(np.mean(run.successes)),
+        'per_family': per_family(run.successes, run.families),
+        'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
+        'latency_ms': {p: {'median': float(np.median(v)), 'p99': float(np.percentile(v, 99))}
+                       for p, v in run.latency.items()},
+        'flops_per_step': {k: v / n for k, v in flops.as_dict().items()},
+        'reuse_rate': float(np.mean(run.reused)) if run.reused else 0.0,
+        'steps': len(run.flops),
+        'fidelity': {'token_match': float(np.mean(run.token_match)),
+                     'mean_abs_diff': float(np.mean(run.abs_diff))},
+    }
+
+
+def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
+              device: str = 'cpu', log=print) -> dict:
+    base = load_policy(model, device=device)
+    runs = []
+    for spec in accels:
+        name, options = parse_accel(spec)
+        if name not in ACCELERATORS:
+            raise ValueError(f'unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}')
+        policy = load_policy(model, device=device) if name != 'none' else base
+        runs.append(ConfigRun(spec if name == 'none' else name, options,
+                              ACCELERATORS[name](policy, options)))
+    baseline = base if any(r.policy is not base for r in runs) else None
+    expert = []
+    start = time.perf_counter()
+    for i in range(episodes):
+        s, family = seed + i, FAMILIES[i % len(FAMILIES)]
+        expert.append(run_expert(s, family)[0])
+        for r in runs:
+            run_episode(r, base, s, family, max_steps, baseline if r.policy is not base else None)
+        if (i + 1) % 10 == 0 or i + 1 == episodes:
+            rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
+            log(f'episode {i + 1}/{episodes} | {rates} | '
+                f'{time.perf_counter() - start:.0f} s', file=sys.stderr)
+    return {
+        'model': model, 'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
+        'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
+        'expert': {'success': float(np.mean(expert)),
+                   'per_family': per_family(expert, [r for r in runs[0].families])},
+        'configs': [summarize(r, runs[0] if k else None) for k, r in enumerate(runs)],
+    }
+
+
+def table(report: dict) -> str:
+    fams = list(report['expert']['per_family'])
+    head = ['config', 'success', *fams, 'paired diff (95% CI)', 'latency median / p99 ms',
+            'vision / prefill / decode ms', 'GFLOPs/step', 'reuse', 'token match', 'mean |dA|']
+    rows = []
+    for c in report['configs']:
+        d = c['paired_diff']
+        lat = c['latency_ms']
+        rows.append([
+            c['name'], f'{c["success"]:.1%}', *(f'{c["per_family"][f]:.1%}' for f in fams),
+            '-' if d is None else f'{d["mean"]:+.1%} [{d["ci95"][0]:+.1%}, {d["ci95"][1]:+.1%}]',
+            f'{lat["total"]["median"]:.1f} / {lat["total"]["p99"]:.1f}',
+            ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode')),
+            f'{c["flops_per_step"]["total"] / 1e9:.3f}', f'{c["reuse_rate"]:.1%}',
+            f'{c["fidelity"]["token_match"]:.3f}', f'{c["fidelity"]["mean_abs_diff"]:.4f}',
+        ])
+    e = report['expert']
+    rows.append(['scripted expert (ceiling)', f'{e["success"]:.1%}',
+                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 7)])
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Success vs FLOPs per step (left) and latency distributions (right), drawn with OpenCV."""
+    w, h = 960, 420
+    img = np.full((h, w, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    configs = report['configs']
+    colours = [(200, 60, 30), (30, 140, 30), (30, 30, 200), (160, 30, 160), (30, 150, 150)]
+    # Left: success (y, 0..1) against GFLOPs per step (x, 0..max).
+    left, r, t, b = 60, 450, 30, 370
+    cv2.rectangle(img, (left, t), (r, b), (0, 0, 0), 1)
+    xmax = max(c['flops_per_step']['total'] for c in configs) / 1e9 * 1.15 or 1.0
+    for i, c in enumerate(configs):
+        x = int(left + (r - left) * c['flops_per_step']['total'] / 1e9 / xmax)
+        y = int(b - (b - t) * c['success'])
+        cv2.circle(img, (x, y), 6, colours[i % 5], -1, cv2.LINE_AA)
+        cv2.putText(img, c['name'][:18], (x + 8, y - 6), font, 0.45, colours[i % 5], 1)
+    cv2.putText(img, f'success vs GFLOPs/step (x: 0..{xmax:.2f})', (left, t - 10), font, 0.5,
+                (0, 0, 0), 1)
+    # Right: latency median and p99 per configuration (ms).
+    l2, r2 = 520, 940
+    cv2.rectangle(img, (l2, t), (r2, b), (0, 0, 0), 1)
+    ymax = max(c['latency_ms']['total']['p99'] for c in configs) * 1.15 or 1.0
+    for i, c in enumerate(configs):
+        x = int(l2 + (r2 - l2) * (i + 0.5) / len(configs))
+        med, p99 = c['latency_ms']['total']['median'], c['latency_ms']['total']['p99']
+        y_med, y_p99 = int(b - (b - t) * med / ymax), int(b - (b - t) * p99 / ymax)
+        cv2.rectangle(img, (x - 18, y_med), (x + 18, b), colours[i % 5], -1)
+        cv2.line(img, (x, y_med), (x, y_p99), (0, 0, 0), 2)
+        cv2.line(img, (x - 8, y_p99), (x + 8, y_p99), (0, 0, 0), 2)
+        cv2.putText(img, c['name'][:12], (x - 40, b + 18), font, 0.45, (0, 0, 0), 1)
+    cv2.putText(img, f'latency ms: bar median, whisker p99 (y: 0..{ymax:.0f})', (l2, t - 10),
+                font, 0.5, (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
+
+
+def markdown(report: dict, plot_path: str | None) -> str:
+    lines = ['# Benchmarks', '',
+             'Regenerated by the benchmark itself (do not edit by hand):', '',
+             f'    {report["command"]}', '',
+             f'Model `{report["model"]}`, {report["episodes"]} held-out mock-world episodes '
+             f'(seeds {report["seed"]}..{report["seed"] + report["episodes"] - 1}, families in '
+             f'turn, at most {report["max_steps"]} steps), on this machine\'s CPU. FLOPs are '
+             'analytic counts of the work done per control step (flashvla_ros/accel/flops.py); '
+             'latency is wall-clock per policy call; the paired difference is against the first '
+             'configuration on the same episodes; fidelity compares actions with the full '
+             'model\'s on the same observations.', '', table(report), '']
+    if plot_path:
+        lines += [f'![success vs FLOPs, latency]({plot_path})', '']
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default=None, help='checkpoint (default: embedded model)')
+    parser.add_argument('--accel', action='append', help='none, a name, or a YAML file')
+    parser.add_argument('--episodes', type=int, default=200)
+    parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
+                        help='first held-out seed (training never uses seeds from '
+                             f'{HELDOUT_SEED_START} on)')
+    parser.add_argument('--max-steps', type=int, default=80)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--json', type=Path, help='write the report here')
+    parser.add_argument('--plot', type=Path, help='write success-vs-FLOPs/latency PNG here')
+    parser.add_argument('--markdown', type=Path, help='rewrite this page (docs/BENCHMARKS.md)')
+    args = parser.parse_args(argv)
+    model = args.model or str(default_model_dir())
+    report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
+                       args.max_steps, args.device, log=print)
+    print(table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + '\n')
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(report, args.plot)
+    if args.markdown:
+        rel = None
+        if args.plot:
+            rel = str(Path(args.plot).resolve().relative_to(args.markdown.resolve().parent)) \
+                if args.plot.resolve().is_relative_to(args.markdown.resolve().parent) \
+                else str(args.plot)
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(report, rel))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
