@@ -51,8 +51,13 @@ GRIPPER = 6
 
 
 def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: int = 80,
-             families: tuple[str, ...] = FAMILIES) -> dict[str, np.ndarray]:
-    """Roll out the expert (with noise injection) on seeds seed, seed + 1, ..."""
+             families: tuple[str, ...] = FAMILIES, policy=None) -> dict[str, np.ndarray]:
+    """
+    Roll out on seeds seed, seed + 1, ...; every step is labelled with the expert's action.
+
+    Without `policy` the expert acts (a random move with probability `noise_p`). With one
+    (DAgger), the policy acts on its own frames, so the data covers the states it reaches.
+    """
     if seed + n_episodes > HELDOUT_SEED_START:
         raise ValueError(f'training seeds must stay below {HELDOUT_SEED_START}')
     rng = np.random.default_rng(seed)
@@ -70,7 +75,9 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
         while not ep.done:
             label = ep.expert_action()
             executed = label.copy()
-            if rng.random() < noise_p:
+            if policy is not None:
+                executed = np.asarray(policy.predict(ep.observe(), ep.instruction).values)
+            elif rng.random() < noise_p:
                 executed[:2] = rng.uniform(-MAX_STEP, MAX_STEP, size=2)
                 if rng.random() < 0.1:
                     executed[GRIPPER] = 1.0 - executed[GRIPPER]
@@ -142,6 +149,13 @@ def load(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate two datasets (episode indices of `b` shifted after `a`'s)."""
+    out = {k: np.concatenate([a[k], b[k]]) for k in a}
+    out['episode'] = np.concatenate([a['episode'], b['episode'] + len(a['ep_seed'])])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,9 +164,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--seed', type=int, default=0, help='first episode seed')
     parser.add_argument('--noise-p', type=float, default=0.3,
                         help='probability of executing a random move instead of the expert')
+    parser.add_argument('--dagger-model', type=Path,
+                        help='roll out this checkpoint instead of the expert (labels stay the '
+                             "expert's) and append the episodes to the dataset in --out")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    data = generate(args.episodes, args.seed, args.noise_p)
+    if args.dagger_model:
+        from ..policy import load_policy
+
+        policy = load_policy(str(args.dagger_model))
+        data = merge(load(args.out), generate(args.episodes, args.seed, policy=policy))
+    else:
+        data = generate(args.episodes, args.seed, args.noise_p)
     save(data, args.out)
     ok = data['ep_success'].mean()
     print(f'{len(data["ep_seed"])} episodes, {len(data["action"])} steps, expert success with '

@@ -22,10 +22,12 @@ tokenizer trained on the instruction vocabulary whose last 256 base ids are the 
 The recipe (why it learns on 2 CPU cores where plain cross-entropy did not):
 - the main loss is cross-entropy on the 7 action tokens against Gaussian soft targets over
   neighbouring bins (ordinal structure; decoding stays OpenVLA's argmax);
-- two training-only auxiliary heads give dense signal to what the policy must perceive: one
-  classifies, per visual token, which objects its patch shows; one regresses the target
-  block, gripper and target zone positions from the hidden state that predicts the first
-  action token. They are dropped when saving: the checkpoint is plain OpenVLA;
+- training-only auxiliary heads give dense signal to what the policy must perceive: per
+  visual token, which objects its patch shows and the patch's offset from the gripper (so
+  the towers compute the relation the action needs); and, from the hidden state that
+  predicts the first action token, the offsets of the target block and zone from the
+  gripper. They are dropped when saving: the checkpoint is plain OpenVLA;
+- position embeddings start as 2-D sin-cos patch coordinates;
 - expert data with noise injection covers states off the expert's path.
 """
 
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from ..policy.actions import ActionCodec, NormStats
 from ..policy.checkpoint import save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
+from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
 from ..policy.preprocess import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD
 from ..policy.tokenizer import SPACE, build_llama_tokenizer, save_tokenizer_files
@@ -64,7 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     soft_sigma_bins: float = 2.0
     aux_vision: float = 1.0
-    aux_state: float = 4.0
+    aux_state: float = 10.0
     seed: int = 0
     threads: int = 2
 
@@ -87,7 +90,7 @@ def model_config(base_vocab: int, norm_stats: dict) -> OpenVLAConfig:
                        attn_pool=True, patch_size=PATCH)
     padded = math.ceil((base_vocab + 1) / 64) * 64  # + <PAD>, padded as OpenVLA does
     text = TextConfig(vocab_size=padded, hidden_size=128, intermediate_size=344,
-                      num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
+                      num_hidden_layers=4, num_attention_heads=8, max_position_embeddings=512,
                       pad_token_id=base_vocab)
     return OpenVLAConfig(vision=(dino, siglip), text=text, norm_stats=norm_stats,
                          timm_model_ids=('flashvla_mock_dinov2_reg4', 'flashvla_mock_siglip'))
@@ -99,6 +102,7 @@ class AuxHeads(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.patch_objects = nn.Linear(dim, len(LABELS))
+        self.patch_offsets = nn.Linear(dim, 2)
         self.positions = nn.Linear(dim, 6)
 
 
@@ -123,15 +127,25 @@ class Batcher:
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         d = self.data
-        frames, patch_labels, positions = [], [], []
+        frames, patch_labels, positions, offsets, focus = [], [], [], [], []
         for i in idx:
             state = ds.state_at(d, int(i))
             frames.append(render(state))
-            patch_labels.append(patch_objects(label_map(state)))
+            labels = label_map(state)
+            patch_labels.append(patch_objects(labels))
+            objects = patch_labels[-1]
+            zone_i = int(d['target_zone'][i])
+            block = objects[:, LABELS.index(state.blocks[int(d['target_block'][i])].colour)]
+            zone = objects[:, LABELS.index(state.zones[zone_i].colour)] if zone_i >= 0 \
+                else np.zeros_like(block)
+            focus.append(np.stack([block, objects[:, LABELS.index('gripper')], zone]))
             target = state.blocks[int(d['target_block'][i])].pos
             zone_i = int(d['target_zone'][i])
             zone = state.zones[zone_i].pos if zone_i >= 0 else target
-            positions.append(np.concatenate([target, state.ee, zone]) / TABLE_SIZE)
+            # Offsets from the gripper: what the action needs (scaled to about -1..1).
+            positions.append(np.concatenate([target - state.ee, zone - state.ee, state.ee])
+                             / TABLE_SIZE)
+            offsets.append((self.centres - state.ee) / TABLE_SIZE)
         pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
         pixels = (torch.cat([pixels, pixels], dim=1) - self.mean) / self.std
         instructions = d['ep_instruction'][d['episode'][idx]]
@@ -147,9 +161,14 @@ class Batcher:
         return {'pixels': pixels, 'text': torch.from_numpy(text),
                 'first': torch.from_numpy(first), 'actions': torch.from_numpy(actions),
                 'patch_labels': torch.from_numpy(np.stack(patch_labels)),
-                'positions': torch.from_numpy(np.stack(positions)).float()}
+                'positions': torch.from_numpy(np.stack(positions)).float(),
+                'patch_offsets': torch.from_numpy(np.stack(offsets)).float(),
+                'focus': torch.from_numpy(np.stack(focus)).float()}
 
     grid = 224 // PATCH
+    # Table coordinates of the patch centres, row-major from the image's top-left.
+    _c = (np.arange(grid) + 0.5) / grid * TABLE_SIZE
+    centres = np.stack([np.tile(_c, grid), np.repeat(TABLE_SIZE - _c, grid)], axis=1)
 
 
 def patch_objects(labels: np.ndarray) -> np.ndarray:
@@ -176,7 +195,14 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
     seq = torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
-    hidden = llm.forward_hidden(seq, torch.arange(seq.shape[1]))
+    positions = torch.arange(seq.shape[1])
+    cos, sin = llm.rotary(positions, seq.dtype)
+    hidden, focus_loss = seq, seq.new_zeros(())
+    for i, layer in enumerate(llm.model.layers):
+        if i == FOCUS_LAYER:
+            focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch)
+        hidden = layer(hidden, cos, sin)
+    hidden = llm.model.norm(hidden)
     steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1])  # [B, 7]
     h = hidden.gather(1, steps.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     logits = llm.lm_head(h)
@@ -184,9 +210,40 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     action_loss = -(target * F.log_softmax(logits.float(), -1)).sum(-1).mean()
     vision_loss = F.binary_cross_entropy_with_logits(aux.patch_objects(patches),
                                                      batch['patch_labels'])
+    vision_loss = vision_loss + 10 * F.mse_loss(aux.patch_offsets(patches),
+                                                batch['patch_offsets'])
     state_loss = F.mse_loss(aux.positions(h[:, 0]), batch['positions'])
     accuracy = (logits.argmax(-1) == batch['actions']).float().mean()
-    return action_loss, vision_loss, state_loss, accuracy
+    return action_loss, vision_loss + focus_loss, state_loss, accuracy
+
+
+FOCUS_LAYER = 1  # layer 0 can bring the instruction's words to the query position first
+
+
+def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
+    """
+    Supervise where three heads of one layer look from the first-action position.
+
+    Head 0 should attend to the named block's patches, head 1 to the gripper's, head 2 to
+    the named zone's (pick-and-place only): -log of the attention mass on those patches.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    b = torch.arange(x.shape[0])
+    q = attn.q_proj(x[b, batch['first']]).view(len(b), attn.n_heads, attn.head_dim)
+    k = attn.k_proj(x).view(*x.shape[:2], attn.n_kv, attn.head_dim)
+    k = k.repeat_interleave(attn.n_heads // attn.n_kv, dim=2)
+    rot = batch['first']
+    q = q * cos[rot].unsqueeze(1) + rotate_half(q) * sin[rot].unsqueeze(1)
+    k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]
+    scores = torch.einsum('bhd,bthd->bht', q[:, :3], k[:, :, :3]) / math.sqrt(attn.head_dim)
+    visible = torch.arange(x.shape[1])[None, :] <= batch['first'][:, None]  # causal
+    scores = scores.masked_fill(~visible[:, None, :], float('-inf'))
+    log_p = scores.log_softmax(-1)[:, :, 1:1 + batch['focus'].shape[-1]]  # the patches
+    target = batch['focus'] > 0  # [B, 3, patches]
+    mass = torch.logsumexp(log_p.masked_fill(~target, float('-inf')), dim=-1)
+    used = target.any(-1)
+    return -(mass[used]).mean()
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
@@ -243,13 +300,30 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
 
 
 def init_weights(model: OpenVLA) -> None:
+    """Initialise: normal 0.02 weights, 2-D sin-cos patch coordinates as position embeddings."""
     for name, p in model.named_parameters():
         if name.endswith('scale_factor'):
             nn.init.constant_(p, 0.1)
         elif p.ndim == 1:
             nn.init.constant_(p, 1.0 if 'norm' in name and name.endswith('weight') else 0.0)
+        elif name.endswith('pos_embed'):
+            with torch.no_grad():
+                p.copy_(sincos_2d(int(math.isqrt(p.shape[1])), p.shape[2]).unsqueeze(0))
         else:
             nn.init.normal_(p, std=0.02)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """MAE-style fixed 2-D sin-cos embedding [grid * grid, dim] (row-major patches)."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
+                            torch.arange(grid, dtype=torch.float32), indexing='ij')
+    parts = []
+    for coord in (xs.flatten(), ys.flatten()):
+        angles = coord[:, None] * omega[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1)
 
 
 def plot_losses(history: list[dict], path: Path, size=(720, 420)) -> None:
