@@ -157,12 +157,13 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print) -> dict:
-    base = load_policy(model, device=device)
-    runs = []
-    for spec in accels:
-        name, options = parse_accel(spec)
+    specs = [(spec, *parse_accel(spec)) for spec in accels]
+    for _, name, _ in specs:
         if name not in ACCELERATORS:
             raise ValueError(f'unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}')
+    base = load_policy(model, device=device)
+    runs = []
+    for spec, name, options in specs:
         policy = load_policy(model, device=device) if name != 'none' else base
         runs.append(ConfigRun(spec if name == 'none' else name, options,
                               ACCELERATORS[name](policy, options)))

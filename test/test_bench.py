@@ -1,0 +1,67 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The closed-loop benchmark's report: schema, exact FLOPs, pairing, plot and markdown."""
+
+import json
+
+import pytest
+
+from flashvla_ros.accel.flops import openvla_step_flops
+from flashvla_ros.bench.run import benchmark, main, markdown, parse_accel
+from flashvla_ros.policy import load_policy
+from flashvla_ros.sim.tasks import FAMILIES, Episode
+
+
+def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
+    yaml_accel = tmp_path / 'none.yaml'
+    yaml_accel.write_text('accel:\n  name: none\n')
+    report = benchmark(str(tiny_dir), ['none', str(yaml_accel)], episodes=3, seed=1_000_000,
+                       max_steps=4, log=lambda *a, **k: None)
+    assert report['episodes'] == 3 and set(report['expert']['per_family']) == set(FAMILIES)
+    first, second = report['configs']
+    assert first['paired_diff'] is None
+    assert second['paired_diff'] == {'mean': 0.0, 'ci95': [0.0, 0.0]}  # same model, same seeds
+    assert first['steps'] == 12 and first['reuse_rate'] == 0.0
+    assert first['fidelity'] == {'token_match': 1.0, 'mean_abs_diff': 0.0}
+    assert set(first['latency_ms']) == {'vision', 'prefill', 'decode', 'head', 'total'}
+    # FLOPs per step: exactly the counter's value for the prompts that were run.
+    policy = load_policy(str(tiny_dir))
+    expected = [openvla_step_flops(policy.cfg, len(policy.prompt_ids(Episode(s, f).instruction)),
+                                   7).total
+                for s, f in zip(range(1_000_000, 1_000_003), FAMILIES, strict=True)]
+    assert first['flops_per_step']['total'] == pytest.approx(sum(expected) / 3)
+
+
+def test_cli_writes_json_plot_and_markdown(tiny_dir, tmp_path, capsys):
+    out = tmp_path / 'docs'
+    main(['--model', str(tiny_dir), '--accel', 'none', '--episodes', '2', '--max-steps', '3',
+          '--json', str(out / 'b.json'), '--plot', str(out / 'b.png'),
+          '--markdown', str(out / 'BENCHMARKS.md')])
+    report = json.loads((out / 'b.json').read_text())
+    assert report['configs'][0]['name'] == 'none'
+    assert (out / 'b.png').stat().st_size > 2000
+    page = (out / 'BENCHMARKS.md').read_text()
+    assert '![success vs FLOPs, latency](b.png)' in page and '| none |' in page
+    assert page == markdown(report, 'b.png')
+    assert '| scripted expert (ceiling) |' in capsys.readouterr().out
+
+
+def test_bad_accelerator_specs(tmp_path):
+    with pytest.raises(ValueError, match='unknown accelerator'):
+        benchmark('unused', ['warp-drive'], 1, 0)
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('something: else\n')
+    with pytest.raises(ValueError, match='needs an "accel:" mapping'):
+        parse_accel(str(bad))
