@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or str(default_model_dir())
     report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                        args.max_steps, args.device, log=print)
+    if args.model is None:
+        report['model'] = 'flashvla_ros/models/default (the embedded default)'
     print(table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--episodes', type=int, default=3, help='stop after this many')
     parser.add_argument('--duration', type=float, default=60.0, help='stop after seconds')
     parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
-    parser.add_argument('--max-steps', type=int, default=40, help='commands per episode')
+    parser.add_argument('--max-steps', type=int, default=80, help='commands per episode')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
     model = resolve_model(args.model)

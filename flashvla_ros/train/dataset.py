@@ -164,22 +164,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--seed', type=int, default=0, help='first episode seed')
     parser.add_argument('--noise-p', type=float, default=0.3,
                         help='probability of executing a random move instead of the expert')
+    parser.add_argument('--families', default=','.join(FAMILIES),
+                        help='comma-separated task families, taken in turn')
     parser.add_argument('--dagger-model', type=Path,
                         help='roll out this checkpoint instead of the expert (labels stay the '
                              "expert's) and append the episodes to the dataset in --out")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    families = tuple(args.families.split(','))
     if args.dagger_model:
         from ..policy import load_policy
 
         policy = load_policy(str(args.dagger_model))
-        data = merge(load(args.out), generate(args.episodes, args.seed, policy=policy))
+        data = merge(load(args.out), generate(args.episodes, args.seed, policy=policy,
+                                              families=families))
     else:
-        data = generate(args.episodes, args.seed, args.noise_p)
+        data = generate(args.episodes, args.seed, args.noise_p, families=families)
     save(data, args.out)
     ok = data['ep_success'].mean()
-    print(f'{len(data["ep_seed"])} episodes, {len(data["action"])} steps, expert success with '
-          f'noise {ok:.1%}, {time.perf_counter() - start:.1f} s -> {args.out}')
+    print(f'{len(data["ep_seed"])} episodes, {len(data["action"])} steps, executed episodes '
+          f'succeeded {ok:.1%}, {time.perf_counter() - start:.1f} s -> {args.out}')
 
 
 if __name__ == '__main__':

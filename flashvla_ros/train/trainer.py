@@ -47,7 +47,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..policy.actions import ActionCodec, NormStats
-from ..policy.checkpoint import save_checkpoint
+from ..policy.checkpoint import load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
@@ -246,7 +246,11 @@ def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
     return -(mass[used]).mean()
 
 
-def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
+AUX_FILE = 'aux_heads.pt'  # training state beside the checkpoint; never part of the model
+
+
+def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
+          init: Path | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -260,6 +264,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
     model = OpenVLA(config)
     init_weights(model)
     aux = AuxHeads(config.text.hidden_size)
+    if init is not None:  # continue training (e.g. after a DAgger round)
+        model.load_state_dict(load_model(init)[0].state_dict())
+        if (Path(init) / AUX_FILE).is_file():
+            aux.load_state_dict(torch.load(Path(init) / AUX_FILE, weights_only=True))
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     batcher = Batcher(data, tok, codec, stats)
@@ -291,6 +299,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
                 f'eta {el / step * (cfg.steps - step) / 60:.1f} min')
     seconds = time.perf_counter() - start
     save_checkpoint(out, model.state_dict(), config, dtype='float32')
+    torch.save(aux.state_dict(), out / AUX_FILE)
     save_tokenizer_files(tok, out, model_max_length=config.text.max_position_embeddings)
     summary = {'config': asdict(cfg), 'seconds': seconds, 'samples': len(data['action']),
                'episodes': len(data['ep_seed']), 'device': 'cpu', 'history': history}
@@ -357,11 +366,12 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='flashvla-dataset output')
     parser.add_argument('--out', type=Path, required=True, help='checkpoint directory')
+    parser.add_argument('--init', type=Path, help='start from this checkpoint (fine-tuning)')
     for f, default in asdict(TrainConfig()).items():
         parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
-    summary = train(args.data, args.out, cfg)
+    summary = train(args.data, args.out, cfg, init=args.init)
     print(f'trained {cfg.steps} steps in {summary["seconds"] / 60:.1f} min -> {args.out}')
 
 
