@@ -286,7 +286,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        history.append({'step': step, 'action_loss': a.item(), 'vision_loss': v.item(),
+        history.append({'step': step, 'loss': loss.item(), 'action_loss': a.item(),
+                        'vision_loss': v.item(),
                         'state_loss': s.item(), 'token_accuracy': acc.item(), 'lr': lr})
         if step % 25 == 0 or step == cfg.steps:
             el = time.perf_counter() - start
