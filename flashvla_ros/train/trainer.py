@@ -70,6 +70,7 @@ class TrainConfig:
     aux_state: float = 10.0
     seed: int = 0
     threads: int = 2
+    device: str = 'auto'  # cuda when present, else cpu
 
 
 def instruction_corpus() -> list[str]:
@@ -180,12 +181,12 @@ def patch_objects(labels: np.ndarray) -> np.ndarray:
 
 def soft_targets(tokens: torch.Tensor, codec: ActionCodec, vocab: int, sigma: float):
     """Gaussian over neighbouring action bins around each target token: [B, 7, vocab]."""
-    bins = torch.arange(codec.n_bins)
+    bins = torch.arange(codec.n_bins, device=tokens.device)
     token_of_bin = codec.vocab_size - 1 - bins  # bin index k <-> token V - 1 - k
     target_bin = codec.vocab_size - 1 - tokens  # [B, 7]
     w = torch.exp(-0.5 * ((bins.view(1, 1, -1) - target_bin.unsqueeze(-1)) / sigma) ** 2)
     w = w / w.sum(-1, keepdim=True)
-    out = torch.zeros(*tokens.shape, vocab)
+    out = torch.zeros(*tokens.shape, vocab, device=tokens.device)
     out[..., token_of_bin] = w
     return out
 
@@ -195,7 +196,7 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
     seq = torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
-    positions = torch.arange(seq.shape[1])
+    positions = torch.arange(seq.shape[1], device=seq.device)
     cos, sin = llm.rotary(positions, seq.dtype)
     hidden, focus_loss = seq, seq.new_zeros(())
     for i, layer in enumerate(llm.model.layers):
@@ -203,7 +204,8 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
             focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch)
         hidden = layer(hidden, cos, sin)
     hidden = llm.model.norm(hidden)
-    steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1])  # [B, 7]
+    steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1],
+                                                       device=seq.device)  # [B, 7]
     h = hidden.gather(1, steps.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     logits = llm.lm_head(h)
     target = soft_targets(batch['actions'], codec, logits.shape[-1], sigma)
@@ -229,7 +231,7 @@ def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
     """
     attn = layer.self_attn
     x = layer.input_layernorm(hidden)
-    b = torch.arange(x.shape[0])
+    b = torch.arange(x.shape[0], device=x.device)
     q = attn.q_proj(x[b, batch['first']]).view(len(b), attn.n_heads, attn.head_dim)
     k = attn.k_proj(x).view(*x.shape[:2], attn.n_kv, attn.head_dim)
     k = k.repeat_interleave(attn.n_heads // attn.n_kv, dim=2)
@@ -237,7 +239,7 @@ def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
     q = q * cos[rot].unsqueeze(1) + rotate_half(q) * sin[rot].unsqueeze(1)
     k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]
     scores = torch.einsum('bhd,bthd->bht', q[:, :3], k[:, :, :3]) / math.sqrt(attn.head_dim)
-    visible = torch.arange(x.shape[1])[None, :] <= batch['first'][:, None]  # causal
+    visible = torch.arange(x.shape[1], device=x.device)[None, :] <= batch['first'][:, None]
     scores = scores.masked_fill(~visible[:, None, :], float('-inf'))
     log_p = scores.log_softmax(-1)[:, :, 1:1 + batch['focus'].shape[-1]]  # the patches
     target = batch['focus'] > 0  # [B, 3, patches]
@@ -268,6 +270,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         model.load_state_dict(load_model(init)[0].state_dict())
         if (Path(init) / AUX_FILE).is_file():
             aux.load_state_dict(torch.load(Path(init) / AUX_FILE, weights_only=True))
+    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
+                          if cfg.device == 'auto' else cfg.device)
+    model.to(device)
+    aux.to(device)
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     batcher = Batcher(data, tok, codec, stats)
@@ -279,7 +285,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         lr = cfg.lr * min(1.0, step / cfg.warmup) * cosine
         for g in opt.param_groups:
             g['lr'] = lr
-        batch = batcher(rng.integers(0, n, cfg.batch))
+        batch = {k: v.to(device) for k, v in batcher(rng.integers(0, n, cfg.batch)).items()}
         a, v, s, acc = losses(model, aux, batch, codec, cfg.soft_sigma_bins)
         loss = a + cfg.aux_vision * v + cfg.aux_state * s
         opt.zero_grad(set_to_none=True)
@@ -299,11 +305,13 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
                 f'{np.mean([h["state_loss"] for h in recent]):.4f} | {el / step:.2f} s/step | '
                 f'eta {el / step * (cfg.steps - step) / 60:.1f} min')
     seconds = time.perf_counter() - start
+    model.cpu()
+    aux.cpu()
     save_checkpoint(out, model.state_dict(), config, dtype='float32')
     torch.save(aux.state_dict(), out / AUX_FILE)
     save_tokenizer_files(tok, out, model_max_length=config.text.max_position_embeddings)
     summary = {'config': asdict(cfg), 'seconds': seconds, 'samples': len(data['action']),
-               'episodes': len(data['ep_seed']), 'device': 'cpu', 'history': history}
+               'episodes': len(data['ep_seed']), 'device': str(device), 'history': history}
     (out / 'train_log.json').write_text(json.dumps(summary) + '\n')
     plot_losses(history, out / 'loss.png')
     return summary
