@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+from torch import nn
 
 from .config import OpenVLAConfig, TextConfig, ViTConfig
 
@@ -52,3 +55,18 @@ def tiny_config(vocab_size: int = 32064, pad_token_id: int = 32000) -> OpenVLACo
 def default_model_dir() -> Path:
     """Where the embedded default checkpoint lives inside the installed package."""
     return Path(__file__).resolve().parent.parent / 'models' / 'default'
+
+
+def init_weights(model: nn.Module, std_for: Callable[[str], float | None]) -> None:
+    """
+    Random init: matrices normal(0, std_for(name)), biases 0, norms 1, LayerScale 0.1.
+
+    A None std leaves that matrix to the caller, without drawing from the random stream.
+    """
+    for name, p in model.named_parameters():
+        if name.endswith('scale_factor'):
+            nn.init.constant_(p, 0.1)
+        elif p.ndim == 1:
+            nn.init.constant_(p, 1.0 if 'norm' in name and name.endswith('weight') else 0.0)
+        elif std_for(name) is not None:
+            nn.init.normal_(p, std=std_for(name))

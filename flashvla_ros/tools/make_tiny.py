@@ -25,7 +25,7 @@ from torch import nn
 from ..policy.checkpoint import save_checkpoint
 from ..policy.config import OpenVLAConfig, ViTConfig
 from ..policy.openvla import OpenVLA
-from ..policy.presets import tiny_config
+from ..policy.presets import init_weights, tiny_config
 from ..policy.tokenizer import (
     LLAMA2_SPACE_ID,
     build_llama_tokenizer,
@@ -51,16 +51,8 @@ def random_model(cfg: OpenVLAConfig, seed: int, action_vocab: int = 32000) -> Op
     """
     torch.manual_seed(seed)
     model = OpenVLA(cfg)
-    for name, p in model.named_parameters():
-        if name.endswith('scale_factor'):
-            nn.init.constant_(p, 0.1)
-        elif p.ndim == 1:
-            is_norm = 'norm' in name
-            nn.init.constant_(p, 1.0 if is_norm and name.endswith('weight') else 0.0)
-        elif name.startswith('vision_backbone') or 'embed_tokens' in name:
-            nn.init.normal_(p, std=INIT_STD)
-        else:
-            nn.init.normal_(p, std=MIXING_STD)
+    init_weights(model, lambda name: INIT_STD if name.startswith('vision_backbone')
+                 or 'embed_tokens' in name else MIXING_STD)
     with torch.no_grad():
         first = action_vocab - cfg.n_action_bins
         nn.init.normal_(model.language_model.lm_head.weight[first:action_vocab], std=ACTION_STD)

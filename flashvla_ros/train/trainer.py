@@ -52,6 +52,7 @@ from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
 from ..policy.preprocess import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD
+from ..policy.presets import init_weights
 from ..policy.tokenizer import SPACE, build_llama_tokenizer, save_tokenizer_files
 from ..sim.tasks import PUSH_DIRECTIONS
 from ..sim.world import BLOCK_COLOURS, LABELS, TABLE_SIZE, ZONE_COLOURS, label_map, render
@@ -264,7 +265,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     codec = ActionCodec(vocab_size=base_vocab, n_bins=config.n_action_bins)
     _, stats = NormStats.select(norm, 'mock_world')
     model = OpenVLA(config)
-    init_weights(model)
+    init_model(model)
     aux = AuxHeads(config.text.hidden_size)
     if init is not None:  # continue training (e.g. after a DAgger round)
         model.load_state_dict(load_model(init)[0].state_dict())
@@ -317,18 +318,13 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     return summary
 
 
-def init_weights(model: OpenVLA) -> None:
+def init_model(model: OpenVLA) -> None:
     """Initialise: normal 0.02 weights, 2-D sin-cos patch coordinates as position embeddings."""
-    for name, p in model.named_parameters():
-        if name.endswith('scale_factor'):
-            nn.init.constant_(p, 0.1)
-        elif p.ndim == 1:
-            nn.init.constant_(p, 1.0 if 'norm' in name and name.endswith('weight') else 0.0)
-        elif name.endswith('pos_embed'):
-            with torch.no_grad():
+    init_weights(model, lambda name: None if name.endswith('pos_embed') else 0.02)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('pos_embed'):
                 p.copy_(sincos_2d(int(math.isqrt(p.shape[1])), p.shape[2]).unsqueeze(0))
-        else:
-            nn.init.normal_(p, std=0.02)
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
