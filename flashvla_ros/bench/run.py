@@ -183,7 +183,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         'model': model, 'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
         'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
         'expert': {'success': float(np.mean(expert)),
-                   'per_family': per_family(expert, [r for r in runs[0].families])},
+                   'per_family': per_family(expert, runs[0].families)},
         'configs': [summarize(r, runs[0] if k else None) for k, r in enumerate(runs)],
     }
 

@@ -114,7 +114,6 @@ class Batcher:
     def __init__(self, data: dict, tokenizer, codec: ActionCodec, stats: NormStats) -> None:
         self.data, self.tok, self.codec, self.stats = data, tokenizer, codec, stats
         self.space_id = tokenizer.token_to_id(SPACE)
-        self.bos = tokenizer.token_to_id('<s>')
         self.pad = tokenizer.token_to_id('<PAD>')
         self.prompts: dict[str, list[int]] = {}
         mean = torch.tensor(DINO_MEAN + SIGLIP_MEAN).view(1, 6, 1, 1)
