@@ -23,8 +23,9 @@ activations, softmax, rotary embeddings, embedding lookups, bin decoding (all O(
 under 1% here).
 
 Split: vision (towers + projector), prefill (decoder layers over the prompt), decode (decoder
-layers for generated tokens), head (LM head logits). Accelerators describe what they skipped
-by passing the tokens that actually entered each decoder layer.
+layers for generated tokens), head (LM head logits), select (an accelerator's own work, such as
+FlashVLA's SVD; an operation-count estimate, see `svd_flops`). Accelerators describe what they
+skipped by passing the tokens that actually entered each decoder layer.
 """
 
 from __future__ import annotations
@@ -40,18 +41,20 @@ class Flops:
     prefill: int = 0
     decode: int = 0
     head: int = 0
+    select: int = 0
 
     @property
     def total(self) -> int:
-        return self.vision + self.prefill + self.decode + self.head
+        return self.vision + self.prefill + self.decode + self.head + self.select
 
     def __add__(self, other: Flops) -> Flops:
         return Flops(self.vision + other.vision, self.prefill + other.prefill,
-                     self.decode + other.decode, self.head + other.head)
+                     self.decode + other.decode, self.head + other.head,
+                     self.select + other.select)
 
     def as_dict(self) -> dict[str, int]:
         return {'vision': self.vision, 'prefill': self.prefill, 'decode': self.decode,
-                'head': self.head, 'total': self.total}
+                'head': self.head, 'select': self.select, 'total': self.total}
 
 
 def vit_flops(t: ViTConfig) -> int:
@@ -87,6 +90,17 @@ def head_flops(text: TextConfig, positions: int = 1) -> int:
     return 2 * positions * text.hidden_size * text.vocab_size
 
 
+def svd_flops(rows: int, cols: int) -> int:
+    """
+    Estimate a thin SVD with both singular-vector sets (what `torch.linalg.svd` computes).
+
+    Golub & Van Loan's R-SVD count, 6 m n^2 + 20 n^3 with m >= n: a textbook operation count,
+    not a measurement (LAPACK's divide-and-conquer differs by a small factor).
+    """
+    m, n = max(rows, cols), min(rows, cols)
+    return 6 * m * n * n + 20 * n ** 3
+
+
 def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: int,
                        prefill_tokens_per_layer: list[int] | None = None,
                        cache_per_layer: list[int] | None = None) -> Flops:
@@ -96,8 +110,9 @@ def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: in
     That is vision, a prefill of 1 + visual + prompt tokens, then `action_tokens - 1`
     single-token decode steps (the last token needs no forward pass).
 
-    `prefill_tokens_per_layer` gives the tokens that entered each layer (token pruning);
-    `cache_per_layer` the KV entries each layer keeps for decoding (default: its prefill).
+    `prefill_tokens_per_layer` gives the tokens that entered each layer (token pruning; a
+    shorter list when the later layers did not run); `cache_per_layer` the KV entries each layer
+    keeps for decoding (default: its prefill). `action_tokens=0`: no decoding and no head.
     """
     text = cfg.text
     full = 1 + cfg.num_patches + prompt_tokens - 1  # BOS + patches + prompt after BOS

@@ -26,9 +26,9 @@ in-process with the mock-world simulator. JSON schema (one object):
    "configs": [{"name": str, "options": {...},
      "success": float, "per_family": {family: float},
      "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
-     "latency_ms": {part: {"median": float, "p99": float}},     # part: vision, prefill,
-                                                                # decode, head, total
-     "flops_per_step": {"vision", "prefill", "decode", "head", "total": float},
+     "latency_ms": {part: {"median", "mean", "p99": float}},   # part: vision (with
+                                                    # preprocessing), prefill, decode, head, total
+     "flops_per_step": {"vision", "prefill", "decode", "head", "select", "total": float},
      "reuse_rate": float, "steps": int,
      "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs --accel none
 
@@ -51,17 +51,19 @@ import cv2
 import numpy as np
 import yaml
 
+from ..accel.flashvla import FlashVLAPolicy, flashvla_options
 from ..accel.flops import Flops, openvla_step_flops
 from ..policy import OpenVLAPolicy, load_policy
 from ..policy.presets import default_model_dir
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
-PARTS = ('vision', 'prefill', 'decode', 'head', 'total')
+PARTS = ('vision', 'prefill', 'decode', 'head', 'total')  # vision includes preprocessing
 
-# name -> factory(base policy, options) returning an object with predict() (and reset()).
+# name -> factory(base policy, options) returning an object with predict() and reset().
 ACCELERATORS: dict[str, Callable[[OpenVLAPolicy, dict], Any]] = {
     'none': lambda policy, options: policy,
+    'flashvla': lambda policy, options: FlashVLAPolicy(policy, flashvla_options(options)),
 }
 
 
@@ -80,14 +82,28 @@ class ConfigRun:
 
 
 def parse_accel(spec: str) -> tuple[str, dict]:
-    """`none`, `flashvla`, or a YAML file holding `accel: {name: ..., <options>}`."""
+    """
+    Read `NAME[:PRESET][,KEY=VALUE...]` or a YAML file holding `accel: {name: ..., <options>}`.
+
+    Examples: `none`, `flashvla`, `flashvla:fast`, `flashvla:keep=0.5,gate=past`.
+    """
     if spec.endswith(('.yaml', '.yml')):
         section = (yaml.safe_load(Path(spec).read_text()) or {}).get('accel')
         if not isinstance(section, dict) or 'name' not in section:
             raise ValueError(f'{spec}: needs an "accel:" mapping with a "name"')
         options = dict(section)
         return str(options.pop('name')), options
-    return spec, {}
+    name, _, rest = spec.partition(':')
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(',')):
+        key, eq, value = item.partition('=')
+        if eq:
+            options[key.strip()] = yaml.safe_load(value)
+        elif 'preset' not in options:
+            options['preset'] = key.strip()
+        else:
+            raise ValueError(f'{spec}: "{item}" is neither KEY=VALUE nor the one preset')
+    return name, options
 
 
 def step_flops(policy: OpenVLAPolicy, info: dict) -> Flops:
@@ -145,7 +161,8 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
         'success': float(np.mean(run.successes)),
         'per_family': per_family(run.successes, run.families),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
-        'latency_ms': {p: {'median': float(np.median(v)), 'p99': float(np.percentile(v, 99))}
+        'latency_ms': {p: {'median': float(np.median(v)), 'mean': float(np.mean(v)),
+                           'p99': float(np.percentile(v, 99))}
                        for p, v in run.latency.items()},
         'flops_per_step': {k: v / n for k, v in flops.as_dict().items()},
         'reuse_rate': float(np.mean(run.reused)) if run.reused else 0.0,
@@ -165,7 +182,8 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
     runs = []
     for spec, name, options in specs:
         policy = load_policy(model, device=device) if name != 'none' else base
-        runs.append(ConfigRun(spec if name == 'none' else name, options,
+        label = name if spec.endswith(('.yaml', '.yml')) else spec
+        runs.append(ConfigRun(label, options,
                               ACCELERATORS[name](policy, options)))
     baseline = base if any(r.policy is not base for r in runs) else None
     expert = []

@@ -192,6 +192,30 @@ class Llama(nn.Module):
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids)
 
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        layer_hook: LayerHook | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Run decoder layers `start..stop-1` on `hidden` [B, T, D] at rotary `positions` [T].
+
+        Returns the hidden states and positions that leave the last layer (a hook may have
+        dropped tokens); no final norm, so a caller can stop early and continue later.
+        """
+        cos, sin = self.rotary(positions, hidden.dtype)
+        for i in range(start, len(self.model.layers) if stop is None else stop):
+            hidden = self.model.layers[i](hidden, cos, sin)
+            if layer_hook is not None:
+                changed = layer_hook(i, hidden, positions)
+                if changed is not None:
+                    hidden, positions = changed
+                    cos, sin = self.rotary(positions, hidden.dtype)
+        return hidden, positions
+
     def forward_hidden(
         self,
         hidden: torch.Tensor,
@@ -199,15 +223,7 @@ class Llama(nn.Module):
         layer_hook: LayerHook | None = None,
     ) -> torch.Tensor:
         """Run the layer loop on embeddings [B, T, D] at rotary `positions` [T]; final-normed."""
-        cos, sin = self.rotary(positions, hidden.dtype)
-        for i, layer in enumerate(self.model.layers):
-            hidden = layer(hidden, cos, sin)
-            if layer_hook is not None:
-                changed = layer_hook(i, hidden, positions)
-                if changed is not None:
-                    hidden, positions = changed
-                    cos, sin = self.rotary(positions, hidden.dtype)
-        return self.model.norm(hidden)
+        return self.model.norm(self.run_layers(hidden, positions, layer_hook=layer_hook)[0])
 
     def forward(
         self,
@@ -222,5 +238,9 @@ class Llama(nn.Module):
         With `last_only` only the last position's logits are computed ([B, vocab]); the
         full [B, T, vocab] otherwise.
         """
-        hidden = self.forward_hidden(hidden, positions, layer_hook)
-        return self.lm_head(hidden[:, -1] if last_only else hidden)
+        hidden, _ = self.run_layers(hidden, positions, layer_hook=layer_hook)
+        return self.logits(hidden, last_only)
+
+    def logits(self, hidden: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """Apply the final norm and the LM head (to the last token only, by default)."""
+        return self.lm_head(self.model.norm(hidden[:, -1] if last_only else hidden))

@@ -68,9 +68,26 @@ class Action:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+class Stopwatch:
+    """Stage timings of one prediction; marks synchronise CUDA so each stage owns its time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = self.last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self.last) * 1e3
+        self.last = now
+
+    def timings(self) -> dict[str, float]:
+        """Every stage (0 when skipped) and the total."""
+        stages = ('preprocess', 'vision', 'prefill', 'decode', 'head')
+        return {**{s: self.ms.get(s, 0.0) for s in stages},
+                'total': (self.last - self.start) * 1e3}
 
 
 class OpenVLAPolicy:
@@ -133,61 +150,60 @@ class OpenVLAPolicy:
         self._prompt_cache[instruction] = tensor
         return tensor
 
-    @torch.inference_mode()
-    def predict(self, rgb: np.ndarray, instruction: str) -> Action:
-        t0 = time.perf_counter()
+    def prepare(self, rgb: np.ndarray, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the inputs; return prompt ids [P] and model pixels [1, 6, S, S]."""
         check_rgb(rgb)
         ids = self.prompt_ids(instruction)
         pixels = preprocess(rgb, self.cfg.image_size, self.crop_area)
-        pixels = pixels.to(self.device, self.dtype)
-        _sync(self.device)
-        t1 = time.perf_counter()
+        return ids, pixels.to(self.device, self.dtype)
 
-        patches = self.model.encode_image(pixels)
-        _sync(self.device)
-        t2 = time.perf_counter()
+    def sequence(self, ids: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Embed the prefill in OpenVLA's order: BOS, the visual tokens, the rest of the prompt."""
+        text = self.model.language_model.embed(ids[None])
+        return torch.cat([text[:, :1], patches, text[:, 1:]], dim=1)
 
+    def decode(self, first_token: int, next_position: int) -> list[int]:
+        """Greedy-decode the remaining action tokens after the prefill filled the KV cache."""
         llm = self.model.language_model
-        llm.reset_cache()
-        text = llm.embed(ids[None])
-        seq = torch.cat([text[:, :1], patches, text[:, 1:]], dim=1)
-        positions = torch.arange(seq.shape[1], device=self.device)
-        logits = llm(seq, positions)
-        tokens = [self._greedy(logits)]
-        _sync(self.device)
-        t3 = time.perf_counter()
-
-        next_pos = seq.shape[1]
-        for _ in range(self.action_dim - 1):
+        tokens = [first_token]
+        for position in range(next_position, next_position + self.action_dim - 1):
             step = llm.embed(torch.tensor([[tokens[-1]]], device=self.device))
-            logits = llm(step, torch.tensor([next_pos], device=self.device))
-            tokens.append(self._greedy(logits))
-            next_pos += 1
-        t4 = time.perf_counter()
+            tokens.append(self.greedy(llm(step, torch.tensor([position], device=self.device))))
+        return tokens
 
+    def finish(self, tokens: list[int], clock: Stopwatch, info: dict[str, Any]) -> Action:
+        """Bins -> un-normalised action, checked for NaN/inf, with timings and info."""
         normalized = self.codec.decode(np.array(tokens))
         values = self.stats.unnormalize(normalized)
         if not np.isfinite(values).all():
             raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
-        t5 = time.perf_counter()
-        ms = {
-            'preprocess': t1 - t0, 'vision': t2 - t1, 'prefill': t3 - t2, 'decode': t4 - t3,
-            'head': t5 - t4, 'total': t5 - t0,
-        }
-        return Action(
-            values=values,
-            normalized=normalized,
-            token_ids=tokens,
-            timings_ms={k: v * 1e3 for k, v in ms.items()},
-            info={
-                'prompt_tokens': int(ids.numel()),
-                'visual_tokens': int(patches.shape[1]),
-                'non_action_tokens': int((~self.codec.is_action_token(np.array(tokens))).sum()),
-            },
-        )
+        clock.mark('head')
+        info['non_action_tokens'] = int((~self.codec.is_action_token(np.array(tokens))).sum())
+        return Action(values=values, normalized=normalized, token_ids=tokens,
+                      timings_ms=clock.timings(), info=info)
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray, instruction: str) -> Action:
+        clock = Stopwatch(self.device)
+        ids, pixels = self.prepare(rgb, instruction)
+        clock.mark('preprocess')
+        patches = self.model.encode_image(pixels)
+        clock.mark('vision')
+        llm = self.model.language_model
+        llm.reset_cache()
+        seq = self.sequence(ids, patches)
+        first = self.greedy(llm(seq, torch.arange(seq.shape[1], device=self.device)))
+        clock.mark('prefill')
+        tokens = self.decode(first, seq.shape[1])
+        clock.mark('decode')
+        return self.finish(tokens, clock, {'prompt_tokens': int(ids.numel()),
+                                           'visual_tokens': int(patches.shape[1])})
+
+    def reset(self) -> None:
+        """Forget nothing: the plain policy keeps no memory between frames."""
 
     @staticmethod
-    def _greedy(logits: torch.Tensor) -> int:
+    def greedy(logits: torch.Tensor) -> int:
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError('the language model produced NaN/inf logits')
         return int(logits[0].argmax())
