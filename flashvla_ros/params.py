@@ -18,6 +18,10 @@ The policy node's parameters: one table, one typed config, one loader.
 The table is the single source of truth: the ROS node declares every entry with its
 description, range and read-only flag; `config/policy.yaml` sets the same names; the
 validators here reject bad values with a reason, at load and for live changes alike.
+
+The `accel.*` entries (a nested `accel:` mapping in YAML) choose the accelerator. Its options
+default to "unset": the preset (or the accelerator's own default) decides, and any option set
+explicitly overrides it; the accelerator's validator gives the reason for a bad combination.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+    kind: type | None = None  # the type of an entry whose default is None (unset)
 
 
 PARAMS: tuple[Param, ...] = (
@@ -83,8 +88,40 @@ PARAMS: tuple[Param, ...] = (
           'command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
     Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
           'action dimension).', read_only=True),
+    Param('accel.name', 'flashvla', 'Accelerator: none (the plain model) or flashvla.',
+          read_only=True, choices=('none', 'flashvla')),
+    Param('accel.preset', 'conservative', 'FlashVLA preset (conservative, fast) or empty for '
+          'the built-in defaults; options set below override it.', read_only=True,
+          choices=('', 'conservative', 'fast')),
+    Param('accel.layer', None, 'Decoder layers that see every visual token (L_p).',
+          read_only=True, kind=int),
+    Param('accel.keep', None, 'Visual tokens kept after layer L_p: a fraction (<= 1) or a '
+          'count.', read_only=True, kind=float),
+    Param('accel.energy', None, 'Effective SVD rank: share of the squared singular values.',
+          read_only=True, kind=float),
+    Param('accel.rank', None, 'Fixed effective SVD rank instead of energy (0: use energy).',
+          read_only=True, kind=int),
+    Param('accel.svd', None, 'Token-scoring SVD: gram, exact or lowrank.', read_only=True,
+          kind=str),
+    Param('accel.reuse', None, 'Reuse the previous action while actions and tokens are '
+          'stable.', read_only=True, kind=bool),
+    Param('accel.gate', None, 'Reuse gate: current (looks at the new frame) or past (memory '
+          'only, skips the whole step).', read_only=True, kind=str),
+    Param('accel.eps1_deg', None, 'Largest angle between the last two actions that is '
+          'stable, degrees.', read_only=True, kind=float),
+    Param('accel.eps2', None, 'Smallest overlap of selected token sets that is stable.',
+          read_only=True, kind=float),
+    Param('accel.max_reuse', None, 'Consecutive reuses before inference is forced.',
+          read_only=True, kind=int),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
+ACCEL_PREFIX = 'accel.'
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    name: str
+    options: dict[str, Any]  # preset (when set) and the explicitly set options
 
 
 @dataclass(frozen=True)
@@ -107,13 +144,15 @@ class NodeConfig:
     action_lower: tuple[float, ...]
     action_upper: tuple[float, ...]
     joint_names: tuple[str, ...]
+    accel: AccelConfig
 
     @property
     def control_period_s(self) -> float:
         return 1.0 / self.control_rate_hz
 
 
-assert [f.name for f in fields(NodeConfig)] == [p.name for p in PARAMS]
+assert [f.name for f in fields(NodeConfig)] == [
+    p.name for p in PARAMS if not p.name.startswith(ACCEL_PREFIX)] + ['accel']
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -121,7 +160,12 @@ def check_value(name: str, value: Any) -> str | None:
     spec = PARAM_BY_NAME.get(name)
     if spec is None:
         return f'unknown parameter {name!r}'
-    default = spec.default
+    default = spec.default if spec.kind is None else spec.kind()
+    if spec.kind is not None and value is None:
+        return None  # unset: the preset decides
+    if spec.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f'{name} must be an integer'
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f'{name} must be true or false'
     if isinstance(default, float):
@@ -175,7 +219,21 @@ def check_config(values: dict[str, Any]) -> str | None:
     bad = [i for i in range(ACTION_DIM) if lower[i] > upper[i]]
     if bad:
         return f'action_lower > action_upper in dimensions {bad}'
+    try:
+        _accel(values)
+    except ValueError as exc:
+        return str(exc)
     return None
+
+
+def _accel(values: dict[str, Any]) -> AccelConfig:
+    from .accel.registry import check_accel
+
+    options = {k[len(ACCEL_PREFIX):]: v for k, v in values.items()
+               if k.startswith(ACCEL_PREFIX) and k != 'accel.name' and v not in (None, '')}
+    accel = AccelConfig(values['accel.name'], options)
+    check_accel(accel.name, accel.options)
+    return accel
 
 
 def build_config(values: dict[str, Any]) -> NodeConfig:
@@ -187,7 +245,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     reason = check_config(merged)
     if reason:
         raise ValueError(reason)
-    return NodeConfig(**{k: _typed(k, v) for k, v in merged.items()})
+    node = {k: _typed(k, v) for k, v in merged.items() if not k.startswith(ACCEL_PREFIX)}
+    return NodeConfig(**node, accel=_accel(merged))
 
 
 def _typed(name: str, value: Any) -> Any:
@@ -198,10 +257,26 @@ def _typed(name: str, value: Any) -> Any:
     return value
 
 
-def load_yaml(path: str | Path, node_name: str = 'policy_node') -> NodeConfig:
-    """Read a ROS parameter file (`node: ros__parameters: {...}`) into a NodeConfig."""
+def flatten(params: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Nested YAML mappings -> dotted ROS parameter names (`accel: {keep: 1}` -> accel.keep)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def read_yaml(path: str | Path, node_name: str = 'policy_node') -> dict[str, Any]:
+    """Read a ROS parameter file (`node: ros__parameters: {...}`) as dotted names -> values."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     section = data.get(node_name, data.get(f'/{node_name}', data.get('/**', {})))
-    params = dict((section or {}).get('ros__parameters', {}))
+    params = flatten(dict((section or {}).get('ros__parameters', {})))
     params.pop('use_sim_time', None)
-    return build_config(params)
+    return params
+
+
+def load_yaml(path: str | Path, node_name: str = 'policy_node') -> NodeConfig:
+    """Read a ROS parameter file into a validated NodeConfig."""
+    return build_config(read_yaml(path, node_name))

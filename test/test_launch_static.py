@@ -24,7 +24,7 @@ import re
 
 import yaml
 
-from flashvla_ros.params import PARAMS, load_yaml
+from flashvla_ros.params import PARAMS, flatten, load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / 'launch' / 'policy.launch.py'
@@ -79,10 +79,15 @@ def test_parameter_file_is_installed_and_named_right():
 
 def test_yaml_sets_every_declared_parameter_with_a_comment():
     lines = (ROOT / 'config' / 'policy.yaml').read_text().splitlines()
-    params = yaml.safe_load('\n'.join(lines))['policy_node']['ros__parameters']
-    assert list(params) == [p.name for p in PARAMS]
+    params = flatten(yaml.safe_load('\n'.join(lines))['policy_node']['ros__parameters'])
+    # Options that default to "unset" (the preset decides) are there, commented out.
+    assert list(params) == [p.name for p in PARAMS if p.kind is None]
+    for p in PARAMS:
+        if p.kind is not None:
+            name = p.name.split('.')[-1]
+            assert any(re.match(rf'\s+# {name}: ', line) for line in lines), p.name
     for i, line in enumerate(lines):
-        m = re.match(r'    (\w+):', line)
+        m = re.match(r'    (\w+):( |$)', line) or re.match(r'      (\w+): ', line)
         if m:
             assert lines[i - 1].strip().startswith('#'), f'{m.group(1)} has no comment'
     config = load_yaml(ROOT / 'config' / 'policy.yaml')

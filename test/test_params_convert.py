@@ -14,14 +14,18 @@
 
 """Parameter validation and image conversion: the checks behind 'rejected with the reason'."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from flashvla_ros.params import PARAMS, build_config, check_config, check_value
+from flashvla_ros.params import PARAMS, build_config, check_config, check_value, load_yaml
 from flashvla_ros.policy.errors import InputError
 from flashvla_ros.ros.convert import compressed_to_rgb, image_to_rgb, rgb_to_image
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize('name, value, reason', [
@@ -35,6 +39,10 @@ from flashvla_ros.ros.convert import compressed_to_rgb, image_to_rgb, rgb_to_ima
     ('action_upper', [1.0] * 6 + [True], 'list of numbers'),
     ('center_crop', 'yes', 'true or false'),
     ('nonsense', 1, 'unknown parameter'),
+    ('accel.name', 'warp', "choose one of ['none', 'flashvla']"),
+    ('accel.max_reuse', 2.5, 'must be an integer'),
+    ('accel.keep', 'most', 'must be a number'),
+    ('accel.reuse', 1, 'true or false'),
 ])
 def test_bad_values_are_rejected_with_a_reason(name, value, reason):
     assert reason in (check_value(name, value) or '')
@@ -51,6 +59,22 @@ def test_inconsistent_limits_are_rejected():
     assert check_config(values) == 'action_lower > action_upper in dimensions [0, 1, 2]'
     with pytest.raises(ValueError, match='unknown parameters'):
         build_config({'contrl_rate_hz': 5.0})
+
+
+def test_accel_section_presets_and_overrides(tmp_path):
+    shipped = load_yaml(ROOT / 'config' / 'policy.yaml').accel
+    assert shipped.name == 'flashvla' and shipped.options == {'preset': 'conservative'}
+    f = tmp_path / 'p.yaml'
+    f.write_text('policy_node:\n  ros__parameters:\n    accel:\n      name: flashvla\n'
+                 '      preset: fast\n      keep: 40\n      eps2: 0.75\n')
+    assert load_yaml(f).accel.options == {'preset': 'fast', 'keep': 40, 'eps2': 0.75}
+    # The accelerator's own validator gives the reason for a bad combination.
+    values = {p.name: p.default for p in PARAMS}
+    values.update({'accel.svd': 'lowrank'})
+    assert 'lowrank needs a fixed rank' in check_config(values)
+    values.update({'accel.svd': None, 'accel.eps2': 1.5})
+    assert 'eps2 must be in [0, 1], got 1.5' in check_config(values)
+    assert build_config({'accel.name': 'none', 'accel.keep': 0.5}).accel.name == 'none'
 
 
 def as_image(encoding, array, pad=0):

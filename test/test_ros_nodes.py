@@ -35,6 +35,7 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 LOWER = np.array([-0.05] * 3 + [-0.25] * 3 + [0.0])
 UPPER = np.array([0.05] * 3 + [0.25] * 3 + [1.0])
@@ -116,6 +117,10 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
     diag = probe.diagnostics()
     assert diag['level'] == 0 and diag['message'] == 'commanding', diag
     assert float(diag['latency_p50_ms']) > 0 and int(diag['inferences']) > 10
+    # The shipped configuration accelerates: FlashVLA's conservative preset keeps 160 of 256.
+    assert diag['accel'] == 'flashvla' and diag['policy_kept_tokens'] == '160', diag
+    assert 0.0 <= float(diag['policy_reuse_rate']) <= 1.0
+    assert 0.0 < float(diag['policy_flops_saved']) < 1.0
 
 
 def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
@@ -124,7 +129,8 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     listen_once(probe, Float64MultiArray, RAW)
     procs.start('policy_node', *policy_args(
         tiny_dir, f'instruction:={golden["instruction"]}', 'max_image_age_s:=2.0',
-        'control_rate_hz:=20.0', 'outputs:=[array, raw]', 'image_reliability:=reliable'))
+        'control_rate_hz:=20.0', 'outputs:=[array, raw]', 'image_reliability:=reliable',
+        'accel.name:=none'))  # the golden file is the plain model's
     wait_active(probe, procs)
     player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw')
     probe.wait_for(lambda: player.poll() is not None, 30, 'the bag to finish', procs)
@@ -262,6 +268,7 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
         (param('action_lower', [0.0] * 3), 'needs 7 entries'),
         (param('action_lower', [0.1] * 7), 'action_lower > action_upper'),
         (param('action_scale', [float('nan')] * 7), 'finite'),
+        (param('accel.keep', 0.5), 'read-only'),
     ]
     for p, reason in cases:
         result = probe.call(SetParameters, '/policy_node/set_parameters',
@@ -274,6 +281,8 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
     got = probe.call(GetParameters, '/policy_node/get_parameters',
                      GetParameters.Request(names=['max_image_age_s', 'control_rate_hz']))
     assert [v.double_value for v in got.values] == [0.8, 10.0]
+    reset = probe.call(Trigger, '/policy_node/reset', Trigger.Request())
+    assert reset.success and 'new episode' in reset.message
 
 
 def test_lifecycle_without_autostart(probe, procs, tiny_dir):

@@ -133,6 +133,18 @@ def test_stale_camera_holds_with_last_gripper_and_recovers(make_runner):
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'
     assert runner.counters.holds == 1
+    assert policy.resets == 2  # the instruction, then the hold: no reuse across a stop
+
+
+def test_episode_reset_empties_the_queue_and_the_policy_memory(make_runner):
+    policy = ScriptedPolicy([[0.01] * 7, [0.02] * 7])
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.status()['queue'] == 2)
+    runner.reset_episode()
+    assert runner.status()['queue'] == 0 and runner.status()['episode'] == 2
+    assert policy.resets == 2 and runner.instruction == 'push the cup'
 
 
 def test_frames_older_than_the_limit_are_never_inferred(make_runner):
@@ -239,3 +251,31 @@ def test_with_the_real_tiny_policy(make_runner, tiny_policy):
     assert tick.raw.tolist() == expected.tolist()
     assert ((tick.command >= LIMITS.lower) & (tick.command <= LIMITS.upper)).all()
     assert runner.status()['latency_p50_ms'] > 0
+
+
+def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
+    from flashvla_ros.accel.flashvla import FlashVLAPolicy, flashvla_options
+    from flashvla_ros.policy import load_policy
+    from flashvla_ros.sim.tasks import Episode
+
+    # A gate that accepts any history reuses every other step; limits tighter than the model's
+    # outputs clamp fresh and reused actions alike.
+    policy = FlashVLAPolicy(load_policy(str(tiny_dir)), flashvla_options(
+        {'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 1}))
+    tight = SafetyLimits.from_lists([1.0] * 7, [-1e-4] * 6 + [0.0], [1e-4] * 6 + [1.0])
+    runner = PolicyRunner(policy, tight, 5.0, 5.0)
+    runner.start()
+    ep = Episode(3)
+    ticks = []
+    try:
+        runner.set_instruction(ep.instruction)
+        for _ in range(5):
+            runner.submit_frame(ep.observe())
+            ticks.append(next_action(runner))
+    finally:
+        runner.stop()
+    assert policy.reused >= 1
+    for tick in ticks:
+        assert ((tick.command >= tight.lower) & (tick.command <= tight.upper)).all()
+        assert np.abs(tick.raw[:6]).max() > 1e-4  # the raw action was outside: clamped
+    assert runner.counters.clamped_values >= 5

@@ -36,7 +36,7 @@ memory empties on reset() and whenever the instruction changes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 import math
 import threading
 from typing import Any
@@ -93,21 +93,25 @@ def flashvla_options(options: dict[str, Any] | None) -> FlashVLAOptions:
             raise ValueError(f'FlashVLA option {name}={value!r} must be a {known[name]}')
     opts = FlashVLAOptions(**merged)
     checks = [
-        (opts.layer >= 1, 'layer must be >= 1'),
-        (math.isfinite(opts.keep) and opts.keep > 0, 'keep must be > 0 (a fraction or a count)'),
-        (opts.keep <= 1 or float(opts.keep).is_integer(), 'keep above 1 must be a whole count'),
-        (0 < opts.energy <= 1, 'energy must be in (0, 1]'),
-        (opts.rank >= 0, 'rank must be >= 0'),
-        (opts.svd in ('gram', 'exact', 'lowrank'), "svd must be 'gram', 'exact' or 'lowrank'"),
-        (opts.gate in ('current', 'past'), "gate must be 'current' or 'past'"),
-        (0 <= opts.eps1_deg <= 180, 'eps1_deg must be in [0, 180]'),
-        (0 <= opts.eps2 <= 1, 'eps2 must be in [0, 1]'),
-        (opts.max_reuse >= 1, 'max_reuse must be >= 1 (reuse: false disables reuse)'),
+        (opts.layer >= 1, f'layer must be >= 1, got {opts.layer}'),
+        (math.isfinite(opts.keep) and opts.keep > 0,
+         f'keep must be > 0 (a fraction or a count), got {opts.keep}'),
+        (opts.keep <= 1 or float(opts.keep).is_integer(),
+         f'keep above 1 must be a whole count, got {opts.keep}'),
+        (0 < opts.energy <= 1, f'energy must be in (0, 1], got {opts.energy}'),
+        (opts.rank >= 0, f'rank must be >= 0, got {opts.rank}'),
+        (opts.svd in ('gram', 'exact', 'lowrank'),
+         f"svd must be 'gram', 'exact' or 'lowrank', got {opts.svd!r}"),
+        (opts.gate in ('current', 'past'), f"gate must be 'current' or 'past', got {opts.gate!r}"),
+        (0 <= opts.eps1_deg <= 180, f'eps1_deg must be in [0, 180], got {opts.eps1_deg}'),
+        (0 <= opts.eps2 <= 1, f'eps2 must be in [0, 1], got {opts.eps2}'),
+        (opts.max_reuse >= 1,
+         f'max_reuse must be >= 1 (reuse: false disables reuse), got {opts.max_reuse}'),
         (opts.svd != 'lowrank' or opts.rank > 0, 'svd: lowrank needs a fixed rank (rank > 0)'),
     ]
     for ok, reason in checks:
         if not ok:
-            raise ValueError(f'FlashVLA option: {reason} (got {asdict(opts)})')
+            raise ValueError(f'FlashVLA option: {reason}')
     return opts
 
 
@@ -275,6 +279,10 @@ class FlashVLAPolicy:
         self.steps = self.reused = 0
         self.kept_sum = 0
         self.flops_done = self.flops_full = 0
+
+    def prompt_ids(self, instruction: str) -> torch.Tensor:
+        """Check an instruction as the plain policy does (InputError when it is unusable)."""
+        return self.base.prompt_ids(instruction)
 
     def reset(self) -> None:
         """Forget the reuse memory (new episode or instruction)."""

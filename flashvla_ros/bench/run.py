@@ -38,7 +38,6 @@ in-process with the mock-world simulator. JSON schema (one object):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 import json
 import math
@@ -51,20 +50,15 @@ import cv2
 import numpy as np
 import yaml
 
-from ..accel.flashvla import FlashVLAPolicy, flashvla_options
 from ..accel.flops import Flops, openvla_step_flops
+from ..accel.registry import accelerate, check_accel
+from ..params import ACCEL_PREFIX, read_yaml
 from ..policy import OpenVLAPolicy, load_policy
 from ..policy.presets import default_model_dir
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
 PARTS = ('vision', 'prefill', 'decode', 'head', 'total')  # vision includes preprocessing
-
-# name -> factory(base policy, options) returning an object with predict() and reset().
-ACCELERATORS: dict[str, Callable[[OpenVLAPolicy, dict], Any]] = {
-    'none': lambda policy, options: policy,
-    'flashvla': lambda policy, options: FlashVLAPolicy(policy, flashvla_options(options)),
-}
 
 
 @dataclass
@@ -88,10 +82,14 @@ def parse_accel(spec: str) -> tuple[str, dict]:
     Examples: `none`, `flashvla`, `flashvla:fast`, `flashvla:keep=0.5,gate=past`.
     """
     if spec.endswith(('.yaml', '.yml')):
-        section = (yaml.safe_load(Path(spec).read_text()) or {}).get('accel')
+        data = yaml.safe_load(Path(spec).read_text()) or {}
+        section = data.get('accel')
+        if section is None:  # the node's parameter file: policy_node.ros__parameters.accel
+            section = {k[len(ACCEL_PREFIX):]: v for k, v in read_yaml(spec).items()
+                       if k.startswith(ACCEL_PREFIX)}
         if not isinstance(section, dict) or 'name' not in section:
             raise ValueError(f'{spec}: needs an "accel:" mapping with a "name"')
-        options = dict(section)
+        options = {k: v for k, v in section.items() if v not in (None, '')}
         return str(options.pop('name')), options
     name, _, rest = spec.partition(':')
     options: dict[str, Any] = {}
@@ -175,16 +173,14 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print) -> dict:
     specs = [(spec, *parse_accel(spec)) for spec in accels]
-    for _, name, _ in specs:
-        if name not in ACCELERATORS:
-            raise ValueError(f'unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}')
+    for _, name, options in specs:
+        check_accel(name, options)
     base = load_policy(model, device=device)
     runs = []
     for spec, name, options in specs:
         policy = load_policy(model, device=device) if name != 'none' else base
         label = name if spec.endswith(('.yaml', '.yml')) else spec
-        runs.append(ConfigRun(label, options,
-                              ACCELERATORS[name](policy, options)))
+        runs.append(ConfigRun(label, options, accelerate(policy, name, options)))
     baseline = base if any(r.policy is not base for r in runs) else None
     expert = []
     start = time.perf_counter()

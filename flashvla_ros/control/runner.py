@@ -165,14 +165,27 @@ class PolicyRunner:
             if text == self._instruction:
                 return False
             self._instruction = text
-            self._episode += 1
-            self._queue.clear()
-            self._last_gripper = None
-            reset = getattr(self.policy, 'reset', None)
-            if callable(reset):
-                reset()
-            self._lock.notify_all()
+            self._new_episode()
             return True
+
+    def reset_episode(self) -> None:
+        """Start a new episode with the same instruction (the robot or scene was reset)."""
+        with self._lock:
+            self._new_episode()
+
+    def _new_episode(self) -> None:
+        # Under the lock: results of the old episode are discarded, memories forgotten.
+        self._episode += 1
+        self._queue.clear()
+        self._last_gripper = None
+        self._reset_policy()
+        self._lock.notify_all()
+
+    def _reset_policy(self) -> None:
+        """Empty the policy's memory (an accelerator's reuse history); cheap, never blocks."""
+        reset = getattr(self.policy, 'reset', None)
+        if callable(reset):
+            reset()
 
     @property
     def instruction(self) -> str:
@@ -283,6 +296,7 @@ class PolicyRunner:
                     return Tick('idle', fault=fault)
                 self._fault = fault
                 self.counters.holds += 1
+                self._reset_policy()  # the robot holds: a pre-fault action is no basis for reuse
                 return Tick('hold', command=self.limits.hold(self._last_gripper), fault=fault)
             self._fault = ''
             while self._queue and now - self._queue[0].frame_time > self.max_action_age_s:

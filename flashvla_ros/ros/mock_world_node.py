@@ -92,6 +92,10 @@ class MockWorld(Node):
         source = param('frames_source', '', 'Open loop: folder of images or video file.')
         self.open_loop_instruction = param('instruction', 'pick up the red block',
                                            'Instruction published in open-loop mode.')
+        reset_service = param('policy_reset_service', '/policy_node/reset',
+                              'Trigger called at each new episode so the policy forgets the '
+                              'last one (its reuse memory); empty = none.')
+        self.policy_reset = self.create_client(Trigger, reset_service) if reset_service else None
         if self.family and self.family not in FAMILIES:
             raise ValueError(f'task_family {self.family!r} is not one of {list(FAMILIES)}')
         if rate <= 0:
@@ -120,6 +124,8 @@ class MockWorld(Node):
                                image_size=self.image_size)
         self.get_logger().info(f'episode seed {self.seed}: {self.episode.instruction!r}')
         self._publish_instruction()
+        if self.policy_reset is not None and self.policy_reset.service_is_ready():
+            self.policy_reset.call_async(Trigger.Request())  # fire and forget: never wait
 
     def _instruction(self) -> str:
         return self.episode.instruction if self.episode else self.open_loop_instruction

@@ -48,8 +48,10 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..accel.registry import accelerate
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..params import PARAMS, NodeConfig, build_config, check_config, check_value
@@ -68,6 +70,9 @@ RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIA
 
 
 def descriptor(p) -> ParameterDescriptor:
+    if p.kind is not None:  # unset by default; typed and checked by the config validator
+        return ParameterDescriptor(description=f'{p.description} (unset: the preset decides)',
+                                   read_only=p.read_only, dynamic_typing=True)
     d = p.default
     kind = LIST_TYPES[type(d[0])] if isinstance(d, list) else ROS_TYPES[type(d)]
     desc = ParameterDescriptor(type=kind, description=p.description, read_only=p.read_only)
@@ -111,6 +116,7 @@ class PolicyNode(LifecycleNode):
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=inputs)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,9 +129,10 @@ class PolicyNode(LifecycleNode):
             self.state_label = 'configure failed: no model'
             return TransitionCallbackReturn.FAILURE
         try:
-            self.policy = load_policy(model, device=c.device, dtype=c.dtype,
-                                      unnorm_key=c.unnorm_key or None,
-                                      center_crop=c.center_crop)
+            plain_policy = load_policy(model, device=c.device, dtype=c.dtype,
+                                       unnorm_key=c.unnorm_key or None,
+                                       center_crop=c.center_crop)
+            self.policy = accelerate(plain_policy, c.accel.name, c.accel.options)
         except (PolicyError, ValueError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
             self.state_label = f'configure failed: {exc}'
@@ -147,7 +154,8 @@ class PolicyNode(LifecycleNode):
         if c.instruction:
             self.runner.set_instruction(c.instruction)
         self.state_label = 'inactive'
-        self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}); '
+        self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
+                               f'accel {c.accel.name} {c.accel.options}); '
                                f'outputs: {list(c.outputs)}')
         return TransitionCallbackReturn.SUCCESS
 
@@ -222,6 +230,16 @@ class PolicyNode(LifecycleNode):
         if self.runner.set_instruction(text):
             self.get_logger().info(f'new episode: {text!r}')
 
+    def _on_reset(self, request, response):
+        """Start a new episode (same instruction): the queue and the reuse memory empty."""
+        if self.runner is None:
+            response.success, response.message = False, f'not configured ({self.state_label})'
+            return response
+        self.runner.reset_episode()
+        self.get_logger().info('episode reset')
+        response.success, response.message = True, f'new episode: {self.runner.instruction!r}'
+        return response
+
     def _on_joint_state(self, msg: JointState) -> None:
         self.joint_state = msg
 
@@ -294,8 +312,10 @@ class PolicyNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
+        accel = self.config.accel
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
-                                  'device': self.config.device, 'dtype': self.config.dtype}
+                                  'device': self.config.device, 'dtype': self.config.dtype,
+                                  'accel': accel.name, 'accel_options': accel.options}
         if self.runner is None:
             status.level = DiagnosticStatus.WARN if 'failed' not in self.state_label \
                 else DiagnosticStatus.ERROR
@@ -303,7 +323,7 @@ class PolicyNode(LifecycleNode):
         else:
             s = self.runner.status()
             values.update(s)
-            values.update({f'policy_{k}': v for k, v in self.runner.last_info.items()})
+            values.update(policy_values(self.runner.last_info))
             if self.joint_state is not None:
                 age = self._now() - (self.joint_state.header.stamp.sec
                                      + self.joint_state.header.stamp.nanosec * 1e-9)
@@ -318,6 +338,15 @@ class PolicyNode(LifecycleNode):
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics.publish(msg)
+
+
+def policy_values(info: dict[str, Any]) -> dict[str, Any]:
+    """The last prediction's info as diagnostics: scalars as they are, FLOPs in GFLOPs."""
+    values = {f'policy_{k}': v for k, v in info.items()
+              if v is None or isinstance(v, (bool, int, float, str))}
+    if 'flops' in info:
+        values['policy_gflops_step'] = info['flops'].total / 1e9
+    return values
 
 
 def plain(value: Any) -> Any:
