@@ -341,7 +341,7 @@ class PolicyNode(LifecycleNode):
 
 
 def policy_values(info: dict[str, Any]) -> dict[str, Any]:
-    """The last prediction's info as diagnostics: scalars as they are, FLOPs in GFLOPs."""
+    """Report the last prediction's info: scalars as they are, FLOPs in GFLOPs."""
     values = {f'policy_{k}': v for k, v in info.items()
               if v is None or isinstance(v, (bool, int, float, str))}
     if 'flops' in info:
