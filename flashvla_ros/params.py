@@ -93,26 +93,21 @@ PARAMS: tuple[Param, ...] = (
     Param('accel.preset', 'conservative', 'FlashVLA preset (conservative, fast) or empty for '
           'the built-in defaults; options set below override it.', read_only=True,
           choices=('', 'conservative', 'fast')),
-    Param('accel.layer', None, 'Decoder layers that see every visual token (L_p).',
-          read_only=True, kind=int),
-    Param('accel.keep', None, 'Visual tokens kept after layer L_p: a fraction (<= 1) or a '
-          'count.', read_only=True, kind=float),
-    Param('accel.energy', None, 'Effective SVD rank: share of the squared singular values.',
-          read_only=True, kind=float),
-    Param('accel.rank', None, 'Fixed effective SVD rank instead of energy (0: use energy).',
-          read_only=True, kind=int),
-    Param('accel.svd', None, 'Token-scoring SVD: gram, exact or lowrank.', read_only=True,
-          kind=str),
-    Param('accel.reuse', None, 'Reuse the previous action while actions and tokens are '
-          'stable.', read_only=True, kind=bool),
-    Param('accel.gate', None, 'Reuse gate: current (looks at the new frame) or past (memory '
-          'only, skips the whole step).', read_only=True, kind=str),
-    Param('accel.eps1_deg', None, 'Largest angle between the last two actions that is '
-          'stable, degrees.', read_only=True, kind=float),
-    Param('accel.eps2', None, 'Smallest overlap of selected token sets that is stable.',
-          read_only=True, kind=float),
-    Param('accel.max_reuse', None, 'Consecutive reuses before inference is forced.',
-          read_only=True, kind=int),
+    *(Param(f'accel.{name}', None, description, read_only=True, kind=kind)
+      for name, kind, description in (
+        ('layer', int, 'Decoder layers that see every visual token (L_p).'),
+        ('keep', float, 'Visual tokens kept after layer L_p: a fraction (<= 1) or a count.'),
+        ('energy', float, 'Effective SVD rank: share of the squared singular values.'),
+        ('rank', int, 'Fixed effective SVD rank instead of energy (0: use energy).'),
+        ('svd', str, 'Token-scoring SVD: gram, exact or lowrank.'),
+        ('reuse', bool, 'Reuse the previous action while actions and tokens are stable.'),
+        ('gate', str, 'Reuse gate: current (looks at the new frame) or past (memory only, '
+         'skips the whole step).'),
+        ('eps1_deg', float, 'Largest angle between the last two actions that is stable, '
+         'degrees.'),
+        ('eps2', float, 'Smallest overlap of selected token sets that is stable.'),
+        ('max_reuse', int, 'Consecutive reuses before inference is forced.'),
+      )),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
 ACCEL_PREFIX = 'accel.'

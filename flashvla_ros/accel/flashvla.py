@@ -306,13 +306,8 @@ class FlashVLAPolicy:
             clock.mark('preprocess')
             return self._reuse(clock, Flops(), generation, None, ids)
 
-        ids, pixels = base.prepare(rgb, instruction)
-        clock.mark('preprocess')
-        patches = base.model.encode_image(pixels)
-        clock.mark('vision')
+        ids, seq = base.embed_inputs(rgb, instruction, clock)
         llm = base.model.language_model
-        llm.reset_cache()
-        seq = base.sequence(ids, patches)
         positions = torch.arange(seq.shape[1], device=base.device)
         captured: list[torch.Tensor] = []
         hook = llm.model.layers[o.layer - 1].self_attn.register_forward_hook(

@@ -204,23 +204,29 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
 
 def table(report: dict) -> str:
     fams = list(report['expert']['per_family'])
-    head = ['config', 'success', *fams, 'paired diff (95% CI)', 'latency median / p99 ms',
-            'vision / prefill / decode ms', 'GFLOPs/step', 'reuse', 'token match', 'mean |dA|']
+    head = ['#', 'config', 'success', *fams, 'paired diff (95% CI)',
+            'latency median / mean / p99 ms', 'median vs first', 'vision / prefill / decode ms',
+            'GFLOPs/step', 'FLOPs vs first', 'reuse', 'token match', 'mean |dA|']
     rows = []
-    for c in report['configs']:
+    first = report['configs'][0]
+    for i, c in enumerate(report['configs'], 1):
         d = c['paired_diff']
         lat = c['latency_ms']
         rows.append([
-            c['name'], f'{c["success"]:.1%}', *(f'{c["per_family"][f]:.1%}' for f in fams),
+            str(i), c['name'], f'{c["success"]:.1%}',
+            *(f'{c["per_family"][f]:.1%}' for f in fams),
             '-' if d is None else f'{d["mean"]:+.1%} [{d["ci95"][0]:+.1%}, {d["ci95"][1]:+.1%}]',
-            f'{lat["total"]["median"]:.1f} / {lat["total"]["p99"]:.1f}',
+            ' / '.join(f'{lat["total"][k]:.1f}' for k in ('median', 'mean', 'p99')),
+            f'{lat["total"]["median"] / first["latency_ms"]["total"]["median"]:.2f}x',
             ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode')),
-            f'{c["flops_per_step"]["total"] / 1e9:.3f}', f'{c["reuse_rate"]:.1%}',
+            f'{c["flops_per_step"]["total"] / 1e9:.3f}',
+            f'{c["flops_per_step"]["total"] / first["flops_per_step"]["total"]:.1%}',
+            f'{c["reuse_rate"]:.1%}',
             f'{c["fidelity"]["token_match"]:.3f}', f'{c["fidelity"]["mean_abs_diff"]:.4f}',
         ])
     e = report['expert']
-    rows.append(['scripted expert (ceiling)', f'{e["success"]:.1%}',
-                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 7)])
+    rows.append(['-', 'scripted expert (ceiling)', f'{e["success"]:.1%}',
+                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 9)])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
     return '\n'.join(lines)
@@ -240,22 +246,23 @@ def plot(report: dict, path: Path) -> None:
     for i, c in enumerate(configs):
         x = int(left + (r - left) * c['flops_per_step']['total'] / 1e9 / xmax)
         y = int(b - (b - t) * c['success'])
-        cv2.circle(img, (x, y), 6, colours[i % 5], -1, cv2.LINE_AA)
-        cv2.putText(img, c['name'][:18], (x + 8, y - 6), font, 0.45, colours[i % 5], 1)
-    cv2.putText(img, f'success vs GFLOPs/step (x: 0..{xmax:.2f})', (left, t - 10), font, 0.5,
-                (0, 0, 0), 1)
+        cv2.circle(img, (x, y), 5, colours[i % 5], -1, cv2.LINE_AA)
+        cv2.putText(img, str(i + 1), (x + 6, y - 5), font, 0.45, colours[i % 5], 1)
+    cv2.putText(img, f'success vs GFLOPs/step (x: 0..{xmax:.2f}; # = table row)', (left, t - 10),
+                font, 0.5, (0, 0, 0), 1)
     # Right: latency median and p99 per configuration (ms).
     l2, r2 = 520, 940
     cv2.rectangle(img, (l2, t), (r2, b), (0, 0, 0), 1)
     ymax = max(c['latency_ms']['total']['p99'] for c in configs) * 1.15 or 1.0
     for i, c in enumerate(configs):
         x = int(l2 + (r2 - l2) * (i + 0.5) / len(configs))
+        half = max(3, min(18, (r2 - l2) // (3 * len(configs))))
         med, p99 = c['latency_ms']['total']['median'], c['latency_ms']['total']['p99']
         y_med, y_p99 = int(b - (b - t) * med / ymax), int(b - (b - t) * p99 / ymax)
-        cv2.rectangle(img, (x - 18, y_med), (x + 18, b), colours[i % 5], -1)
+        cv2.rectangle(img, (x - half, y_med), (x + half, b), colours[i % 5], -1)
         cv2.line(img, (x, y_med), (x, y_p99), (0, 0, 0), 2)
-        cv2.line(img, (x - 8, y_p99), (x + 8, y_p99), (0, 0, 0), 2)
-        cv2.putText(img, c['name'][:12], (x - 40, b + 18), font, 0.45, (0, 0, 0), 1)
+        cv2.line(img, (x - half // 2, y_p99), (x + half // 2, y_p99), (0, 0, 0), 2)
+        cv2.putText(img, str(i + 1), (x - 6, b + 18), font, 0.45, (0, 0, 0), 1)
     cv2.putText(img, f'latency ms: bar median, whisker p99 (y: 0..{ymax:.0f})', (l2, t - 10),
                 font, 0.5, (0, 0, 0), 1)
     cv2.imwrite(str(path), img)

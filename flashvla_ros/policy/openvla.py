@@ -162,6 +162,16 @@ class OpenVLAPolicy:
         text = self.model.language_model.embed(ids[None])
         return torch.cat([text[:, :1], patches, text[:, 1:]], dim=1)
 
+    def embed_inputs(self, rgb: np.ndarray, instruction: str,
+                     clock: Stopwatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocess, encode the image, embed the prefill (timed); empty the KV caches."""
+        ids, pixels = self.prepare(rgb, instruction)
+        clock.mark('preprocess')
+        patches = self.model.encode_image(pixels)
+        clock.mark('vision')
+        self.model.language_model.reset_cache()
+        return ids, self.sequence(ids, patches)
+
     def decode(self, first_token: int, next_position: int) -> list[int]:
         """Greedy-decode the remaining action tokens after the prefill filled the KV cache."""
         llm = self.model.language_model
@@ -185,19 +195,14 @@ class OpenVLAPolicy:
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray, instruction: str) -> Action:
         clock = Stopwatch(self.device)
-        ids, pixels = self.prepare(rgb, instruction)
-        clock.mark('preprocess')
-        patches = self.model.encode_image(pixels)
-        clock.mark('vision')
+        ids, seq = self.embed_inputs(rgb, instruction, clock)
         llm = self.model.language_model
-        llm.reset_cache()
-        seq = self.sequence(ids, patches)
         first = self.greedy(llm(seq, torch.arange(seq.shape[1], device=self.device)))
         clock.mark('prefill')
         tokens = self.decode(first, seq.shape[1])
         clock.mark('decode')
         return self.finish(tokens, clock, {'prompt_tokens': int(ids.numel()),
-                                           'visual_tokens': int(patches.shape[1])})
+                                           'visual_tokens': self.cfg.num_patches})
 
     def reset(self) -> None:
         """Forget nothing: the plain policy keeps no memory between frames."""
