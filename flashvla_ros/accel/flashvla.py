@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..policy.config import OpenVLAConfig
 from ..policy.openvla import Action, OpenVLAPolicy, Stopwatch
 from ..policy.preprocess import check_rgb
 from .flops import Flops, openvla_step_flops, svd_flops
@@ -51,9 +52,9 @@ from .flops import Flops, openvla_step_flops, svd_flops
 # Measured on the embedded default (docs/BENCHMARKS.md); a preset fills every option it names
 # and explicit options override it.
 PRESETS: dict[str, dict[str, Any]] = {
-    'conservative': {'gate': 'current', 'keep': 0.625, 'eps1_deg': 10.0, 'eps2': 0.9,
-                     'max_reuse': 2},
-    'fast': {'gate': 'past', 'keep': 0.5, 'eps1_deg': 20.0, 'eps2': 0.8, 'max_reuse': 2},
+    'conservative': {'gate': 'current', 'keep': 0.625, 'eps1_deg': 15.0, 'eps2': 0.8,
+                     'max_reuse': 1},
+    'fast': {'gate': 'past', 'keep': 0.5, 'eps1_deg': 15.0, 'eps2': 0.8, 'max_reuse': 3},
 }
 
 
@@ -66,9 +67,9 @@ class FlashVLAOptions:
     svd: str = 'gram'  # 'gram', 'exact' or 'lowrank' (randomised, fixed seed)
     reuse: bool = True
     gate: str = 'current'  # 'current' or 'past', see the module docstring
-    eps1_deg: float = 10.0  # largest angle between the last two actions that counts stable
-    eps2: float = 0.9  # smallest token-set overlap that counts stable
-    max_reuse: int = 2  # consecutive reuses before inference is forced
+    eps1_deg: float = 15.0  # largest angle between the last two actions that counts stable
+    eps2: float = 0.8  # smallest token-set overlap that counts stable
+    max_reuse: int = 1  # consecutive reuses before inference is forced
 
     def kept_tokens(self, visual_tokens: int) -> int:
         k = round(self.keep * visual_tokens) if self.keep <= 1 else int(self.keep)
@@ -304,7 +305,8 @@ class FlashVLAPolicy:
             check_rgb(rgb)  # bad input is rejected on a reuse step too
             ids = base.prompt_ids(instruction)
             clock.mark('preprocess')
-            return self._reuse(clock, Flops(), generation, None, ids)
+            return self._reuse(clock, self.step_flops(self.cfg, ids.numel(), 'reused'),
+                               generation, None, ids)
 
         ids, seq = base.embed_inputs(rgb, instruction, clock)
         llm = base.model.language_model
@@ -321,12 +323,11 @@ class FlashVLAPolicy:
                                                 o.svd)
         keep = select_tokens(scores, self.keep)
         kept = frozenset(keep.tolist())
-        select = Flops(select=scoring_flops(o.svd, n, seq.shape[2], o.rank))
         full = seq.shape[1]
         if o.reuse and o.gate == 'current' and self.gate.decide(kept):
             clock.mark('prefill')
-            done = openvla_step_flops(self.cfg, ids.numel(), 0, [full] * o.layer) + select
-            return self._reuse(clock, done, generation, kept, ids)
+            return self._reuse(clock, self.step_flops(self.cfg, ids.numel(), 'reused'),
+                               generation, kept, ids)
 
         index = torch.cat([torch.zeros(1, dtype=torch.long, device=keep.device), keep + 1,
                            torch.arange(1 + n, full, device=keep.device)])
@@ -335,9 +336,7 @@ class FlashVLAPolicy:
         clock.mark('prefill')
         tokens = base.decode(first, full)
         clock.mark('decode')
-        layers = self.cfg.text.num_hidden_layers
-        per_layer = [full] * o.layer + [int(index.numel())] * (layers - o.layer)
-        done = openvla_step_flops(self.cfg, ids.numel(), self.action_dim, per_layer) + select
+        done = self.step_flops(self.cfg, ids.numel(), 'inferred')
         info = {'prompt_tokens': int(ids.numel()), 'visual_tokens': n}
         action = base.finish(tokens, clock, info)
         with self._lock:
@@ -360,6 +359,27 @@ class FlashVLAPolicy:
                               'non_action_tokens': last.info.get('non_action_tokens', 0)})
         self._count(action, done, reused=True, kept_tokens=len(kept) if kept else 0, rank=0)
         return action
+
+    def step_flops(self, cfg: OpenVLAConfig, prompt_tokens: int, kind: str) -> Flops:
+        """
+        Count one step of `kind` for a model of shape `cfg` with these options.
+
+        Kinds: 'inferred' (pruned forward and decoding), 'reused' (what a reuse step ran:
+        nothing for the past gate, vision and the first `layer` layers for the current one).
+        Evaluated with another `cfg` (OpenVLA-7B's), it projects the measured mix of steps.
+        """
+        o = self.options
+        n = cfg.num_patches
+        full = 1 + n + prompt_tokens - 1
+        select = Flops(select=scoring_flops(o.svd, n, cfg.text.hidden_size, o.rank))
+        if kind == 'reused':
+            if o.gate == 'past':
+                return Flops()
+            return openvla_step_flops(cfg, prompt_tokens, 0, [full] * o.layer) + select
+        pruned = 1 + o.kept_tokens(n) + prompt_tokens - 1
+        layers = cfg.text.num_hidden_layers
+        return openvla_step_flops(cfg, prompt_tokens, self.action_dim,
+                                  [full] * o.layer + [pruned] * (layers - o.layer)) + select
 
     def _count(self, action: Action, done: Flops, reused: bool, kept_tokens: int,
                rank: int) -> None:

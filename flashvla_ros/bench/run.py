@@ -30,6 +30,7 @@ in-process with the mock-world simulator. JSON schema (one object):
                                                     # preprocessing), prefill, decode, head, total
      "flops_per_step": {"vision", "prefill", "decode", "head", "select", "total": float},
      "reuse_rate": float, "steps": int,
+     "flops_vs_full_7b_shapes": float,   # the same steps counted on OpenVLA-7B's shapes
      "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs --accel none
 
 `--markdown docs/BENCHMARKS.md` rewrites that page from the same run.
@@ -54,7 +55,7 @@ from ..accel.flops import Flops, openvla_step_flops
 from ..accel.registry import accelerate, check_accel
 from ..params import ACCEL_PREFIX, read_yaml
 from ..policy import OpenVLAPolicy, load_policy
-from ..policy.presets import default_model_dir
+from ..policy.presets import default_model_dir, openvla_7b_config
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
@@ -71,6 +72,7 @@ class ConfigRun:
     latency: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
     flops: list[Flops] = field(default_factory=list)
     reused: list[bool] = field(default_factory=list)
+    prompts: list[int] = field(default_factory=list)
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
 
@@ -127,6 +129,7 @@ def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max
                                            if part == 'vision' else 0.0))
         run.flops.append(step_flops(base, action.info))
         run.reused.append(bool(action.info.get('reused', False)))
+        run.prompts.append(action.info['prompt_tokens'])
         if baseline is not None:
             ref = baseline.predict(frame, ep.instruction)
             run.token_match.append(float(np.mean(np.array(ref.token_ids)
@@ -151,7 +154,24 @@ def paired_diff(a: list[bool], b: list[bool]) -> dict:
     return {'mean': float(d.mean()), 'ci95': [float(d.mean() - half), float(d.mean() + half)]}
 
 
-def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
+def projected_7b(run: ConfigRun, action_dim: int) -> float:
+    """
+    Return the FLOPs share of the full model if these steps ran on OpenVLA-7B's shapes.
+
+    The same prompts, the same inferred/reused sequence and the same accelerator options,
+    counted on the 7B configuration: where the 50%-FLOPs target would land on the real model.
+    """
+    cfg = openvla_7b_config()
+    full = sum(openvla_step_flops(cfg, p, action_dim).total for p in run.prompts)
+    step = getattr(run.policy, 'step_flops', None)
+    if step is None or not full:
+        return 1.0
+    done = sum(step(cfg, p, 'reused' if r else 'inferred').total
+               for p, r in zip(run.prompts, run.reused, strict=True))
+    return done / full
+
+
+def summarize(run: ConfigRun, first: ConfigRun | None, action_dim: int = 7) -> dict:
     flops = sum(run.flops, Flops())
     n = max(1, len(run.flops))
     return {
@@ -164,6 +184,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
                        for p, v in run.latency.items()},
         'flops_per_step': {k: v / n for k, v in flops.as_dict().items()},
         'reuse_rate': float(np.mean(run.reused)) if run.reused else 0.0,
+        'flops_vs_full_7b_shapes': projected_7b(run, action_dim),
         'steps': len(run.flops),
         'fidelity': {'token_match': float(np.mean(run.token_match)),
                      'mean_abs_diff': float(np.mean(run.abs_diff))},
@@ -198,7 +219,8 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
         'expert': {'success': float(np.mean(expert)),
                    'per_family': per_family(expert, runs[0].families)},
-        'configs': [summarize(r, runs[0] if k else None) for k, r in enumerate(runs)],
+        'configs': [summarize(r, runs[0] if k else None, base.action_dim)
+                    for k, r in enumerate(runs)],
     }
 
 
@@ -206,7 +228,8 @@ def table(report: dict) -> str:
     fams = list(report['expert']['per_family'])
     head = ['#', 'config', 'success', *fams, 'paired diff (95% CI)',
             'latency median / mean / p99 ms', 'median vs first', 'vision / prefill / decode ms',
-            'GFLOPs/step', 'FLOPs vs first', 'reuse', 'token match', 'mean |dA|']
+            'GFLOPs/step', 'FLOPs vs first', 'FLOPs vs full, 7B shapes', 'reuse', 'token match',
+            'mean |dA|']
     rows = []
     first = report['configs'][0]
     for i, c in enumerate(report['configs'], 1):
@@ -221,12 +244,13 @@ def table(report: dict) -> str:
             ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode')),
             f'{c["flops_per_step"]["total"] / 1e9:.3f}',
             f'{c["flops_per_step"]["total"] / first["flops_per_step"]["total"]:.1%}',
+            f'{c["flops_vs_full_7b_shapes"]:.1%}',
             f'{c["reuse_rate"]:.1%}',
             f'{c["fidelity"]["token_match"]:.3f}', f'{c["fidelity"]["mean_abs_diff"]:.4f}',
         ])
     e = report['expert']
     rows.append(['-', 'scripted expert (ceiling)', f'{e["success"]:.1%}',
-                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 9)])
+                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 10)])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
     return '\n'.join(lines)
@@ -274,11 +298,19 @@ def markdown(report: dict, plot_path: str | None) -> str:
              f'    {report["command"]}', '',
              f'Model `{report["model"]}`, {report["episodes"]} held-out mock-world episodes '
              f'(seeds {report["seed"]}..{report["seed"] + report["episodes"] - 1}, families in '
-             f'turn, at most {report["max_steps"]} steps), on this machine\'s CPU. FLOPs are '
-             'analytic counts of the work done per control step (flashvla_ros/accel/flops.py); '
-             'latency is wall-clock per policy call; the paired difference is against the first '
-             'configuration on the same episodes; fidelity compares actions with the full '
-             'model\'s on the same observations.', '', table(report), '']
+             f'turn, at most {report["max_steps"]} steps), on this machine\'s CPU, every '
+             'configuration interleaved episode by episode. FLOPs are analytic counts of the '
+             'work done per control step (flashvla_ros/accel/flops.py: vision, decoder layers, '
+             'head, and FlashVLA\'s token scoring as a textbook operation count); "7B shapes" '
+             'counts the same sequence of inferred and reused steps on OpenVLA-7B\'s shapes '
+             '(vision is 37% of the default model\'s FLOPs but 10% of the 7B\'s). Latency is '
+             'wall-clock per policy call (a reused step is one call); with reuse the '
+             'distribution is bimodal, so the mean is the time per control step and the median '
+             'is that of the more frequent kind of step. The paired difference is against the '
+             'first configuration on the same episodes; fidelity compares actions with the full '
+             'model\'s on the same observations (token match, mean |action difference|). '
+             'FlashVLA options are written `flashvla[:preset][,option=value]`; `flashvla` alone '
+             'is the conservative preset.', '', table(report), '']
     if plot_path:
         lines += [f'![success vs FLOPs, latency]({plot_path})', '']
     return '\n'.join(lines)

@@ -52,6 +52,16 @@ def tiny_config(vocab_size: int = 32064, pad_token_id: int = 32000) -> OpenVLACo
     )
 
 
+def openvla_7b_config() -> OpenVLAConfig:
+    """Return OpenVLA-7B's shapes (DINOv2-L + SigLIP-so400m, Llama-2 7B), as its config.json."""
+    return OpenVLAConfig.from_dict({
+        'timm_model_ids': ['vit_large_patch14_reg4_dinov2.lvd142m',
+                           'vit_so400m_patch14_siglip_224'],
+        'text_config': {'model_type': 'llama', 'pad_token_id': 32000, 'vocab_size': 32064},
+        'norm_stats': TINY_NORM_STATS,
+    }, source='openvla-7b shapes')
+
+
 def default_model_dir() -> Path:
     """Where the embedded default checkpoint lives inside the installed package."""
     return Path(__file__).resolve().parent.parent / 'models' / 'default'
