@@ -107,6 +107,8 @@ PARAMS: tuple[Param, ...] = (
          'degrees.'),
         ('eps2', float, 'Smallest overlap of selected token sets that is stable.'),
         ('max_reuse', int, 'Consecutive reuses before inference is forced.'),
+        ('draft', bool, 'Verify the previous action as a draft in one pass instead of '
+         'decoding token by token (exact).'),
       )),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}

@@ -32,6 +32,7 @@ from flashvla_ros.accel.flashvla import (
 )
 from flashvla_ros.accel.flops import Flops, openvla_step_flops
 from flashvla_ros.policy import Action, load_policy
+from flashvla_ros.policy.openvla import Stopwatch
 from flashvla_ros.sim.tasks import Episode
 
 METHODS = ('gram', 'exact', 'lowrank')
@@ -186,7 +187,8 @@ def test_gate_ignores_dimensions_outside_dims():
 @pytest.mark.parametrize('layer', [1, 3])
 def test_all_tokens_and_no_reuse_is_bit_identical(policies, layer):
     base, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options({'keep': 1.0, 'reuse': False, 'layer': layer}))
+    fast = FlashVLAPolicy(other, flashvla_options(
+        {'keep': 1.0, 'reuse': False, 'layer': layer, 'draft': False}))
     for rgb, instruction in frames(3):
         a, b = base.predict(rgb, instruction), fast.predict(rgb, instruction)
         assert a.token_ids == b.token_ids
@@ -197,7 +199,8 @@ def test_all_tokens_and_no_reuse_is_bit_identical(policies, layer):
 @torch.inference_mode()
 def test_pruning_drops_tokens_from_later_layers_and_their_caches(policies):
     base, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options({'keep': 160, 'reuse': False, 'layer': 2}))
+    fast = FlashVLAPolicy(other, flashvla_options(
+        {'keep': 160, 'reuse': False, 'layer': 2, 'draft': False}))
     rgb, instruction = next(frames(1))
     action = fast.predict(rgb, instruction)
     prompt = action.info['prompt_tokens']
@@ -219,7 +222,47 @@ def test_pruning_drops_tokens_from_later_layers_and_their_caches(policies):
     llm.reset_cache()
     first = base.greedy(llm(seq, torch.arange(full), layer_hook=drop))
     assert first == action.token_ids[0]
-    assert other.decode(first, full) == action.token_ids
+    assert other.decode(first, full)[0] == action.token_ids
+
+
+@pytest.mark.parametrize('guess', ['previous', 'wrong', 'right'])
+@torch.inference_mode()
+def test_draft_verification_decodes_the_same_tokens(policies, guess):
+    base, _ = policies
+    llm = base.model.language_model
+    for rgb, instruction in frames(2):
+        expected = base.predict(rgb, instruction).token_ids
+        draft = {'previous': base.predict(next(frames(1, seed=7))[0], instruction).token_ids,
+                 'wrong': [t - 1 for t in expected], 'right': expected}[guess]
+        _, seq = base.embed_inputs(rgb, instruction, Stopwatch(base.device))
+        full = seq.shape[1]
+        first = base.greedy(llm(seq, torch.arange(full)))
+        tokens, calls = base.decode(first, full, draft)
+        assert tokens == expected
+        assert calls[0] == (6, 0)  # all guesses fed at once
+        accepted = next((i for i in range(1, 6) if draft[i] != expected[i]), 6)
+        # Sequential calls only after the first wrong guess, from the token it produced on.
+        assert calls[1:] == [(1, k) for k in range(accepted, 6)]
+        if guess == 'right':
+            assert len(calls) == 1
+        # The cache holds t0..t5, each once: entries after a wrong guess were truncated.
+        assert {layer.self_attn.cache.length for layer in llm.model.layers} == {full + 6}
+
+
+def test_draft_steps_count_their_decode_calls(policies):
+    _, other = policies
+    fast = FlashVLAPolicy(other, flashvla_options({'keep': 100, 'reuse': False, 'draft': True}))
+    steps = [fast.predict(rgb, instruction) for rgb, instruction in frames(3)]
+    assert steps[0].info['decode_calls'] == [(1, k) for k in range(6)]  # no draft yet
+    for step in steps[1:]:
+        calls = step.info['decode_calls']
+        assert calls[0] == (6, 0)
+        prompt = step.info['prompt_tokens']
+        cfg = other.cfg
+        expected = openvla_step_flops(cfg, prompt, 7, [256 + prompt] * 2 + [100 + prompt] * 2,
+                                      decode_calls=calls)
+        assert step.info['flops'] == expected + Flops(
+            select=scoring_flops('gram', 256, cfg.text.hidden_size, 0))
 
 
 def test_flops_of_pruned_and_reused_steps_are_exact(policies):
@@ -231,12 +274,16 @@ def test_flops_of_pruned_and_reused_steps_are_exact(policies):
              'max_reuse': 1}))
         rgb, instruction = next(frames(1))
         steps = [fast.predict(rgb, instruction) for _ in range(4)]  # same frame: stable
+        calls = steps[3].info['decode_calls']
         assert [s.info['reused'] for s in steps] == [False, False, True, False]
         prompt = steps[0].info['prompt_tokens']
         full, pruned = 256 + prompt, 100 + prompt
         select = Flops(select=scoring_flops('gram', 256, cfg.text.hidden_size, 0))
         inferred = openvla_step_flops(cfg, prompt, 7, [full] + [pruned] * 3) + select
-        assert steps[0].info['flops'] == inferred and steps[3].info['flops'] == inferred
+        assert steps[0].info['flops'] == inferred  # no draft yet: one token at a time
+        assert calls == [(6, 0)]  # the same frame again: the previous action is right
+        assert steps[3].info['flops'] == openvla_step_flops(
+            cfg, prompt, 7, [full] + [pruned] * 3, decode_calls=calls) + select
         if gate == 'current':  # vision and the first layer ran on the new frame
             reused = openvla_step_flops(cfg, prompt, 0, [full]) + select
             assert reused.decode == reused.head == 0

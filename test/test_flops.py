@@ -56,6 +56,20 @@ def test_whole_step_by_hand():
     assert f.total == f.vision + f.prefill + f.decode + f.head
 
 
+def test_decode_calls_count_what_ran():
+    # A draft of 2 tokens verified in one pass (cache of 9 after the prefill)...
+    one_pass = openvla_step_flops(CFG, 5, 3, decode_calls=[(2, 0)])
+    assert one_pass.decode == 2 * decoder_layer_flops(TEXT, 2, 9)
+    assert one_pass.head == 2 * 3 * 4 * 10  # logits at the prefill's last and 2 fed positions
+    # ...or rejected after its first token: the second is decoded again on its own.
+    rejected = openvla_step_flops(CFG, 5, 3, decode_calls=[(2, 0), (1, 1)])
+    assert rejected.decode == 2 * (decoder_layer_flops(TEXT, 2, 9)
+                                   + decoder_layer_flops(TEXT, 1, 10))
+    assert rejected.head == 2 * 4 * 4 * 10
+    assert openvla_step_flops(CFG, 5, 3, decode_calls=[(1, 0), (1, 1)]) == openvla_step_flops(
+        CFG, 5, 3)
+
+
 def test_pruned_layers_count_fewer_flops():
     full = openvla_step_flops(CFG, 5, 3)
     pruned = openvla_step_flops(CFG, 5, 3, prefill_tokens_per_layer=[9, 6])

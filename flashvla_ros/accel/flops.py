@@ -103,7 +103,8 @@ def svd_flops(rows: int, cols: int) -> int:
 
 def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: int,
                        prefill_tokens_per_layer: list[int] | None = None,
-                       cache_per_layer: list[int] | None = None) -> Flops:
+                       cache_per_layer: list[int] | None = None,
+                       decode_calls: list[tuple[int, int]] | None = None) -> Flops:
     """
     Count the FLOPs of one full prediction.
 
@@ -113,13 +114,16 @@ def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: in
     `prefill_tokens_per_layer` gives the tokens that entered each layer (token pruning; a
     shorter list when the later layers did not run); `cache_per_layer` the KV entries each layer
     keeps for decoding (default: its prefill). `action_tokens=0`: no decoding and no head.
+    `decode_calls` lists the decode forward passes as (tokens fed, decoded tokens already
+    cached); the default is one token at a time, [(1, 0), (1, 1), ...].
     """
     text = cfg.text
     full = 1 + cfg.num_patches + prompt_tokens - 1  # BOS + patches + prompt after BOS
     per_layer = prefill_tokens_per_layer or [full] * text.num_hidden_layers
     cache = cache_per_layer or per_layer
     prefill = sum(decoder_layer_flops(text, n, 0) for n in per_layer)
-    decode = sum(decoder_layer_flops(text, 1, c + step)
-                 for step in range(action_tokens - 1) for c in cache)
-    return Flops(vision=vision_flops(cfg), prefill=prefill, decode=decode,
-                 head=head_flops(text, action_tokens))
+    calls = [(1, k) for k in range(action_tokens - 1)] if decode_calls is None else decode_calls
+    decode = sum(decoder_layer_flops(text, fed, c + cached)
+                 for fed, cached in calls for c in cache)
+    head = head_flops(text, 1 + sum(fed for fed, _ in calls)) if action_tokens else 0
+    return Flops(vision=vision_flops(cfg), prefill=prefill, decode=decode, head=head)

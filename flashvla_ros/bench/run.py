@@ -73,6 +73,7 @@ class ConfigRun:
     flops: list[Flops] = field(default_factory=list)
     reused: list[bool] = field(default_factory=list)
     prompts: list[int] = field(default_factory=list)
+    decode_calls: list[list | None] = field(default_factory=list)
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max
         run.flops.append(step_flops(base, action.info))
         run.reused.append(bool(action.info.get('reused', False)))
         run.prompts.append(action.info['prompt_tokens'])
+        run.decode_calls.append(action.info.get('decode_calls'))
         if baseline is not None:
             ref = baseline.predict(frame, ep.instruction)
             run.token_match.append(float(np.mean(np.array(ref.token_ids)
@@ -166,8 +168,8 @@ def projected_7b(run: ConfigRun, action_dim: int) -> float:
     step = getattr(run.policy, 'step_flops', None)
     if step is None or not full:
         return 1.0
-    done = sum(step(cfg, p, 'reused' if r else 'inferred').total
-               for p, r in zip(run.prompts, run.reused, strict=True))
+    done = sum(step(cfg, p, 'reused' if r else 'inferred', calls).total
+               for p, r, calls in zip(run.prompts, run.reused, run.decode_calls, strict=True))
     return done / full
 
 

@@ -176,6 +176,13 @@ class Llama(nn.Module):
             if layer.self_attn.cache is not None:
                 layer.self_attn.cache.length = 0
 
+    def truncate_cache(self, entries: int) -> None:
+        """Forget the last `entries` KV entries of every layer (rejected speculative tokens)."""
+        for layer in self.model.layers:
+            cache = layer.self_attn.cache
+            if cache is not None:
+                cache.length -= entries
+
     def rotary(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,14 +172,37 @@ class OpenVLAPolicy:
         self.model.language_model.reset_cache()
         return ids, self.sequence(ids, patches)
 
-    def decode(self, first_token: int, next_position: int) -> list[int]:
-        """Greedy-decode the remaining action tokens after the prefill filled the KV cache."""
+    def decode(self, first_token: int, next_position: int,
+               draft: list[int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+        """
+        Greedy-decode the remaining action tokens after the prefill filled the KV cache.
+
+        With a `draft` (a guess of all the action tokens, e.g. the previous action's) the
+        guesses are verified in one forward pass, speculative-decoding style: every token is
+        still the model's own greedy choice, a wrong guess only costs the tokens after it,
+        which are decoded one by one as without a draft. Returns the tokens and the forward
+        calls made, as (tokens fed, decoded tokens already in the cache), for FLOPs counting.
+        """
         llm = self.model.language_model
-        tokens = [first_token]
-        for position in range(next_position, next_position + self.action_dim - 1):
+        n = self.action_dim
+        tokens, calls = [first_token], []
+        if draft is not None and len(draft) == n and n > 1:
+            fed = [first_token, *draft[1:n - 1]]
+            ids = torch.tensor([fed], device=self.device)
+            positions = torch.arange(next_position, next_position + len(fed), device=self.device)
+            predicted = self.greedy_all(llm(llm.embed(ids), positions, last_only=False))
+            calls.append((len(fed), 0))
+            for i, token in enumerate(predicted, start=1):
+                tokens.append(token)  # right: every input before it was right
+                if i == n - 1 or token != draft[i]:
+                    break
+            llm.truncate_cache(len(fed) - (len(tokens) - 1))  # entries after a wrong guess
+        while len(tokens) < n:
+            position = next_position + len(tokens) - 1
             step = llm.embed(torch.tensor([[tokens[-1]]], device=self.device))
+            calls.append((1, len(tokens) - 1))
             tokens.append(self.greedy(llm(step, torch.tensor([position], device=self.device))))
-        return tokens
+        return tokens, calls
 
     def finish(self, tokens: list[int], clock: Stopwatch, info: dict[str, Any]) -> Action:
         """Bins -> un-normalised action, checked for NaN/inf, with timings and info."""
@@ -199,7 +222,7 @@ class OpenVLAPolicy:
         llm = self.model.language_model
         first = self.greedy(llm(seq, torch.arange(seq.shape[1], device=self.device)))
         clock.mark('prefill')
-        tokens = self.decode(first, seq.shape[1])
+        tokens, _ = self.decode(first, seq.shape[1])
         clock.mark('decode')
         return self.finish(tokens, clock, {'prompt_tokens': int(ids.numel()),
                                            'visual_tokens': self.cfg.num_patches})
@@ -212,6 +235,13 @@ class OpenVLAPolicy:
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError('the language model produced NaN/inf logits')
         return int(logits[0].argmax())
+
+    @staticmethod
+    def greedy_all(logits: torch.Tensor) -> list[int]:
+        """Greedy tokens at every position of [1, T, vocab] logits."""
+        if not torch.isfinite(logits).all():
+            raise NonFiniteOutputError('the language model produced NaN/inf logits')
+        return logits[0].argmax(dim=-1).tolist()
 
 
 def load_policy(

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             line = (f'[{time.monotonic() - start:5.1f} s] {status.get("message", "starting")}'
                     f' | control {float(status.get("command_hz", 0)):4.1f} Hz'
                     f' | inference p50 {float(status.get("latency_p50_ms", 0)):5.1f} ms'
+                    f' | reuse {float(status.get("policy_reuse_rate", 0)):4.0%}'
                     f' | episode {len(results) + 1}: {status.get("instruction", "")!r}'
                     f' | success {wins}/{len(results)}')
             print('\r' + line[:150].ljust(150), end='', flush=True)
@@ -143,7 +144,9 @@ def summarize(results: list[dict], status: dict[str, str]) -> None:
     print(f'episodes: {len(results)}, succeeded: {sum(wins.values())}')
     for family, n in sorted(families.items()):
         print(f'  {family}: {wins[family]}/{n}')
-    for key in ('command_hz', 'tick_jitter_std_ms', 'tick_jitter_max_ms', 'latency_p50_ms',
+    for key in ('accel', 'accel_options', 'policy_reuse_rate', 'policy_kept_tokens',
+                'policy_flops_saved', 'command_hz', 'tick_jitter_std_ms', 'tick_jitter_max_ms',
+                'latency_p50_ms',
                 'latency_p99_ms', 'frame_to_command_p50_ms', 'frame_to_command_p99_ms',
                 'inferences', 'dropped_frames', 'starved_ticks', 'holds', 'clamped_values',
                 'rejected_inputs'):
