@@ -308,12 +308,14 @@ class FlashVLAPolicy:
             generation = self._generation
         base, o = self.base, self.options
         clock = Stopwatch(base.device)
-        if o.reuse and o.gate == 'past' and self.gate.decide():
+        if o.reuse and o.gate == 'past':
             check_rgb(rgb)  # bad input is rejected on a reuse step too
             ids = base.prompt_ids(instruction)
-            clock.mark('preprocess')
-            return self._reuse(clock, self.step_flops(self.cfg, ids.numel(), 'reused'),
-                               generation, None, ids)
+            last = self._reusable(generation, None)
+            if last is not None:
+                clock.mark('preprocess')
+                return self._reuse(clock, self.step_flops(self.cfg, ids.numel(), 'reused'),
+                                   last, None, ids)
 
         ids, seq = base.embed_inputs(rgb, instruction, clock)
         llm = base.model.language_model
@@ -334,10 +336,11 @@ class FlashVLAPolicy:
                                                     o.svd)
             keep = select_tokens(scores, self.keep)
         kept = frozenset(keep.tolist())
-        if o.reuse and o.gate == 'current' and self.gate.decide(kept):
+        last = self._reusable(generation, kept) if o.reuse and o.gate == 'current' else None
+        if last is not None:
             clock.mark('prefill')
             return self._reuse(clock, self.step_flops(self.cfg, ids.numel(), 'reused'),
-                               generation, kept, ids)
+                               last, kept, ids)
 
         index = torch.cat([torch.zeros(1, dtype=torch.long, device=keep.device), keep + 1,
                            torch.arange(1 + n, full, device=keep.device)])
@@ -356,12 +359,16 @@ class FlashVLAPolicy:
         self._count(action, done, reused=False, kept_tokens=self.keep, rank=rank)
         return action
 
-    def _reuse(self, clock: Stopwatch, done: Flops, generation: int,
-               kept: frozenset[int] | None, ids: torch.Tensor) -> Action:
-        last = self.gate.last
+    def _reusable(self, generation: int, kept: frozenset[int] | None) -> Action | None:
+        """Return the action to reuse now (and count the reuse), or None: one atomic step."""
         with self._lock:
-            if generation == self._generation:
-                self.gate.record(None, kept)
+            if generation != self._generation or not self.gate.decide(kept):
+                return None
+            self.gate.record(None, kept)
+            return self.gate.last
+
+    def _reuse(self, clock: Stopwatch, done: Flops, last: Action,
+               kept: frozenset[int] | None, ids: torch.Tensor) -> Action:
         clock.mark('head')
         action = Action(values=last.values.copy(), normalized=last.normalized.copy(),
                         token_ids=list(last.token_ids), timings_ms=clock.timings(),
