@@ -59,7 +59,7 @@ from .flops import Flops, openvla_step_flops, svd_flops
 PRESETS: dict[str, dict[str, Any]] = {
     'conservative': {'gate': 'current', 'keep': 0.625, 'eps1_deg': 15.0, 'eps2': 0.8,
                      'max_reuse': 1, 'draft': True},
-    'fast': {'gate': 'past', 'keep': 0.5, 'eps1_deg': 15.0, 'eps2': 0.8, 'max_reuse': 3,
+    'fast': {'gate': 'past', 'keep': 0.5, 'eps1_deg': 15.0, 'eps2': 0.8, 'max_reuse': 2,
              'draft': True},
 }
 
@@ -141,9 +141,9 @@ def _lowrank_svd(t: torch.Tensor, q: int, iters: int = 2) -> tuple[torch.Tensor,
 
 
 def _gram_svd(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """U and S from the eigenvectors of T T^T [N, N]: the same factors, cheaper when N <= d."""
+    """U and S^2 from the eigenvectors of T T^T [N, N]: the same factors, cheaper when N <= d."""
     eigenvalues, vectors = torch.linalg.eigh(t @ t.T)  # ascending
-    return vectors.flip(1), eigenvalues.flip(0).clamp_min(0).sqrt()
+    return vectors.flip(1), eigenvalues.flip(0).clamp_min(0)
 
 
 def information_contribution(t: torch.Tensor, energy: float = 0.9, rank: int = 0,
@@ -159,16 +159,20 @@ def information_contribution(t: torch.Tensor, energy: float = 0.9, rank: int = 0
     q = min(t.shape) if rank <= 0 else min(rank, *t.shape)
     if method == 'lowrank':
         u, s = _lowrank_svd(t, min(q + OVERSAMPLE, *t.shape))
+        squares, total = s * s, (t * t).sum()  # a partial spectrum: the norm comes from T
     elif method == 'gram':
-        u, s = _gram_svd(t)
+        u, squares = _gram_svd(t)
+        total = squares.sum()
     else:
         u, s, _ = torch.linalg.svd(t, full_matrices=False)
+        squares = s * s
+        total = squares.sum()
     if rank > 0:
         r = q
     else:
-        share = torch.cumsum(s * s, 0) / (t * t).sum().clamp_min(1e-30)
-        r = min(int((share < energy - 1e-6).sum()) + 1, s.numel())
-    return (u[:, :r] * s[:r]).abs().sum(dim=1), r
+        share = torch.cumsum(squares, 0) / total.clamp_min(1e-30)
+        r = min(int((share < energy - 1e-6).sum()) + 1, squares.numel())
+    return (u[:, :r] * squares[:r].sqrt()).abs().sum(dim=1), r
 
 
 def scoring_flops(method: str, tokens: int, dim: int, rank: int) -> int:
