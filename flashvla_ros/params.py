@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from .accel.registry import check_accel
+
 ACTION_DIM = 7
 OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
 ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
@@ -224,8 +226,6 @@ def check_config(values: dict[str, Any]) -> str | None:
 
 
 def _accel(values: dict[str, Any]) -> AccelConfig:
-    from .accel.registry import check_accel
-
     options = {k[len(ACCEL_PREFIX):]: v for k, v in values.items()
                if k.startswith(ACCEL_PREFIX) and k != 'accel.name' and v not in (None, '')}
     accel = AccelConfig(values['accel.name'], options)

@@ -82,6 +82,10 @@ class FlashVLAOptions:
         k = round(self.keep * visual_tokens) if self.keep <= 1 else int(self.keep)
         return max(1, min(visual_tokens, k))
 
+    def scores_tokens(self, visual_tokens: int) -> bool:
+        """Whether a step scores tokens: to prune some, or for the reuse gate's token sets."""
+        return self.reuse or self.kept_tokens(visual_tokens) < visual_tokens
+
 
 def flashvla_options(options: dict[str, Any] | None) -> FlashVLAOptions:
     """Build options from a preset name (`preset:`) plus overrides; raise ValueError why not."""
@@ -289,8 +293,8 @@ class FlashVLAPolicy:
         self._generation = 0
         self._instruction: str | None = None
         self.steps = self.reused = 0
-        self.kept_sum = 0
         self.flops_done = self.flops_full = 0
+        self._full_flops: dict[int, int] = {}  # prompt length -> the plain model's step FLOPs
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """Check an instruction as the plain policy does (InputError when it is unusable)."""
@@ -333,12 +337,12 @@ class FlashVLAPolicy:
             hook.remove()
         n = self.visual_tokens
         full = seq.shape[1]
-        if self.keep == n and not o.reuse:  # nothing to select: skip the scoring
-            keep, rank = torch.arange(n, device=base.device), 0
-        else:
+        if o.scores_tokens(n):
             scores, rank = information_contribution(captured[0][0, 1:1 + n], o.energy, o.rank,
                                                     o.svd)
             keep = select_tokens(scores, self.keep)
+        else:  # keep everything, no gate: nothing to score
+            keep, rank = torch.arange(n, device=base.device), 0
         kept = frozenset(keep.tolist())
         last = self._reusable(generation, kept) if o.reuse and o.gate == 'current' else None
         if last is not None:
@@ -395,9 +399,8 @@ class FlashVLAPolicy:
         o = self.options
         n = cfg.num_patches
         full = 1 + n + prompt_tokens - 1
-        scored = o.reuse or o.kept_tokens(n) < n
-        select = Flops(select=scoring_flops(o.svd, n, cfg.text.hidden_size, o.rank) if scored
-                       else 0)
+        select = Flops(select=scoring_flops(o.svd, n, cfg.text.hidden_size, o.rank)
+                       if o.scores_tokens(n) else 0)
         if kind == 'reused':
             if o.gate == 'past':
                 return Flops()
@@ -411,12 +414,13 @@ class FlashVLAPolicy:
     def _count(self, action: Action, done: Flops, reused: bool, kept_tokens: int,
                rank: int) -> None:
         """Per-step info for the bench and the node's diagnostics, plus running totals."""
-        full = openvla_step_flops(self.cfg, action.info['prompt_tokens'], self.action_dim)
+        prompt = action.info['prompt_tokens']
+        if prompt not in self._full_flops:
+            self._full_flops[prompt] = openvla_step_flops(self.cfg, prompt, self.action_dim).total
         self.steps += 1
         self.reused += reused
-        self.kept_sum += kept_tokens
         self.flops_done += done.total
-        self.flops_full += full.total
+        self.flops_full += self._full_flops[prompt]
         action.info.update({
             'reused': reused, 'kept_tokens': kept_tokens, 'svd_rank': rank, 'flops': done,
             'gate_alpha_deg': self.gate.alpha, 'gate_phi': self.gate.phi,

@@ -30,7 +30,7 @@ skipped by passing the tokens that actually entered each decoder layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 
@@ -45,16 +45,13 @@ class Flops:
 
     @property
     def total(self) -> int:
-        return self.vision + self.prefill + self.decode + self.head + self.select
+        return sum(astuple(self))
 
     def __add__(self, other: Flops) -> Flops:
-        return Flops(self.vision + other.vision, self.prefill + other.prefill,
-                     self.decode + other.decode, self.head + other.head,
-                     self.select + other.select)
+        return Flops(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def as_dict(self) -> dict[str, int]:
-        return {'vision': self.vision, 'prefill': self.prefill, 'decode': self.decode,
-                'head': self.head, 'select': self.select, 'total': self.total}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, 'total': self.total}
 
 
 def vit_flops(t: ViTConfig) -> int:
@@ -103,7 +100,6 @@ def svd_flops(rows: int, cols: int) -> int:
 
 def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: int,
                        prefill_tokens_per_layer: list[int] | None = None,
-                       cache_per_layer: list[int] | None = None,
                        decode_calls: list[tuple[int, int]] | None = None) -> Flops:
     """
     Count the FLOPs of one full prediction.
@@ -112,18 +108,17 @@ def openvla_step_flops(cfg: OpenVLAConfig, prompt_tokens: int, action_tokens: in
     single-token decode steps (the last token needs no forward pass).
 
     `prefill_tokens_per_layer` gives the tokens that entered each layer (token pruning; a
-    shorter list when the later layers did not run); `cache_per_layer` the KV entries each layer
-    keeps for decoding (default: its prefill). `action_tokens=0`: no decoding and no head.
+    shorter list when the later layers did not run); each layer keeps its prefill tokens in
+    the KV cache for decoding. `action_tokens=0`: no decoding and no head.
     `decode_calls` lists the decode forward passes as (tokens fed, decoded tokens already
     cached); the default is one token at a time, [(1, 0), (1, 1), ...].
     """
     text = cfg.text
     full = 1 + cfg.num_patches + prompt_tokens - 1  # BOS + patches + prompt after BOS
     per_layer = prefill_tokens_per_layer or [full] * text.num_hidden_layers
-    cache = cache_per_layer or per_layer
     prefill = sum(decoder_layer_flops(text, n, 0) for n in per_layer)
     calls = [(1, k) for k in range(action_tokens - 1)] if decode_calls is None else decode_calls
     decode = sum(decoder_layer_flops(text, fed, c + cached)
-                 for fed, cached in calls for c in cache)
+                 for fed, cached in calls for c in per_layer)
     head = head_flops(text, 1 + sum(fed for fed, _ in calls)) if action_tokens else 0
     return Flops(vision=vision_flops(cfg), prefill=prefill, decode=decode, head=head)

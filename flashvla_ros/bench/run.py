@@ -108,11 +108,10 @@ def parse_accel(spec: str) -> tuple[str, dict]:
 
 
 def step_flops(policy: OpenVLAPolicy, info: dict) -> Flops:
-    """Count the work one prediction did, from what it reports (accelerators skip work)."""
+    """Count the work one prediction did: an accelerator reports its own, the plain model's."""
     if 'flops' in info:
         return info['flops']
-    return openvla_step_flops(policy.cfg, info['prompt_tokens'], policy.action_dim,
-                              info.get('prefill_tokens_per_layer'), info.get('cache_per_layer'))
+    return openvla_step_flops(policy.cfg, info['prompt_tokens'], policy.action_dim)
 
 
 def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max_steps: int,

@@ -223,15 +223,6 @@ class Llama(nn.Module):
                     cos, sin = self.rotary(positions, hidden.dtype)
         return hidden, positions
 
-    def forward_hidden(
-        self,
-        hidden: torch.Tensor,
-        positions: torch.Tensor,
-        layer_hook: LayerHook | None = None,
-    ) -> torch.Tensor:
-        """Run the layer loop on embeddings [B, T, D] at rotary `positions` [T]; final-normed."""
-        return self.model.norm(self.run_layers(hidden, positions, layer_hook=layer_hook)[0])
-
     def forward(
         self,
         hidden: torch.Tensor,
