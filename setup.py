@@ -41,6 +41,9 @@ setup(
         'pyyaml',
         'opencv-python-headless',
         'rosbags',  # flashvla-bag: rosbag2 files without rosbag2 (pure Python)
+        # Strict JPEG decoding (libjpeg-turbo): reports corrupt or truncated data that
+        # OpenCV's imdecode only prints to stderr, and reads the size from the header.
+        'simplejpeg',
     ],
     extras_require={
         # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the

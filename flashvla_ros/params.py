@@ -34,6 +34,9 @@ from typing import Any
 import yaml
 
 from .accel.registry import check_accel
+from .control.safety import hold_outside_limits
+from .policy.errors import InputError
+from .policy.instruction import check_instruction
 
 ACTION_DIM = 7
 OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
@@ -70,14 +73,21 @@ PARAMS: tuple[Param, ...] = (
     Param('image_reliability', 'best_effort', 'Camera subscription QoS: best_effort (sensor '
           'data, never waits) or reliable (lossless replay of recorded frames).',
           read_only=True, choices=('best_effort', 'reliable')),
-    Param('instruction', '', 'Task instruction; the instruction topic overrides it. A change '
-          'resets the episode.'),
+    Param('instruction', '', 'Task instruction (empty: none, hold); the instruction topic '
+          'replaces it and this parameter always shows the one being followed. A change starts '
+          'a new episode.'),
     Param('control_rate_hz', 10.0, 'Rate of the control tick that publishes commands, Hz.',
           read_only=True, low=0.5, high=500.0),
     Param('max_image_age_s', 0.5, 'Newest frame older than this (by arrival): hold and stop '
           'commanding; such frames are never inferred on, s.', low=0.01, high=10.0),
     Param('max_action_age_s', 1.0, 'Queued actions computed from frames older than this are '
           'dropped, s.', low=0.01, high=10.0),
+    Param('max_command_gap_s', 0.5, 'Command watchdog: active, with an instruction and valid '
+          'frames, yet no command for this long: one hold and ERROR with the cause, s.',
+          low=0.01, high=60.0),
+    Param('max_image_pixels', 4096 * 4096, 'Largest camera image (width x height) accepted; '
+          'compressed frames are checked from their header, before decoding.', read_only=True,
+          low=64.0, high=8192 * 8192),
     Param('outputs', ['twist', 'array', 'gripper', 'raw'], f'Which command outputs to publish, '
           f'any of {list(OUTPUTS)}.', read_only=True, choices=OUTPUTS),
     Param('command_frame_id', 'base_link', 'frame_id of TwistStamped commands (the frame the '
@@ -137,6 +147,8 @@ class NodeConfig:
     control_rate_hz: float
     max_image_age_s: float
     max_action_age_s: float
+    max_command_gap_s: float
+    max_image_pixels: int
     outputs: tuple[str, ...]
     command_frame_id: str
     action_scale: tuple[float, ...]
@@ -167,6 +179,10 @@ def check_value(name: str, value: Any) -> str | None:
         return None if ok else f'{name} must be an integer'
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f'{name} must be true or false'
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f'{name} must be an integer'
+        return _check_number(spec, float(value))
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f'{name} must be a number'
@@ -218,6 +234,16 @@ def check_config(values: dict[str, Any]) -> str | None:
     bad = [i for i in range(ACTION_DIM) if lower[i] > upper[i]]
     if bad:
         return f'action_lower > action_upper in dimensions {bad}'
+    bad = hold_outside_limits(lower, upper)
+    if bad:
+        return (f'action_lower/action_upper exclude zero in motion dimensions '
+                f'{[ACTION_NAMES[i] for i in bad]}: a hold (zero motion) must stay inside the '
+                f'limits')
+    if values['instruction']:
+        try:
+            check_instruction(values['instruction'])
+        except InputError as exc:
+            return str(exc)
     try:
         _accel(values)
     except ValueError as exc:
@@ -249,6 +275,10 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
 def _typed(name: str, value: Any) -> Any:
     if isinstance(value, list):
         return tuple(value)
+    if name == 'model':  # shells do not expand `~` after `model:=`
+        return str(Path(value).expanduser()) if value else value
+    if name == 'instruction':
+        return value.strip()
     if isinstance(PARAM_BY_NAME[name].default, float):
         return float(value)
     return value

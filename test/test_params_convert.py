@@ -15,6 +15,7 @@
 """Parameter validation and image conversion: the checks behind 'rejected with the reason'."""
 
 from pathlib import Path
+import re
 
 import cv2
 import numpy as np
@@ -59,6 +60,34 @@ def test_inconsistent_limits_are_rejected():
     assert check_config(values) == 'action_lower > action_upper in dimensions [0, 1, 2]'
     with pytest.raises(ValueError, match='unknown parameters'):
         build_config({'contrl_rate_hz': 5.0})
+    # A hold is zero motion: limits that exclude zero on a motion dimension would move it.
+    values['action_lower'] = [-0.05, 0.01, -0.05, -0.25, -0.25, -0.25, 0.0]
+    assert 'exclude zero in motion dimensions [\'y\']' in check_config(values)
+    values['action_lower'] = [-0.05] * 6 + [0.5]  # the gripper may: a hold keeps it
+    assert check_config(values) is None
+
+
+@pytest.mark.parametrize('text, reason', [
+    ('   \t ', 'only whitespace'),
+    ('go ' * 2000, 'instruction is 6000 characters; the limit is 1000'),
+    ('pick up\x00 the cup', "control characters ['U+0000']"),
+    ('pick up\n the cup', "control characters ['U+000A']"),
+])
+def test_one_instruction_rule_for_parameter_and_policy(text, reason, tiny_policy):
+    values = {p.name: p.default for p in PARAMS}
+    values['instruction'] = text
+    assert reason in check_config(values)
+    with pytest.raises(InputError, match=re.escape(reason)):
+        tiny_policy.check_instruction(text)
+    with pytest.raises(InputError, match=re.escape(reason)):
+        tiny_policy.prompt_ids(text)
+
+
+def test_instruction_is_stripped_and_the_token_limit_checked(tiny_policy):
+    assert build_config({'instruction': ' pick up the cup\n'}).instruction == 'pick up the cup'
+    assert tiny_policy.check_instruction('  pick up the cup ') == 'pick up the cup'
+    with pytest.raises(InputError, match='-token prompt; the limit is 128'):
+        tiny_policy.check_instruction('zq' * 400)  # within 1000 characters, too many tokens
 
 
 def test_accel_section_presets_and_overrides(tmp_path):
@@ -116,10 +145,46 @@ def test_round_trip_and_compressed():
     (Image(encoding='rgb8', height=4, width=4, step=12), 'data has 0 bytes'),
     (Image(encoding='rgb8', height=4, width=4, step=4), 'step 4 is smaller'),
     (Image(encoding='rgb8', height=0, width=4, step=12), 'outside'),
-    (CompressedImage(format='jpeg', data=b'not a jpeg'), 'cannot decode'),
+    (CompressedImage(format='jpeg', data=b'not a jpeg'), 'neither PNG nor JPEG'),
     (CompressedImage(format='jpeg'), 'empty'),
 ])
 def test_malformed_messages_raise_input_errors(msg, message):
     convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
     with pytest.raises(InputError, match=message):
         convert(msg)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk only: what a size check may read."""
+    return b'\x89PNG\r\n\x1a\n' + b'\x00\x00\x00\rIHDR' + width.to_bytes(4, 'big') \
+        + height.to_bytes(4, 'big') + b'\x08\x02\x00\x00\x00' + b'\x00' * 4
+
+
+def test_compressed_size_is_checked_from_the_header_before_decoding():
+    # Only a header: a decoder would fail on it, so a size error proves nothing was decoded.
+    with pytest.raises(InputError, match='8000x8000 = 64000000 pixels is above max_image_pix'):
+        compressed_to_rgb(CompressedImage(format='png', data=png_header(8000, 8000)))
+    _, big = cv2.imencode('.jpg', np.zeros((300, 400, 3), np.uint8))
+    with pytest.raises(InputError, match='400x300 = 120000 pixels is above max_image_pixels'):
+        compressed_to_rgb(CompressedImage(format='jpeg', data=big.tobytes()), max_pixels=10**5)
+    assert compressed_to_rgb(CompressedImage(format='jpeg', data=big.tobytes())).shape \
+        == (300, 400, 3)
+    with pytest.raises(InputError, match='above max_image_pixels'):
+        image_to_rgb(rgb_to_image(np.zeros((300, 400, 3), np.uint8), Image().header.stamp),
+                     max_pixels=10**5)
+
+
+def test_corrupt_or_truncated_jpeg_is_rejected():
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (5, 5), 0)
+    _, jpeg = cv2.imencode('.jpg', rgb)
+    data = jpeg.tobytes()
+    corrupt, at = bytearray(data), len(data) // 3
+    corrupt[at:at + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    # OpenCV decodes this one with a warning on stderr and returns an image.
+    assert cv2.imdecode(np.frombuffer(bytes(corrupt), np.uint8), cv2.IMREAD_COLOR) is not None
+    for bad, reason in ((bytes(corrupt), ''),  # libjpeg's words vary with the damage
+                        (data[:len(data) // 2], 'Premature end of JPEG file'),
+                        (data[:-2], 'Premature end of JPEG file')):
+        with pytest.raises(InputError, match=f'corrupt JPEG: {reason}'):
+            compressed_to_rgb(CompressedImage(format='jpeg', data=bad))

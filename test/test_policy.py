@@ -95,7 +95,7 @@ def test_predictions_are_deterministic_and_cache_is_reused(tiny_policy):
 
 
 @pytest.mark.parametrize('instruction, message', [
-    ('', 'empty'), ('   ', 'empty'), ('x' * 5000, 'characters'), ('go ' * 300, 'token'),
+    ('', 'empty'), ('   ', 'whitespace'), ('x' * 5000, 'characters'), ('go ' * 300, 'token'),
 ])
 def test_bad_instructions_are_rejected(tiny_policy, instruction, message):
     with pytest.raises(InputError, match=message):

@@ -112,7 +112,8 @@ def test_no_instruction_holds_once_then_stays_silent(make_runner):
     runner.submit_frame(FRAME)
     first, second = runner.tick(), runner.tick()
     assert first.kind == 'hold' and first.fault == 'no instruction'
-    assert first.command.tolist() == [0.0] * 7
+    # Zero motion; no gripper command was ever sent, so the hold sends none (NaN) either.
+    assert first.command[:6].tolist() == [0.0] * 6 and np.isnan(first.command[6])
     assert second.kind == 'idle' and second.command is None
 
 
@@ -197,7 +198,8 @@ def test_nonfinite_output_never_reaches_the_robot(make_runner):
     runner.submit_frame(FRAME)
     wait_for(lambda: runner.counters.nonfinite_outputs == 1)
     tick = runner.tick()
-    assert tick.kind == 'hold' and np.isfinite(tick.command).all()
+    assert tick.kind == 'hold' and tick.command[:6].tolist() == [0.0] * 6
+    assert np.isnan(tick.command[6])  # "no gripper command": none was ever sent
     assert runner.counters.commands == 0
 
 
@@ -279,3 +281,82 @@ def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
         assert ((tick.command >= tight.lower) & (tick.command <= tight.upper)).all()
         assert np.abs(tick.raw[:6]).max() > 1e-4  # the raw action was outside: clamped
     assert runner.counters.clamped_values >= 5
+
+
+def test_a_hold_keeps_the_gripper_across_episodes_and_instructions(make_runner):
+    policy = ScriptedPolicy([0.01, 0, 0, 0, 0, 0, 1.0])
+    runner = make_runner(policy)
+    runner.set_instruction('pick up the cup')
+    runner.submit_frame(FRAME)
+    assert next_action(runner).command[6] == 1.0  # the block is grasped
+    runner.reset_episode()
+    assert runner.set_instruction('put it in the bowl')  # a new episode and instruction
+    runner.set_instruction('')  # cleared: hold
+    hold = runner.tick()
+    assert hold.kind == 'hold' and hold.command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]
+    assert runner.final_hold().tolist() == [0, 0, 0, 0, 0, 0, 1.0]
+    assert runner.counters.holds == 2
+
+
+def test_limits_that_exclude_zero_motion_are_refused():
+    with pytest.raises(ValueError, match=r'dimensions \[0\]'):
+        SafetyLimits.from_lists([1.0] * 7, [0.01] + [-0.05] * 5 + [0.0], [0.05] * 6 + [1.0])
+    # The gripper may exclude zero: a hold keeps its last command instead.
+    SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.2], [0.05] * 6 + [1.0])
+
+
+def test_a_camera_sending_only_bad_frames_is_stale(make_runner):
+    clock = Clock()
+    runner = make_runner(ScriptedPolicy([0.01] + [0.0] * 6), clock)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    for _ in range(3):
+        clock.t += 0.2
+        with pytest.raises(InputError):
+            runner.submit_frame(np.zeros((4, 4, 3), np.uint8))  # below the model's minimum
+    hold = runner.tick()
+    assert hold.kind == 'hold' and 'camera stale' in hold.fault
+    assert 'last frame rejected: image size 4x4' in hold.fault
+    assert runner.counters.rejected_frames == 3 and runner.counters.frames == 1
+    runner.submit_frame(FRAME)  # a valid frame clears it
+    assert next_action(runner).kind == 'action'
+
+
+def test_watchdog_holds_once_when_every_action_expires(make_runner):
+    clock = Clock()
+    policy = ScriptedPolicy([0.01, 0, 0, 0, 0, 0, 1.0])
+    runner = make_runner(policy, clock)
+    runner.max_action_age_s, runner.max_command_gap_s = 0.1, 0.25
+    runner.set_instruction('pick up the cup')
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    kinds = []
+    for _ in range(6):  # each action reaches the tick 0.15 s after its frame: expired
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['queue'] > 0)
+        clock.t += 0.15
+        kinds.append(runner.tick())
+    assert [t.kind for t in kinds] == ['starved', 'hold', 'idle', 'idle', 'idle', 'idle']
+    hold = kinds[1]
+    assert hold.command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]
+    assert 'all actions expired: 150 ms from frame to tick' in hold.fault
+    assert 'max_action_age_s 100 ms' in hold.fault
+    assert runner.status()['fault'] == hold.fault and runner.counters.watchdog_holds == 1
+    runner.max_action_age_s = 1.0  # fixed: commands resume, the watchdog clears
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    assert runner.status()['fault'] == ''
+
+
+def test_warning_when_actions_expire_before_inference_ends(make_runner):
+    policy = ScriptedPolicy([0.0] * 7)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.counters.inferences == 1)
+    assert runner.warning() == ''
+    runner.latencies_ms.extend([180.0] * 5)
+    runner.max_action_age_s = 0.1
+    assert runner.warning() == ('max_action_age_s 0.1 s is below the inference latency '
+                                '180 ms: actions expire before they are used')

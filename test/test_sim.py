@@ -108,8 +108,17 @@ BAD_COMMANDS = [np.zeros(6), np.array([np.nan] * 7), np.array([np.inf] + [0] * 6
 
 @pytest.mark.parametrize('bad', BAD_COMMANDS)
 def test_bad_commands_are_refused(bad):
-    with pytest.raises(ValueError, match='7 finite'):
+    with pytest.raises(ValueError, match='6 finite motions and a finite or NaN'):
         step(Episode(0).state, bad)
+
+
+def test_a_nan_gripper_command_keeps_the_gripper_as_it_is():
+    ep = Episode(0)
+    ep.state.ee = ep.state.blocks[0].pos.copy()
+    step(ep.state, np.array([0.0] * 6 + [1.0]))  # close on the block: grasped
+    assert ep.state.gripper_closed and ep.state.held == 0
+    step(ep.state, np.array([0.0] * 6 + [np.nan]))  # a hold before any gripper command
+    assert ep.state.gripper_closed and ep.state.held == 0
 
 
 def test_render_shows_the_gripper_state():

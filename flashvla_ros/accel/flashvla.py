@@ -300,6 +300,10 @@ class FlashVLAPolicy:
         """Check an instruction as the plain policy does (InputError when it is unusable)."""
         return self.base.prompt_ids(instruction)
 
+    def check_instruction(self, instruction: str) -> str:
+        """Thread-safe instruction check of the plain policy (InputError when unusable)."""
+        return self.base.check_instruction(instruction)
+
     def reset(self) -> None:
         """Forget the reuse memory (new episode or instruction)."""
         with self._lock:

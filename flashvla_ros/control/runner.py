@@ -15,15 +15,18 @@
 """
 The real-time core: an inference worker thread and a fixed-rate control tick that never waits.
 
-Data flow: the camera callback drops the newest frame into a one-slot mailbox (an unread frame
-that gets replaced counts as dropped). The worker takes the newest frame whenever the action
-queue runs dry, runs the policy, and queues the resulting chunk. Each control tick pops one
-action, passes it through the safety limits and returns it as the command to publish.
+Data flow: the camera callback drops the newest frame into a one-slot mailbox after checking it
+(a frame the policy cannot use never counts as fresh; an unread frame that gets replaced counts
+as dropped). The worker takes the newest frame whenever the action queue runs dry, runs the
+policy, and queues the resulting chunk. Each control tick pops one action, passes it through the
+safety limits and returns it as the command to publish.
 
-Faults (no instruction, stale camera, worker error or death) produce exactly one hold command,
-then silence until the fault clears: the robot is never fed a repeated old command. A tick
-with a healthy pipeline and an empty queue (inference slower than the control rate) publishes
-nothing and is counted as starved.
+Holds: a fault (no instruction, stale camera, worker error or death) or the command watchdog (no
+command for `max_command_gap_s` while healthy) produces exactly one hold, then silence until the
+pipeline commands again: the robot is never fed a repeated old command. A hold is zero motion
+with the gripper's last command (NaN, "no gripper command", before there was one), across
+episodes and instructions. A tick with a healthy pipeline and an empty queue publishes nothing
+and is counted as starved.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..policy.errors import InputError, NonFiniteOutputError
+from ..policy.preprocess import check_rgb
 from .safety import GRIPPER, SafetyLimits
 
 
@@ -58,7 +62,7 @@ class QueuedAction:
 class Tick:
     """What one control tick decided. `command` is None when nothing is to be published."""
 
-    kind: str  # 'action', 'hold', 'idle' (fault already reported) or 'starved'
+    kind: str  # 'action', 'hold', 'idle' (hold already sent) or 'starved'
     command: np.ndarray | None = None
     raw: np.ndarray | None = None
     remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
@@ -70,7 +74,8 @@ class Counters:
     frames: int = 0
     dropped_frames: int = 0
     stale_frames: int = 0
-    rejected_inputs: int = 0
+    rejected_frames: int = 0
+    rejected_inputs: int = 0  # frames and instructions
     nonfinite_outputs: int = 0
     worker_errors: int = 0
     inferences: int = 0
@@ -79,6 +84,7 @@ class Counters:
     clamped_values: int = 0
     commands: int = 0
     holds: int = 0
+    watchdog_holds: int = 0
     starved_ticks: int = 0
 
 
@@ -111,12 +117,16 @@ class PolicyRunner:
         limits: SafetyLimits,
         max_image_age_s: float,
         max_action_age_s: float,
+        max_command_gap_s: float = 0.5,
+        check_frame: Callable[[np.ndarray], object] = check_rgb,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.limits = limits
         self.max_image_age_s = max_image_age_s
         self.max_action_age_s = max_action_age_s
+        self.max_command_gap_s = max_command_gap_s
+        self.check_frame = check_frame  # raises InputError for a frame the policy cannot use
         self.clock = clock
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=500)
@@ -128,32 +138,55 @@ class PolicyRunner:
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
-        self._last_frame_time: float | None = None
+        self._last_frame_time: float | None = None  # arrival of the newest valid frame
+        self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
         self._instruction = ''
         self._episode = 0
         self._queue: deque[QueuedAction] = deque()
-        self._busy = False
+        self._busy_since: float | None = None
         self._error = ''  # set by the worker on failure, cleared by its next success
-        self._fault = ''
-        self._last_gripper: float | None = None
+        self._fault = ''  # the fault being held for ('' while healthy)
+        self._stall = ''  # why the command watchdog holds ('' when it does not)
+        self._gap_start: float | None = None  # the watchdog counts from here
+        self._expired_age_s = 0.0  # frame-to-tick age of the last action that expired
+        self._stale_mark = 0  # stale_actions at _gap_start
+        self._last_gripper: float | None = None  # the gripper's last command, kept for holds
         self._running = False
         self._thread: threading.Thread | None = None
 
     # -- inputs (any thread) -------------------------------------------------------------
 
     def submit_frame(self, rgb: np.ndarray, capture_time: float | None = None) -> None:
-        """Offer the newest frame; `capture_time` is its own stamp (defaults to arrival)."""
+        """
+        Offer the newest frame; `capture_time` is its own stamp (defaults to arrival).
+
+        A frame the policy cannot use raises InputError and is counted; it never refreshes
+        the camera, so a camera that sends only bad frames goes stale and holds.
+        """
         now = self.clock()
+        try:
+            self.check_frame(rgb)
+        except InputError as exc:
+            self.reject_frame(str(exc))
+            raise
         with self._lock:
             self.counters.frames += 1
             if self._frame is not None:
                 self.counters.dropped_frames += 1
             self._frame = (rgb, now, now if capture_time is None else capture_time)
             self._last_frame_time = now
+            self._frame_error = ''
             self._lock.notify_all()
 
+    def reject_frame(self, reason: str) -> None:
+        """Count a camera frame that could not be used (bad encoding, corrupt JPEG...)."""
+        with self._lock:
+            self.counters.rejected_frames += 1
+            self.counters.rejected_inputs += 1
+            self._frame_error = self.last_error = reason
+
     def reject_input(self, reason: str) -> None:
-        """Count an input the ROS layer could not decode (bad encoding, corrupt JPEG...)."""
+        """Count another input that was refused (an instruction)."""
         with self._lock:
             self.counters.rejected_inputs += 1
             self.last_error = reason
@@ -174,10 +207,10 @@ class PolicyRunner:
             self._new_episode()
 
     def _new_episode(self) -> None:
-        # Under the lock: results of the old episode are discarded, memories forgotten.
+        # Under the lock: results of the old episode are discarded, memories forgotten. The
+        # gripper's last command is not: the robot still holds what it grasped.
         self._episode += 1
         self._queue.clear()
-        self._last_gripper = None
         self._reset_policy()
         self._lock.notify_all()
 
@@ -227,12 +260,12 @@ class PolicyRunner:
                 if self.clock() - frame_time > self.max_image_age_s:
                     self.counters.stale_frames += 1
                     continue
-                self._busy = True
+                self._busy_since = self.clock()
             self._infer(rgb, (frame_time, capture_time), instruction, episode)
 
     def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
                episode: int) -> None:
-        error, action = '', None
+        error, action, rejected = '', None, ''
         start = time.perf_counter()
         try:
             action = self.policy.predict(rgb, instruction)
@@ -240,22 +273,24 @@ class PolicyRunner:
             if not np.isfinite(values).all():
                 raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
         except InputError as exc:
-            with self._lock:
-                self.counters.rejected_inputs += 1
-                self.last_error = str(exc)
-                self._busy = False
-            return
+            rejected = str(exc)
         except NonFiniteOutputError as exc:
             error = f'non-finite model output: {exc}'
-            self.counters.nonfinite_outputs += 1
         except Exception as exc:
             error = f'inference failed: {type(exc).__name__}: {exc}'
-            self.counters.worker_errors += 1
         elapsed_ms = (time.perf_counter() - start) * 1e3
         with self._lock:
-            self._busy = False
+            self._busy_since = None
+            if rejected:
+                self.counters.rejected_inputs += 1
+                self.last_error = rejected
+                return
             self._error = error
             if error:
+                if error.startswith('non-finite'):
+                    self.counters.nonfinite_outputs += 1
+                else:
+                    self.counters.worker_errors += 1
                 self.last_error = error
                 return
             self.counters.inferences += 1
@@ -274,11 +309,12 @@ class PolicyRunner:
         """Return why commanding must stop now, or '' when the pipeline is healthy."""
         if not self._instruction:
             return 'no instruction'
+        rejected = f' (last frame rejected: {self._frame_error})' if self._frame_error else ''
         if self._last_frame_time is None:
-            return 'no camera frame yet'
+            return f'camera stale: no valid frame yet{rejected}' if rejected \
+                else 'no camera frame yet'
         if now - self._last_frame_time > self.max_image_age_s:
-            # A stable text: the same fault on the next tick must compare equal (hold once).
-            return f'camera stale: no frame for over {self.max_image_age_s:g} s'
+            return f'camera stale: no valid frame for over {self.max_image_age_s:g} s{rejected}'
         if not self.worker_alive:
             return 'inference worker is not running'
         if self._error:
@@ -292,46 +328,98 @@ class PolicyRunner:
             fault = self.fault(now)
             if fault:
                 self._queue.clear()
-                if fault == self._fault:
-                    return Tick('idle', fault=fault)
+                self._stall, self._gap_start = '', None
+                holding = bool(self._fault)
                 self._fault = fault
-                self.counters.holds += 1
-                self._reset_policy()  # the robot holds: a pre-fault action is no basis for reuse
-                return Tick('hold', command=self.limits.hold(self._last_gripper), fault=fault)
-            self._fault = ''
+                return Tick('idle', fault=fault) if holding else self._hold(fault)
+            if self._fault or self._gap_start is None:  # healthy (again): the watchdog starts
+                self._fault = ''
+                self._restart_watchdog(now)
             while self._queue and now - self._queue[0].frame_time > self.max_action_age_s:
-                self._queue.popleft()
+                self._expired_age_s = now - self._queue.popleft().frame_time
                 self.counters.stale_actions += 1
             if not self._queue:
                 self.counters.starved_ticks += 1
                 self._lock.notify_all()
+                if self._stall:
+                    return Tick('idle', fault=self._stall)
+                if now - self._gap_start > self.max_command_gap_s:
+                    self._stall = self._stall_cause(now)
+                    self.counters.watchdog_holds += 1
+                    return self._hold(self._stall)
                 return Tick('starved')
             item = self._queue.popleft()
             remaining = [self.limits.apply(q.values)[0] for q in self._queue]
             if not self._queue:
                 self._lock.notify_all()  # wake the worker: the next frame is needed now
-        command, clamped = self.limits.apply(item.values)
-        self.counters.clamped_values += clamped
-        self.counters.commands += 1
-        self._last_gripper = float(command[GRIPPER])
+            command, clamped = self.limits.apply(item.values)
+            self._stall = ''
+            self._restart_watchdog(now)
+            self._last_gripper = float(command[GRIPPER])
+            self.counters.clamped_values += clamped
+            self.counters.commands += 1
         self.control_rate.mark(time.monotonic())
         self.e2e_ms.append((now - item.capture_time) * 1e3)
         return Tick('action', command=command, raw=item.values, remaining=remaining)
 
+    def _restart_watchdog(self, now: float) -> None:
+        self._gap_start, self._stale_mark = now, self.counters.stale_actions
+
+    def _hold(self, reason: str) -> Tick:
+        """One hold (under the lock): the reuse memory goes, since the robot stops here."""
+        self.counters.holds += 1
+        self._reset_policy()
+        return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason)
+
+    def _stall_cause(self, now: float) -> str:
+        """Why no command came for max_command_gap_s although no input is faulty."""
+        gap = f'no command for {now - self._gap_start:.2f} s (max_command_gap_s ' \
+              f'{self.max_command_gap_s:g})'
+        if self.counters.stale_actions > self._stale_mark:
+            latency = f'{self.latencies_ms[-1]:.0f} ms' if self.latencies_ms else 'unknown'
+            return (f'{gap}: all actions expired: {self._expired_age_s * 1e3:.0f} ms from frame '
+                    f'to tick (inference {latency}) > max_action_age_s '
+                    f'{self.max_action_age_s * 1e3:.0f} ms')
+        if self._busy_since is not None:
+            return f'{gap}: inference running for {now - self._busy_since:.2f} s'
+        if self.last_error:
+            return f'{gap}: no usable result; last error: {self.last_error}'
+        return f'{gap}: no action produced'
+
+    def final_hold(self) -> np.ndarray:
+        """The hold to send when commanding ends (deactivate, shutdown, signal): counted."""
+        with self._lock:
+            self._queue.clear()
+            self.counters.holds += 1
+            return self.limits.hold(self._last_gripper)
+
     # -- reporting -----------------------------------------------------------------------
+
+    def warning(self) -> str:
+        """A configuration that will stall: actions expire before a tick can use them."""
+        if not self.latencies_ms:
+            return ''
+        latency_ms = float(np.median(np.array(self.latencies_ms)))
+        if latency_ms > self.max_action_age_s * 1e3:
+            return (f'max_action_age_s {self.max_action_age_s:g} s is below the inference '
+                    f'latency {latency_ms:.0f} ms: actions expire before they are used')
+        return ''
 
     def status(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         e2e = np.array(self.e2e_ms) if self.e2e_ms else np.zeros(1)
         jitter_std, jitter_max = self.tick_rate.jitter_ms()
+        warning = self.warning()
         with self._lock:
             fault = self.fault(self.clock())
             return {
-                'fault': fault,
+                'fault': fault or self._stall,
+                'warning': warning,
                 'instruction': self._instruction,
                 'episode': self._episode,
                 'queue': len(self._queue),
-                'busy': self._busy,
+                'busy': self._busy_since is not None,
+                'last_gripper': self._last_gripper,
                 'latency_p50_ms': float(np.percentile(lat, 50)),
                 'latency_p99_ms': float(np.percentile(lat, 99)),
                 'frame_to_command_p50_ms': float(np.percentile(e2e, 50)),

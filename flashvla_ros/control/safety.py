@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 GRIPPER = 6  # index of the gripper in OpenVLA's 7-D action
+MOTION = slice(0, GRIPPER)  # the dimensions a hold sets to zero
+
+
+def hold_outside_limits(lower, upper) -> list[int]:
+    """Motion dimensions whose limits exclude zero: a hold there would move the robot."""
+    return [i for i in range(GRIPPER) if not lower[i] <= 0.0 <= upper[i]]
 
 
 @dataclass
@@ -31,7 +37,12 @@ class SafetyLimits:
 
     @classmethod
     def from_lists(cls, scale, lower, upper) -> SafetyLimits:
-        return cls(np.asarray(scale, float), np.asarray(lower, float), np.asarray(upper, float))
+        limits = cls(np.asarray(scale, float), np.asarray(lower, float),
+                     np.asarray(upper, float))
+        bad = hold_outside_limits(limits.lower, limits.upper)
+        if bad:
+            raise ValueError(f'limits exclude zero motion in dimensions {bad}')
+        return limits
 
     def apply(self, action: np.ndarray) -> tuple[np.ndarray, int]:
         """Scale then clamp; return the command and how many dimensions were clamped."""
@@ -42,9 +53,12 @@ class SafetyLimits:
         return command, int(np.count_nonzero(command != scaled))
 
     def hold(self, gripper: float | None) -> np.ndarray:
-        """Zero motion; the gripper keeps its last command (an open gripper if none yet)."""
+        """
+        Zero motion with the gripper's last command, so a hold never opens or closes it.
+
+        Before any gripper command was sent the gripper entry is NaN: "no gripper command".
+        The limits always admit zero motion (`hold_outside_limits` rejects any that do not).
+        """
         command = np.zeros(len(self.lower))
-        command = np.clip(command, self.lower, self.upper)
-        if gripper is not None:
-            command[GRIPPER] = gripper
+        command[GRIPPER] = np.nan if gripper is None else gripper
         return command

@@ -22,7 +22,9 @@ The OpenVLA model (vision -> projector -> Llama) and the policy that turns frame
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+import threading
 import time
 from typing import Any
 
@@ -33,13 +35,13 @@ from torch import nn
 from .actions import ActionCodec, NormStats
 from .config import OpenVLAConfig
 from .errors import CheckpointError, InputError, NonFiniteOutputError
+from .instruction import check_instruction
 from .llama import Llama
 from .preprocess import check_rgb, preprocess
 from .tokenizer import SPACE
 from .vision import FusedProjector, FusedVisionBackbone
 
 PROMPT = 'In: What action should the robot take to {}?\nOut:'
-MAX_INSTRUCTION_CHARS = 1000
 
 
 class OpenVLA(nn.Module):
@@ -124,19 +126,36 @@ class OpenVLAPolicy:
             )
         model.language_model.setup_cache(max_len)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._check_lock = threading.Lock()
+        self._check_tokenizer: Any = None  # made on first use
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """Token ids of OpenVLA's prompt, BOS first, ending in the empty '▁' token."""
         if instruction in self._prompt_cache:
             return self._prompt_cache[instruction]
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InputError('instruction is empty')
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
-            raise InputError(
-                f'instruction is {len(instruction)} characters; '
-                f'the limit is {MAX_INSTRUCTION_CHARS}'
-            )
-        ids = list(self.tokenizer(PROMPT.format(instruction.strip().lower()))['input_ids'])
+        ids = self._prompt_tokens(self.tokenizer, instruction)
+        tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
+        if len(self._prompt_cache) > 64:
+            self._prompt_cache.clear()
+        self._prompt_cache[instruction] = tensor
+        return tensor
+
+    def check_instruction(self, instruction: str) -> str:
+        """
+        Return the instruction as the policy will follow it (stripped), or raise InputError.
+
+        Thread-safe, for input callbacks: it tokenizes with a private copy of the tokenizer,
+        so it never touches the one the inference worker is using.
+        """
+        with self._check_lock:
+            if self._check_tokenizer is None:
+                self._check_tokenizer = copy.deepcopy(self.tokenizer)
+            self._prompt_tokens(self._check_tokenizer, instruction)
+        return instruction.strip()
+
+    def _prompt_tokens(self, tokenizer: Any, instruction: str) -> list[int]:
+        text = check_instruction(instruction)
+        ids = list(tokenizer(PROMPT.format(text.lower()))['input_ids'])
         if ids[-1] != self.space_id:
             ids.append(self.space_id)
         if len(ids) > self.max_prompt_tokens:
@@ -144,11 +163,7 @@ class OpenVLAPolicy:
                 f'instruction makes a {len(ids)}-token prompt; '
                 f'the limit is {self.max_prompt_tokens}'
             )
-        tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
-        if len(self._prompt_cache) > 64:
-            self._prompt_cache.clear()
-        self._prompt_cache[instruction] = tensor
-        return tensor
+        return ids
 
     def prepare(self, rgb: np.ndarray, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the inputs; return prompt ids [P] and model pixels [1, 6, S, S]."""

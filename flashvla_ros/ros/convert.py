@@ -16,9 +16,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
+import simplejpeg
 
 from ..policy.errors import InputError
 from ..policy.preprocess import MAX_SIDE
@@ -27,16 +30,26 @@ CHANNELS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
 TO_RGB = {'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB, 'bgra8': cv2.COLOR_BGRA2RGB,
           'mono8': cv2.COLOR_GRAY2RGB}
 MAX_COMPRESSED_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 4096 * 4096
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+JPEG_SOI = b'\xff\xd8'
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise InputError(f'image size {width}x{height} is outside 1..{MAX_SIDE}')
+    if width * height > max_pixels:
+        raise InputError(f'image of {width}x{height} = {width * height} pixels is above '
+                         f'max_image_pixels {max_pixels}')
+
+
+def image_to_rgb(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Convert sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) to HxWx3 uint8 RGB."""
     if msg.encoding not in CHANNELS:
         raise InputError(f'unsupported image encoding {msg.encoding!r}; use one of '
                          f'{sorted(CHANNELS)}')
     c, h, w = CHANNELS[msg.encoding], msg.height, msg.width
-    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
-        raise InputError(f'image size {w}x{h} is outside 1..{MAX_SIDE}')
+    check_size(w, h, max_pixels)
     if msg.step < w * c:
         raise InputError(f'image step {msg.step} is smaller than width*channels = {w * c}')
     if len(msg.data) < msg.step * h:
@@ -49,18 +62,48 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels), TO_RGB[msg.encoding])
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """Decode sensor_msgs/CompressedImage (JPEG or PNG) to HxWx3 uint8 RGB."""
-    if not msg.data:
+def compressed_size(data: bytes) -> tuple[str, int, int]:
+    """Read (format, width, height) from a PNG or JPEG header, without decoding the pixels."""
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b'IHDR':
+            raise InputError('PNG without an IHDR header')
+        width, height = struct.unpack('>II', data[16:24])
+        return 'png', width, height
+    if data.startswith(JPEG_SOI):
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as exc:
+            raise InputError(f'corrupt JPEG header: {exc}') from exc
+        return 'jpeg', width, height
+    raise InputError(f'compressed image is neither PNG nor JPEG (starts {bytes(data[:4])!r})')
+
+
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """
+    Decode sensor_msgs/CompressedImage (JPEG or PNG) to HxWx3 uint8 RGB.
+
+    The size comes from the header and is checked before any pixel is decoded (a small file
+    can declare a huge image). JPEG is decoded strictly: data the decoder reports as corrupt
+    or truncated is rejected instead of being filled in (OpenCV would warn and return it).
+    """
+    data = bytes(msg.data)
+    if not data:
         raise InputError('compressed image is empty')
-    if len(msg.data) > MAX_COMPRESSED_BYTES:
-        raise InputError(f'compressed image of {len(msg.data)} bytes is too large')
-    bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if len(data) > MAX_COMPRESSED_BYTES:
+        raise InputError(f'compressed image of {len(data)} bytes is too large')
+    fmt, width, height = compressed_size(data)
+    check_size(width, height, max_pixels)
+    if fmt == 'jpeg':
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace='RGB', strict=True)
+        except ValueError as exc:
+            raise InputError(f'corrupt JPEG: {exc}') from exc
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InputError(f'cannot decode compressed image (format {msg.format!r})')
-    h, w = bgr.shape[:2]
-    if max(h, w) > MAX_SIDE:
-        raise InputError(f'image size {w}x{h} is outside 1..{MAX_SIDE}')
+        raise InputError('corrupt PNG: the decoder failed')
+    if bgr.shape[:2] != (height, width):
+        raise InputError(f'PNG decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said '
+                         f'{width}x{height}')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -17,13 +17,17 @@ policy_node: camera + instruction in, clamped robot commands out, at a fixed con
 
 A lifecycle node: configure loads and warms up the model, activate starts the inference worker
 and the control timer. All real-time logic lives in `control.runner.PolicyRunner`; this file
-only turns messages into calls and results into messages.
+only turns messages into calls and results into messages, and makes every way out of
+commanding (deactivate, cleanup, shutdown, SIGINT, SIGTERM) end with exactly one hold.
 """
 
 from __future__ import annotations
 
 import array
+import signal
 import sys
+import threading
+import traceback
 from typing import Any
 
 from builtin_interfaces.msg import Duration
@@ -32,20 +36,24 @@ from geometry_msgs.msg import TwistStamped
 import numpy as np
 from rcl_interfaces.msg import (
     FloatingPointRange,
+    IntegerRange,
     ParameterDescriptor,
     ParameterType,
     SetParametersResult,
 )
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration as RclpyDuration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
     QoSProfile,
     QoSReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
@@ -54,19 +62,22 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ..accel.registry import accelerate
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
+from ..control.throttle import ThrottledLog
 from ..params import PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, load_policy
+from ..policy.instruction import check_instruction
 from ..policy.presets import default_model_dir
 from .convert import compressed_to_rgb, image_to_rgb
 
-ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, float: ParameterType.PARAMETER_DOUBLE,
-             str: ParameterType.PARAMETER_STRING}
+ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 LIST_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY,
               str: ParameterType.PARAMETER_STRING_ARRAY}
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                  durability=QoSDurabilityPolicy.VOLATILE)
+FLUSH_TIMEOUT = RclpyDuration(seconds=1.0)  # a final hold waits this long for its acks
 
 
 def descriptor(p) -> ParameterDescriptor:
@@ -78,7 +89,9 @@ def descriptor(p) -> ParameterDescriptor:
     desc = ParameterDescriptor(type=kind, description=p.description, read_only=p.read_only)
     if p.choices:
         desc.additional_constraints = f'one of {list(p.choices)}'
-    if p.low is not None:
+    if p.low is not None and isinstance(d, int) and not isinstance(d, bool):
+        desc.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high))]
+    elif p.low is not None:
         desc.floating_point_range = [FloatingPointRange(from_value=p.low, to_value=p.high)]
     return desc
 
@@ -96,27 +109,40 @@ class PolicyNode(LifecycleNode):
         self.timer = None
         self.joint_state: JointState | None = None
         self.state_label = 'unconfigured'
+        self.stop_reason = 'not activated yet'  # why the node is not commanding
+        self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
         self._pub: dict[str, Any] = {}
+        self._log = ThrottledLog(period_s=1.0)
+        # A tick and a final hold never interleave; after the final hold no tick publishes.
+        self._output_lock = threading.Lock()
+        self._commanding = False
+        # The instruction topic and parameter changes apply one at a time (re-entrant: the
+        # topic path sets the parameter, whose callback runs on the same thread).
+        self._instruction_lock = threading.RLock()
+        self._syncing_instruction = False
 
-        inputs = MutuallyExclusiveCallbackGroup()
+        # One callback group per input: a flood on one input never starves another.
+        camera, instruction, joints, services = (MutuallyExclusiveCallbackGroup()
+                                                 for _ in range(4))
         camera_qos = qos_profile_sensor_data if self.config.image_reliability == 'best_effort' \
             else RELIABLE_CAMERA_QOS
         if self.config.image_transport == 'compressed':
-            self.create_subscription(CompressedImage, 'image_raw/compressed', self._on_compressed,
-                                     camera_qos, callback_group=inputs)
+            self.camera_sub = self.create_subscription(
+                CompressedImage, 'image_raw/compressed', self._on_compressed, camera_qos,
+                callback_group=camera)
         else:
-            self.create_subscription(Image, 'image_raw', self._on_image, camera_qos,
-                                     callback_group=inputs)
+            self.camera_sub = self.create_subscription(Image, 'image_raw', self._on_image,
+                                                       camera_qos, callback_group=camera)
         self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
-                                 callback_group=inputs)
+                                 callback_group=instruction)
         self.create_subscription(JointState, 'joint_states', self._on_joint_state,
-                                 qos_profile_sensor_data, callback_group=inputs)
+                                 qos_profile_sensor_data, callback_group=joints)
         self.control_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=inputs)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=services)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,7 +152,8 @@ class PolicyNode(LifecycleNode):
         if not c.model and not default_model_dir().is_dir():
             self.get_logger().error('no model: set the `model` parameter to a checkpoint '
                                     'directory (this install has no embedded default model)')
-            self.state_label = 'configure failed: no model'
+            self.state_label = 'unconfigured'
+            self.stop_reason = 'configure failed: no model'
             return TransitionCallbackReturn.FAILURE
         try:
             plain_policy = load_policy(model, device=c.device, dtype=c.dtype,
@@ -135,12 +162,12 @@ class PolicyNode(LifecycleNode):
             self.policy = accelerate(plain_policy, c.accel.name, c.accel.options)
         except (PolicyError, ValueError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
-            self.state_label = f'configure failed: {exc}'
+            self.stop_reason = f'configure failed: {exc}'
             return TransitionCallbackReturn.FAILURE
         self.model_label = c.model or 'default'
         self.runner = PolicyRunner(
             self.policy, SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-            c.max_image_age_s, c.max_action_age_s, clock=self._now)
+            c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now)
         outputs = {
             'twist': (TwistStamped, '~/delta_twist_cmds'),
             'array': (Float64MultiArray, '~/commands'),
@@ -151,9 +178,9 @@ class PolicyNode(LifecycleNode):
         for name in c.outputs:
             msg_type, topic = outputs[name]
             self._pub[name] = self.create_publisher(msg_type, topic, 10)
-        if c.instruction:
-            self.runner.set_instruction(c.instruction)
-        self.state_label = 'inactive'
+        if c.instruction:  # the parameter's text passed the text rule; now the token limit
+            self._follow(c.instruction)
+        self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
         self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
                                f'accel {c.accel.name} {c.accel.options}); '
                                f'outputs: {list(c.outputs)}')
@@ -161,17 +188,20 @@ class PolicyNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.runner.start()
-        self.timer = self.create_timer(self.config.control_period_s, self._on_control_tick,
-                                       callback_group=self.control_group)
-        self.state_label = 'active'
+        with self._output_lock:
+            self._commanding = True
+            self.timer = self.create_timer(self.config.control_period_s, self._on_control_tick,
+                                           callback_group=self.control_group)
+        self.state_label, self.stop_reason = 'active', ''
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_commanding()
+        self._final_hold('deactivated')
         self.state_label = 'inactive'
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._final_hold('cleaned up')
         for pub in self._pub.values():
             self.destroy_publisher(pub)
         self._pub.clear()
@@ -180,17 +210,39 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_commanding()
+        self._final_hold(self.exit_reason or 'shut down')
+        self.state_label = 'finalized'
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_commanding(self) -> None:
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-            self.timer = None
-        if self.runner is not None and self.runner.worker_alive:
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._final_hold('lifecycle error')
+        self.state_label = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _final_hold(self, reason: str) -> None:
+        """Stop the tick and the worker, after exactly one hold that says why (and is acked)."""
+        with self._output_lock:
+            self._commanding = False
+            if self.timer is not None:
+                self.destroy_timer(self.timer)
+                self.timer = None
+            if self.runner is not None and self._pub:
+                self._publish(Tick('hold', command=self.runner.final_hold(), fault=reason))
+                self.get_logger().info(f'final hold: {reason}')
+        self.stop_reason = reason
+        for pub in self._pub.values():  # reliable subscribers have it before we go on
+            pub.wait_for_all_acked(FLUSH_TIMEOUT)
+        if self.runner is not None:
             self.runner.stop()
-            if rclpy.ok():
-                self._publish(Tick('hold', command=self.runner.limits.hold(None)))
+
+    def exit(self, reason: str) -> None:
+        """End the process's commanding: the shutdown transition (one hold) and diagnostics."""
+        self.exit_reason = reason
+        if self.state_label != 'finalized':
+            self.trigger_shutdown()
+        self.stop_reason = reason
+        self._publish_diagnostics()
+        self.diagnostics.wait_for_all_acked(FLUSH_TIMEOUT)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -204,31 +256,59 @@ class PolicyNode(LifecycleNode):
         self._submit(compressed_to_rgb, msg)
 
     def _submit(self, convert, msg) -> None:
-        if self.runner is None:
+        runner = self.runner
+        if runner is None:
             return
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         try:
-            self.runner.submit_frame(convert(msg), capture_time=stamp or None)
+            rgb = convert(msg, self.config.max_image_pixels)
         except InputError as exc:
-            self.runner.reject_input(str(exc))
-            self.get_logger().warning(f'rejected camera frame: {exc}',
-                                      throttle_duration_sec=2.0)
-
-    def _on_instruction(self, msg: String) -> None:
-        self._set_instruction(msg.data)
-
-    def _set_instruction(self, text: str) -> None:
-        if self.runner is None:
+            runner.reject_frame(str(exc))
+            self._warn_rejected_frame(exc)
             return
         try:
-            if text.strip():
-                self.policy.prompt_ids(text)  # reject what the policy cannot take, up front
+            runner.submit_frame(rgb, capture_time=stamp or None)  # counts its own rejections
         except InputError as exc:
-            self.runner.reject_input(f'instruction rejected: {exc}')
-            self.get_logger().error(f'instruction rejected, stopping: {exc}')
-            text = ''
-        if self.runner.set_instruction(text):
-            self.get_logger().info(f'new episode: {text!r}')
+            self._warn_rejected_frame(exc)
+
+    def _warn_rejected_frame(self, exc: InputError) -> None:
+        if line := self._log('camera', f'rejected camera frame: {exc}'):
+            self.get_logger().warning(line)
+
+    def _on_instruction(self, msg: String) -> None:
+        """The topic's text is followed if it passes the rule; otherwise the node stops."""
+        with self._instruction_lock:
+            runner = self.runner
+            if runner is not None and msg.data.strip() == runner.instruction and msg.data:
+                return  # the usual re-send of the current task: nothing to do
+            self._follow(msg.data)
+
+    def _follow(self, text: str) -> None:
+        """Follow `text` ('' = none), or stop on a rejected one; the parameter shows it."""
+        with self._instruction_lock:
+            if text:
+                try:
+                    text = self._check_instruction(text)
+                except InputError as exc:
+                    if self.runner is not None:
+                        self.runner.reject_input(f'instruction rejected: {exc}')
+                    if line := self._log('instruction', f'instruction rejected, stopping: {exc}'):
+                        self.get_logger().error(line)
+                    text = ''
+            if self.runner is not None and self.runner.set_instruction(text) \
+                    and (line := self._log('episode', f'new episode: {text!r}')):
+                self.get_logger().info(line)
+            if self.get_parameter('instruction').value != text:
+                self._syncing_instruction = True
+                try:
+                    self.set_parameters([Parameter('instruction', Parameter.Type.STRING, text)])
+                finally:
+                    self._syncing_instruction = False
+
+    def _check_instruction(self, text: str) -> str:
+        """The one instruction rule (text, then the policy's token limit when loaded)."""
+        text = check_instruction(text)
+        return self.policy.check_instruction(text) if self.policy is not None else text
 
     def _on_reset(self, request, response):
         """Start a new episode (same instruction): the queue and the reuse memory empty."""
@@ -244,16 +324,29 @@ class PolicyNode(LifecycleNode):
         self.joint_state = msg
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        with self._instruction_lock:
+            return self._apply_parameters(params)
+
+    def _apply_parameters(self, params) -> SetParametersResult:
         values = {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
         for p in params:
             if p.name == 'use_sim_time':
-                continue
+                return SetParametersResult(successful=False, reason=(
+                    'use_sim_time is fixed at start-up (--ros-args -p use_sim_time:=true): '
+                    'switching clocks while running would invalidate every age and timeout'))
             value = plain(p.value)
             reason = check_value(p.name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             values[p.name] = value
         reason = check_config(values)
+        changes_instruction = any(p.name == 'instruction' for p in params)
+        if not reason and changes_instruction and not self._syncing_instruction \
+                and values['instruction']:
+            try:
+                self._check_instruction(values['instruction'])
+            except InputError as exc:
+                reason = f'instruction rejected: {exc}'
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         self.config = build_config(values)
@@ -263,19 +356,29 @@ class PolicyNode(LifecycleNode):
                                                          c.action_upper)
             self.runner.max_image_age_s = c.max_image_age_s
             self.runner.max_action_age_s = c.max_action_age_s
-            if any(p.name == 'instruction' for p in params):
-                self._set_instruction(c.instruction)
+            self.runner.max_command_gap_s = c.max_command_gap_s
+            if changes_instruction and not self._syncing_instruction \
+                    and self.runner.set_instruction(c.instruction):
+                self.get_logger().info(f'new episode: {c.instruction!r}')
         return SetParametersResult(successful=True)
 
     # -- outputs ---------------------------------------------------------------------------
 
     def _on_control_tick(self) -> None:
-        tick = self.runner.tick()
-        if tick.kind == 'hold':
-            self.get_logger().error(f'holding: {tick.fault}')
-        self._publish(tick)
+        with self._output_lock:
+            if not self._commanding or self.runner is None:
+                return
+            tick = self.runner.tick()
+            if tick.kind == 'hold':
+                self.get_logger().error(f'holding: {tick.fault}')
+            self._publish(tick)
 
     def _publish(self, tick: Tick) -> None:
+        """
+        Publish a command on every chosen output. A hold is zero motion; its gripper entry
+        is the last gripper command, or NaN ("no gripper command", nothing on ~/gripper_cmd)
+        before there was one.
+        """
         if tick.command is None:
             return
         stamp = self.get_clock().now().to_msg()
@@ -290,7 +393,7 @@ class PolicyNode(LifecycleNode):
             self._pub['twist'].publish(msg)
         if 'array' in self._pub:
             self._pub['array'].publish(float_array(cmd, 'action'))
-        if 'gripper' in self._pub:
+        if 'gripper' in self._pub and not np.isnan(cmd[GRIPPER]):
             self._pub['gripper'].publish(Float64(data=float(cmd[GRIPPER])))
         if 'raw' in self._pub and tick.raw is not None:
             self._pub['raw'].publish(float_array(tick.raw, 'raw_action'))
@@ -313,27 +416,40 @@ class PolicyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
         accel = self.config.accel
+        camera_publishers = self.count_publishers(self.camera_sub.topic_name)
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
                                   'device': self.config.device, 'dtype': self.config.dtype,
-                                  'accel': accel.name, 'accel_options': accel.options}
-        if self.runner is None:
-            status.level = DiagnosticStatus.WARN if 'failed' not in self.state_label \
-                else DiagnosticStatus.ERROR
-            status.message = self.state_label
-        else:
-            s = self.runner.status()
+                                  'accel': accel.name, 'accel_options': accel.options,
+                                  'stop_reason': self.stop_reason,
+                                  'camera_publishers': camera_publishers}
+        warnings = {}  # reason -> text
+        if camera_publishers > 1:
+            warnings['camera publishers'] = \
+                f'{camera_publishers} publishers on {self.camera_sub.topic_name}'
+        runner = self.runner
+        if runner is not None:
+            s = runner.status()
             values.update(s)
-            values.update(policy_values(self.runner.last_info))
+            values.update(policy_values(runner.last_info))
+            if s['warning']:
+                warnings['latency'] = s['warning']
             if self.joint_state is not None:
                 age = self._now() - (self.joint_state.header.stamp.sec
                                      + self.joint_state.header.stamp.nanosec * 1e-9)
                 values['joint_state_age_s'] = round(age, 3)
-            if self.state_label != 'active':
-                status.level, status.message = DiagnosticStatus.OK, self.state_label
-            elif s['fault']:
-                status.level, status.message = DiagnosticStatus.ERROR, s['fault']
-            else:
-                status.level, status.message = DiagnosticStatus.OK, 'commanding'
+        if self.state_label != 'active':
+            failed = self.stop_reason.startswith('configure failed')
+            status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
+            status.message = f'{self.state_label}: not commanding ({self.stop_reason})'
+        elif runner is not None and s['fault']:
+            status.level, status.message = DiagnosticStatus.ERROR, s['fault']
+        elif warnings:
+            status.level, status.message = DiagnosticStatus.WARN, '; '.join(warnings.values())
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'commanding'
+        for reason, text in warnings.items():
+            if line := self._log(reason, text, period_s=30.0):
+                self.get_logger().warning(line)
         status.values = [KeyValue(key=k, value=fmt(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -364,26 +480,52 @@ def float_array(values: np.ndarray, label: str) -> Float64MultiArray:
     return msg
 
 
+class ExitSignals:
+    """
+    SIGINT and SIGTERM end the spin loop instead of rclpy's handler, which shuts the context
+    down at once: the node must still publish its final hold after the signal arrives.
+    """
+
+    def __init__(self) -> None:
+        self.received = ''
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signals = ExitSignals()
     node = PolicyNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=8)
     executor.add_node(node)
-    if node.config.autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().fatal('configure failed; exiting')
-            node.destroy_node()
-            rclpy.try_shutdown()
-            sys.exit(1)
-        node.trigger_activate()
+    code = 0
     try:
-        executor.spin()
+        if node.config.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal('configure failed; exiting')
+                code = 1
+            elif not signals.received:
+                node.trigger_activate()
+        while code == 0 and not signals.received and rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.1)  # wakes at least every 0.1 s for signals
+            except (KeyboardInterrupt, ExternalShutdownException):
+                raise
+            except Exception:  # a bug in one callback must not take the control loop down
+                node.get_logger().error(f'callback failed:\n{traceback.format_exc()}')
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_commanding()
+        reason = f'{signals.received} received' if signals.received else 'process exit'
+        if rclpy.ok():
+            node.exit(reason)
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+    sys.exit(code)
 
 
 if __name__ == '__main__':
