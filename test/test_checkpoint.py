@@ -18,12 +18,13 @@ import json
 import re
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 import torch
 
-from flashvla_ros.policy import CheckpointError, load_policy
+from flashvla_ros.policy import CheckpointError, expand_path, load_policy
 from flashvla_ros.policy.checkpoint import (
     INDEX,
     WEIGHTS,
@@ -32,6 +33,8 @@ from flashvla_ros.policy.checkpoint import (
     save_checkpoint,
     weight_files,
 )
+from flashvla_ros.tools.make_tiny import main as make_tiny_main
+from flashvla_ros.tools.predict import main as predict_main
 
 RGB = np.random.default_rng(5).integers(0, 256, (200, 260, 3), dtype=np.uint8)
 
@@ -65,7 +68,20 @@ def test_round_trip_single_file_and_sharded(tiny_dir, tmp_path):
         out = save_checkpoint(tmp_path / name, model.state_dict(), model.cfg,
                               tokenizer_dir=tiny_dir, dtype=None, max_shard_bytes=shard)
         assert ((out / INDEX).is_file()) == (name == 'sharded')
-        assert len(weight_files(out)) == (1 if name == 'single' else len(weight_files(out)))
+        files = weight_files(out)
+        if name == 'single':
+            assert files == [out / WEIGHTS]
+        else:
+            # The loader reads exactly the shards the index names; each holds at most `shard`
+            # bytes of tensors, or one tensor that is larger on its own.
+            weight_map = json.loads((out / INDEX).read_text())['weight_map']
+            assert files == [out / f for f in dict.fromkeys(weight_map.values())]
+            assert not (out / WEIGHTS).exists()
+            for f in files:
+                stored = load_file(str(f))
+                nbytes = sum(t.numel() * t.element_size() for t in stored.values())
+                assert nbytes <= shard or len(stored) == 1, (f.name, nbytes, len(stored))
+                assert {weight_map[k] for k in stored} == {f.name}
         again, _ = load_model(out)
         for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(),
                                    strict=True):
@@ -88,6 +104,26 @@ def test_timm_1x_gamma_names_load(ckpt):
     assert report.unexpected == []
     key = 'vision_backbone.featurizer.blocks.0.ls1.scale_factor'
     assert torch.equal(model.state_dict()[key], sd[key])
+
+
+def test_home_directory_paths_are_expanded(tiny_dir, tmp_path, monkeypatch, capsys):
+    # `model:=~/models/x` and `--model=~/x` reach the runtime unexpanded: the shell only
+    # expands a `~` that starts a word.
+    monkeypatch.setenv('HOME', str(tmp_path))
+    shutil.copytree(tiny_dir, tmp_path / 'models' / 'tiny')
+    policy = load_policy('~/models/tiny')
+    assert policy.predict(RGB, 'push the cup').token_ids == \
+        load_policy(str(tiny_dir)).predict(RGB, 'push the cup').token_ids
+    assert expand_path('~/models/tiny') == tmp_path / 'models' / 'tiny'
+    cv2.imwrite(str(tmp_path / 'frame.png'), RGB[..., ::-1])
+    assert predict_main(['--model=~/models/tiny', '--image=~/frame.png',
+                         '--instruction', 'push the cup']) == 0
+    assert json.loads(capsys.readouterr().out)['token_ids'] == \
+        policy.predict(RGB, 'push the cup').token_ids
+    make_tiny_main(['--out=~/written', '--seed', '1'])
+    assert (tmp_path / 'written' / WEIGHTS).is_file() and not (tmp_path / '~').exists()
+    with pytest.raises(CheckpointError, match=re.escape(f'{tmp_path}/nope: checkpoint')):
+        load_model('~/nope')
 
 
 def test_missing_directory(tmp_path):

@@ -54,7 +54,7 @@ import yaml
 from ..accel.flops import Flops, openvla_step_flops
 from ..accel.registry import accelerate, check_accel
 from ..params import ACCEL_PREFIX, read_yaml
-from ..policy import OpenVLAPolicy, load_policy
+from ..policy import OpenVLAPolicy, expand_path, load_policy
 from ..policy.presets import default_model_dir, openvla_7b_config
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
@@ -85,7 +85,7 @@ def parse_accel(spec: str) -> tuple[str, dict]:
     Examples: `none`, `flashvla`, `flashvla:fast`, `flashvla:keep=0.5,gate=past`.
     """
     if spec.endswith(('.yaml', '.yml')):
-        data = yaml.safe_load(Path(spec).read_text()) or {}
+        data = yaml.safe_load(expand_path(spec).read_text()) or {}
         section = data.get('accel')
         if section is None:  # the node's parameter file: policy_node.ros__parameters.accel
             section = {k[len(ACCEL_PREFIX):]: v for k, v in read_yaml(spec).items()
@@ -321,7 +321,8 @@ def markdown(report: dict, plot_path: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default=None, help='checkpoint (default: embedded model)')
+    parser.add_argument('--model', default=None, type=expand_path,
+                        help='checkpoint (default: embedded model)')
     parser.add_argument('--accel', action='append', help='none, a name, or a YAML file')
     parser.add_argument('--episodes', type=int, default=200)
     parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
@@ -329,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                              f'{HELDOUT_SEED_START} on)')
     parser.add_argument('--max-steps', type=int, default=80)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--json', type=Path, help='write the report here')
-    parser.add_argument('--plot', type=Path, help='write success-vs-FLOPs/latency PNG here')
-    parser.add_argument('--markdown', type=Path, help='rewrite this page (docs/BENCHMARKS.md)')
-    parser.add_argument('--report', type=Path,
+    parser.add_argument('--json', type=expand_path, help='write the report here')
+    parser.add_argument('--plot', type=expand_path, help='write success-vs-FLOPs/latency PNG here')
+    parser.add_argument('--markdown', type=expand_path,
+                        help='rewrite this page (docs/BENCHMARKS.md)')
+    parser.add_argument('--report', type=expand_path,
                         help='render --plot/--markdown from this saved JSON instead of running')
     args = parser.parse_args(argv)
     if args.report:

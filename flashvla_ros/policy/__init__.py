@@ -14,10 +14,11 @@
 
 """The policy runtime: OpenVLA-compatible models in plain PyTorch, with no ROS imports."""
 
+from .checkpoint import expand_path
 from .errors import CheckpointError, InputError, NonFiniteOutputError, PolicyError
 from .openvla import Action, OpenVLA, OpenVLAPolicy, load_policy
 
 __all__ = [
     'Action', 'CheckpointError', 'InputError', 'NonFiniteOutputError', 'OpenVLA',
-    'OpenVLAPolicy', 'PolicyError', 'load_policy',
+    'OpenVLAPolicy', 'PolicyError', 'expand_path', 'load_policy',
 ]

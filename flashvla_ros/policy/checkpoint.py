@@ -112,8 +112,18 @@ def weight_files(path: str | Path) -> list[Path]:
     return files
 
 
+def expand_path(path: str | Path) -> Path:
+    """
+    Return `path` with a leading `~` or `~user` expanded.
+
+    Shells leave `~` alone after `model:=` or `--model=`, so every path a user types that
+    reaches the runtime goes through this.
+    """
+    return Path(path).expanduser()
+
+
 def _checkpoint_dir(path: str | Path) -> Path:
-    path = Path(path)
+    path = expand_path(path)
     if not path.is_dir():
         raise CheckpointError(f'{path}: checkpoint directory does not exist')
     return path
@@ -139,6 +149,7 @@ def load_model(
 ) -> tuple[OpenVLA, LoadReport]:
     """Build the model for `path` and fill it from its safetensors files."""
     start = time.perf_counter()
+    path = expand_path(path)
     cfg = read_config(path)
     files = weight_files(path)
     device, dtype = parse_device(device), parse_dtype(dtype)
@@ -191,7 +202,7 @@ def save_checkpoint(
     max_shard_bytes: int = 5 * 1024**3,
 ) -> Path:
     """Write config.json, weights (sharded with an index past `max_shard_bytes`), tokenizer."""
-    out = Path(out_dir)
+    out = expand_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cast = parse_dtype(dtype) if dtype is not None else None
     tensors = {
@@ -223,8 +234,9 @@ def save_checkpoint(
         index = {'metadata': {'total_size': total}, 'weight_map': weight_map}
         (out / INDEX).write_text(json.dumps(index, indent=2) + '\n')
     (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
-    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != out.resolve():
+    tokenizer_dir = None if tokenizer_dir is None else expand_path(tokenizer_dir)
+    if tokenizer_dir is not None and tokenizer_dir.resolve() != out.resolve():
         for name in TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).is_file():
-                shutil.copy2(Path(tokenizer_dir) / name, out / name)
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, out / name)
     return out

@@ -45,7 +45,7 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not (path / 'tokenizer.json').is_file() and not (path / 'tokenizer.model').is_file():
         raise CheckpointError(
             f'{path}: no tokenizer files (expected tokenizer.json or tokenizer.model with '

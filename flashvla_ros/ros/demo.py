@@ -50,7 +50,7 @@ def resolve_model(model: str | None) -> str:
     from ..tools.make_tiny import make_tiny
 
     if model:
-        return model
+        return str(Path(model).expanduser())  # the node gets an absolute path
     if default_model_dir().is_dir():
         return str(default_model_dir())
     if not (DEFAULT_TINY / 'config.json').is_file():

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..policy.checkpoint import save_checkpoint
+from ..policy.checkpoint import expand_path, save_checkpoint
 from ..policy.config import OpenVLAConfig, ViTConfig
 from ..policy.openvla import OpenVLA
 from ..policy.presets import init_weights, tiny_config
@@ -90,7 +90,7 @@ def _attn_pool(prefix: str, tower: ViTConfig, rand) -> dict[str, torch.Tensor]:
 
 
 def make_tiny(out: str | Path, seed: int = 0, dtype: str = 'bfloat16') -> Path:
-    out = Path(out)
+    out = expand_path(out)
     cfg = tiny_config()
     model = random_model(cfg, seed)
     state = {**model.state_dict(), **unused_timm_tensors(cfg, seed)}
@@ -103,7 +103,8 @@ def make_tiny(out: str | Path, seed: int = 0, dtype: str = 'bfloat16') -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--out', required=True, type=Path, help='checkpoint directory to write')
+    parser.add_argument('--out', required=True, type=expand_path,
+                        help='checkpoint directory to write')
     parser.add_argument('--seed', type=int, default=0, help='weight initialisation seed')
     parser.add_argument('--dtype', default='bfloat16', help='stored dtype (OpenVLA ships bf16)')
     args = parser.parse_args(argv)

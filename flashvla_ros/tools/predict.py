@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 
 import cv2
 import numpy as np
 
-from ..policy import PolicyError, load_policy
+from ..policy import PolicyError, expand_path, load_policy
 
 
-def read_rgb(path: str) -> np.ndarray:
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+def read_rgb(path: str | Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise PolicyError(f'{path}: cannot read an image from this file')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -35,8 +36,10 @@ def read_rgb(path: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--model', required=True, help='checkpoint directory (HF layout)')
-    parser.add_argument('--image', required=True, help='image file (PNG, JPEG, ...)')
+    parser.add_argument('--model', required=True, type=expand_path,
+                        help='checkpoint directory (HF layout)')
+    parser.add_argument('--image', required=True, type=expand_path,
+                        help='image file (PNG, JPEG, ...)')
     parser.add_argument('--instruction', required=True, help='task, e.g. "pick up the cup"')
     parser.add_argument('--unnorm-key', default=None, help='dataset statistics to un-normalise')
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')

@@ -159,14 +159,14 @@ def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.nd
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', type=Path, required=True)
+    parser.add_argument('--out', type=lambda s: Path(s).expanduser(), required=True)
     parser.add_argument('--episodes', type=int, default=3000)
     parser.add_argument('--seed', type=int, default=0, help='first episode seed')
     parser.add_argument('--noise-p', type=float, default=0.3,
                         help='probability of executing a random move instead of the expert')
     parser.add_argument('--families', default=','.join(FAMILIES),
                         help='comma-separated task families, taken in turn')
-    parser.add_argument('--dagger-model', type=Path,
+    parser.add_argument('--dagger-model', type=lambda s: Path(s).expanduser(),
                         help='roll out this checkpoint instead of the expert (labels stay the '
                              "expert's) and append the episodes to the dataset in --out")
     args = parser.parse_args(argv)

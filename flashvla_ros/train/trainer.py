@@ -47,7 +47,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..policy.actions import ActionCodec, NormStats
-from ..policy.checkpoint import load_model, save_checkpoint
+from ..policy.checkpoint import expand_path, load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
@@ -368,9 +368,10 @@ def plot_losses(history: list[dict], path: Path, size=(720, 420)) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=Path, required=True, help='flashvla-dataset output')
-    parser.add_argument('--out', type=Path, required=True, help='checkpoint directory')
-    parser.add_argument('--init', type=Path, help='start from this checkpoint (fine-tuning)')
+    parser.add_argument('--data', type=expand_path, required=True, help='flashvla-dataset output')
+    parser.add_argument('--out', type=expand_path, required=True, help='checkpoint directory')
+    parser.add_argument('--init', type=expand_path,
+                        help='start from this checkpoint (fine-tuning)')
     for f, default in asdict(TrainConfig()).items():
         parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
     args = parser.parse_args(argv)
