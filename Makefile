@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv and run the main job
-#   make test   set up .venv and run the whole suite (what .ci/run calls)
+#   make demo       set up .venv and run the main job
+#   make test       set up .venv and run the default tier (what .ci/run calls): every test but
+#                   the `slow` ones, and the Python 3.10 pins resolved (scripts/check_pins.sh)
+#   make test-all   the whole suite, slow tier included, and the pins on 3.10, 3.12 and 3.13
 #
 # The venv is made from the system Python with --system-site-packages so that the ament
 # linters (Debian/ROS packages, not on PyPI) are importable, as they are in a ROS workspace.
@@ -11,7 +13,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := python3-venv python3-ament-flake8 python3-ament-pep257 python3-ament-copyright
 
-.PHONY: test demo lint clean
+PIN_PYTHONS ?= 3.10
+ALL_PIN_PYTHONS ?= 3.10 3.12 3.13
+
+.PHONY: test test-all check-pins demo lint clean
 
 $(STAMP): setup.py constraints.txt
 	@if ! $(SYS_PYTHON) -c 'import venv, ensurepip, ament_flake8, ament_pep257, ament_copyright' 2>/dev/null; then \
@@ -27,7 +32,15 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	scripts/check_pins.sh $(PIN_PYTHONS)
+	$(PY) -m pytest -q -m 'not slow' test
+
+test-all: $(STAMP)
+	scripts/check_pins.sh $(ALL_PIN_PYTHONS)
 	$(PY) -m pytest -q test
+
+check-pins:
+	scripts/check_pins.sh $(ALL_PIN_PYTHONS)
 
 demo: $(STAMP)
 	$(VENV)/bin/flashvla-demo

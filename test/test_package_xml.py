@@ -82,7 +82,7 @@ def test_keys_that_broke_rosdep_stay_out():
     assert not [k for k in keys if k.endswith('-pip')], 'pip packages go through constraints.txt'
     # The pip-installed runtime is named in a comment instead.
     text = (ROOT / 'package.xml').read_text()
-    for name in ('torch', 'transformers', 'tokenizers', 'safetensors', 'rosbags'):
+    for name in ('torch', 'transformers', 'tokenizers', 'safetensors', 'simplejpeg', 'rosbags'):
         assert name in text
 
 

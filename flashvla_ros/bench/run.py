@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report = json.loads(args.report.read_text())
     else:
-        model = args.model or str(default_model_dir())
+        model = str(args.model or default_model_dir())
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print)
         if args.model is None:

@@ -92,10 +92,15 @@ class MockWorld(Node):
         source = param('frames_source', '', 'Open loop: folder of images or video file.')
         self.open_loop_instruction = param('instruction', 'pick up the red block',
                                            'Instruction published in open-loop mode.')
-        reset_service = param('policy_reset_service', '/policy_node/reset',
+        # Relative, like every name here: in a launch namespace it resolves to
+        # /<ns>/policy_node/reset, the service of the policy node started beside this one.
+        reset_service = param('policy_reset_service', 'policy_node/reset',
                               'Trigger called at each new episode so the policy forgets the '
-                              'last one (its reuse memory); empty = none.')
+                              'last one (its reuse memory); relative names resolve in this '
+                              "node's namespace; empty = none.")
         self.policy_reset = self.create_client(Trigger, reset_service) if reset_service else None
+        self.policy_resets = 0  # reset calls sent
+        self.episodes = 0
         if self.family and self.family not in FAMILIES:
             raise ValueError(f'task_family {self.family!r} is not one of {list(FAMILIES)}')
         if rate <= 0:
@@ -124,8 +129,18 @@ class MockWorld(Node):
                                image_size=self.image_size)
         self.get_logger().info(f'episode seed {self.seed}: {self.episode.instruction!r}')
         self._publish_instruction()
-        if self.policy_reset is not None and self.policy_reset.service_is_ready():
+        self.episodes += 1
+        if self.policy_reset is None or self.episodes == 1:
+            return  # the first episode starts with the world, before any policy has memory
+        if self.policy_reset.service_is_ready():
             self.policy_reset.call_async(Trigger.Request())  # fire and forget: never wait
+            self.policy_resets += 1
+        else:
+            self.get_logger().warning(
+                f'policy reset service {self.policy_reset.srv_name!r} (namespace '
+                f'{self.get_namespace()!r}) is not available: the policy keeps its memory of '
+                'the last episode; set policy_reset_service, or empty it for no reset',
+                throttle_duration_sec=60.0)
 
     def _instruction(self) -> str:
         return self.episode.instruction if self.episode else self.open_loop_instruction
