@@ -72,3 +72,42 @@ def test_predict_errors_are_clear(tiny_dir, tmp_path, args, message):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2
     assert message in out.stderr and 'Traceback' not in out.stderr
+
+
+REMOTE_CODE = '''
+import pathlib
+pathlib.Path(__file__).with_name('REMOTE_CODE_RAN').write_text(__name__)
+raise SystemExit('remote code ran')
+'''
+
+
+def test_hub_layout_checkpoint_loads_without_asking_about_remote_code(tiny_dir, tmp_path):
+    # openvla/openvla-7b names its own classes in `auto_map` and ships them as .py files;
+    # transformers would ask "Do you wish to run the custom code? [y/N]" and wait 15 s.
+    hub = shutil.copytree(tiny_dir, tmp_path / 'openvla-hub')
+    config = json.loads((hub / 'config.json').read_text())
+    config['auto_map'] = {
+        'AutoConfig': 'configuration_prismatic.OpenVLAConfig',
+        'AutoModelForVision2Seq': 'modeling_prismatic.OpenVLAForActionPrediction',
+    }
+    (hub / 'config.json').write_text(json.dumps(config))
+    tok_config = json.loads((hub / 'tokenizer_config.json').read_text())
+    tok_config['auto_map'] = {'AutoProcessor': 'processing_prismatic.PrismaticProcessor',
+                              'AutoTokenizer': ['tokenization_prismatic.PrismaticTokenizer', None]}
+    (hub / 'tokenizer_config.json').write_text(json.dumps(tok_config))
+    for name in ('configuration', 'modeling', 'processing', 'tokenization'):
+        (hub / f'{name}_prismatic.py').write_text(REMOTE_CODE)
+    image = tmp_path / 'frame.png'
+    rgb = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    # A prompt would read this answer and run the remote code.
+    out = subprocess.run([*tool('flashvla-predict'), '--model', str(hub), '--image', str(image),
+                          '--instruction', 'pick up the red block'],
+                         input='y\n', capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'custom code' not in out.stdout + out.stderr
+    assert not (hub / 'REMOTE_CODE_RAN').exists()
+    assert not list(hub.glob('__pycache__'))
+    from flashvla_ros.policy import load_policy
+    expected = load_policy(str(tiny_dir)).predict(rgb, 'pick up the red block')
+    assert json.loads(out.stdout)['token_ids'] == expected.token_ids

@@ -55,7 +55,12 @@ def load_tokenizer(path: str | Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # trust_remote_code=False, never None: a hub checkpoint's config.json names its own
+        # classes in `auto_map` (OpenVLA's do), and with None transformers would stop and ask
+        # "Do you wish to run the custom code? [y/N]" on the terminal. The tokenizer is a stock
+        # Llama one; remote code is never consulted.
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             trust_remote_code=False)
     except Exception as exc:  # transformers raises many types; the user needs the path
         raise CheckpointError(f'{path}: cannot load the tokenizer: {exc}') from exc
     finally:
