@@ -44,8 +44,8 @@ from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.params import build_config
 from flashvla_ros.policy import load_policy
 from flashvla_ros.ros.bag import BagWriter, qos_for, read_messages
-from flashvla_ros.ros.convert import image_to_rgb
 from flashvla_ros.ros.mock_world_node import MockWorld
+from flashvla_ros.testing.replay import golden_from_bag
 from flashvla_ros.tools.make_tiny import make_tiny
 
 DATA = Path(__file__).resolve().parent.parent / 'test' / 'data'
@@ -95,12 +95,8 @@ def golden() -> None:
                         for topic, _, _, data in read_messages(BAG, ['/instruction'])}
         assert len(instructions) == 1, f'the bag must hold one episode, got {instructions}'
         instruction = instructions.pop()
-        raw, commands = [], []
-        for _, _, _, data in read_messages(BAG, ['/image_raw']):
-            rgb = image_to_rgb(deserialize_message(data, Image))
-            values = policy.predict(rgb, instruction).values
-            raw.append(values.tolist())
-            commands.append(limits.apply(values)[0].tolist())
+        result = golden_from_bag(policy, BAG, instruction, limits)
+        raw, commands = result['raw_actions'], result['commands']
     GOLDEN.write_text(json.dumps({
         'model': 'flashvla-make-tiny --seed 0 (stored float32)',
         'instruction': instruction, 'raw_actions': raw, 'commands': commands,

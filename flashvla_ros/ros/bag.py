@@ -121,36 +121,63 @@ def read_messages(path: str | Path, topics: list[str] | None = None):
             yield conn.topic, conn.msgtype, stamp, bytes(data)
 
 
+class Player:
+    """
+    Publish a bag's messages from an existing node, with their original timing.
+
+    Messages sent before discovery has matched a subscriber are lost (best effort) or never
+    delivered (a volatile reliable subscriber gets no history): `wait_for_subscribers` first.
+    """
+
+    def __init__(self, node: Node, path: str | Path, topics: list[str] | None = None) -> None:
+        self.path, self.topics = Path(path), topics
+        self.publishers: dict[str, object] = {}
+        with Reader(self.path) as reader:
+            for c in reader.connections:
+                if not topics or c.topic in topics:
+                    self.publishers[c.topic] = node.create_publisher(
+                        message_class(c.msgtype), c.topic, PLAY_QOS)
+        if topics and set(topics) - set(self.publishers):
+            raise ValueError(f'{path}: no topic {sorted(set(topics) - set(self.publishers))}')
+
+    def wait_for_subscribers(self, timeout_s: float, settle_s: float = 0.3) -> bool:
+        """Wait (bounded) until every topic has a subscriber, then `settle_s` for the match."""
+        deadline = time.monotonic() + timeout_s
+        while not self.matched() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle_s)
+        return self.matched()
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in self.publishers.values())
+
+    def play(self, rate: float = 1.0) -> int:
+        """Publish every message once at `rate` times the recorded speed; return the count."""
+        if rate <= 0:
+            raise ValueError('rate must be positive')
+        sent, start, first = 0, time.monotonic(), None
+        for topic, _, stamp, data in read_messages(self.path, self.topics):
+            first = stamp if first is None else first
+            delay = start + (stamp - first) * 1e-9 / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.publishers[topic].publish(data)
+            sent += 1
+        return sent
+
+
 def play(path: str, rate: float, topics: list[str] | None, loop: bool,
          wait_subscribers_s: float = 3.0) -> int:
     if rate <= 0:
         raise ValueError('--rate must be positive')
     rclpy.init()
     node = Node('flashvla_bag_player')
-    publishers: dict[str, object] = {}
     sent = 0
     try:
-        with Reader(Path(path)) as reader:
-            for c in reader.connections:
-                if not topics or c.topic in topics:
-                    publishers[c.topic] = node.create_publisher(
-                        message_class(c.msgtype), c.topic, PLAY_QOS)
-        # Best-effort messages sent before discovery completes are lost: wait (bounded) until
-        # every topic has a subscriber, then a little longer for the match to settle.
-        deadline = time.monotonic() + wait_subscribers_s
-        while time.monotonic() < deadline and any(
-                p.get_subscription_count() == 0 for p in publishers.values()):
-            time.sleep(0.05)
-        time.sleep(0.3)
+        player = Player(node, path, topics)
+        player.wait_for_subscribers(wait_subscribers_s)
         while True:
-            start, first = time.monotonic(), None
-            for topic, _, stamp, data in read_messages(path, topics):
-                first = stamp if first is None else first
-                delay = start + (stamp - first) * 1e-9 / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                publishers[topic].publish(data)
-                sent += 1
+            sent += player.play(rate)
             if not loop:
                 break
     except KeyboardInterrupt:
