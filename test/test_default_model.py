@@ -37,6 +37,7 @@ def test_default_checkpoint_is_small_and_standard(default_dir):
     assert policy.codec.first_action_token == policy.codec.vocab_size - 256
 
 
+@pytest.mark.slow  # 14 s on 2 idle cores, about 140 s on 2 busy ones: `make test-all`
 def test_default_policy_solves_held_out_episodes(default_dir):
     # 12 held-out episodes (4 per family); the full 200-episode figure is in BENCHMARKS.md.
     report = benchmark(str(default_dir), ['none'], episodes=12, seed=HELDOUT_SEED_START,

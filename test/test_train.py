@@ -63,6 +63,7 @@ def test_held_out_seeds_are_refused():
         ds.generate(10, seed=ds.HELDOUT_SEED_START - 5)
 
 
+@pytest.mark.slow  # 17 s on 2 idle cores, about 260 s on 2 busy ones: `make test-all`
 def test_short_training_run_learns_and_saves_a_loadable_checkpoint(data_dir, tmp_path):
     cfg = TrainConfig(steps=40, batch=8, warmup=5, lr=1e-3)
     summary = train(data_dir, tmp_path / 'a', cfg, log=lambda *a, **k: None)
