@@ -12,11 +12,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Shared fixtures: one tiny checkpoint per session, written by the real make-tiny code."""
+"""Shared fixtures: one tiny checkpoint per session (the real make-tiny code), ROS probes."""
 
+import os
 from pathlib import Path
 
 import pytest
+from ros_harness import Probe, Processes, ros_environment
 
 from flashvla_ros.policy import load_policy
 from flashvla_ros.tools.make_tiny import make_tiny
@@ -30,3 +32,29 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope='session')
 def tiny_policy(tiny_dir):
     return load_policy(str(tiny_dir))
+
+
+@pytest.fixture(scope='module')
+def probe():
+    import rclpy
+    os.environ.update(ros_environment())
+    rclpy.init()
+    node = rclpy.create_node('test_probe')
+    yield Probe(node)
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Processes(tmp_path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def fresh_probe(probe):
+    """Each test listens from scratch (subscriptions persist; recordings do not)."""
+    probe.spin(0.3)  # take what earlier tests' nodes left in the reader queues
+    probe.messages.clear()
+    yield

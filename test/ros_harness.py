@@ -16,7 +16,8 @@
 Real rclpy processes for the integration tests: start nodes, probe topics, call services.
 
 Every test session gets its own DDS domain and stays on localhost, so parallel runs and
-other ROS graphs on the machine never see each other.
+other ROS graphs on the machine never see each other. The fixtures (`probe`, `procs`,
+`fresh_probe`) live in conftest.py.
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 BAG = ROOT / 'test' / 'data' / 'mock_world_bag'
 GOLDEN = ROOT / 'test' / 'data' / 'mock_world_bag_golden.json'
+LOWER = np.array([-0.05] * 3 + [-0.25] * 3 + [0.0])  # config/policy.yaml's limits
+UPPER = np.array([0.05] * 3 + [0.25] * 3 + [1.0])
+COMMANDS = '/policy_node/commands'
+RAW = '/policy_node/raw_action'
 
 
 def ros_environment() -> dict[str, str]:
@@ -149,3 +156,75 @@ class Probe:
         if not future.done():
             raise AssertionError(f'service {name} did not answer')
         return future.result()
+
+
+def policy_args(model, *params: str) -> list[str]:
+    args = ['--ros-args', '--params-file', str(ROOT / 'config' / 'policy.yaml'),
+            '-p', f'model:={model}']
+    for p in params:
+        args += ['-p', p]
+    return args
+
+
+def listen_once(probe: Probe, msg_type, topic: str, qos=10) -> None:
+    if not any(s.topic_name == topic for s in probe.node.subscriptions):
+        probe.listen(msg_type, topic, qos)
+
+
+def wait_active(probe: Probe, procs: Processes) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    listen_once(probe, DiagnosticArray, '/diagnostics')
+    probe.wait_for(lambda: (probe.diagnostics() or {}).get('lifecycle_state') == 'active',
+                   60, 'policy_node to become active', procs)
+
+
+def commands(probe: Probe, topic: str = COMMANDS) -> list[tuple[float, np.ndarray]]:
+    return [(t, np.array(m.data)) for t, m in probe.messages[topic]]
+
+
+def is_hold(cmd: np.ndarray) -> bool:
+    return bool((cmd[:6] == 0).all())
+
+
+def within_limits(values: np.ndarray) -> bool:
+    """Every command is inside the limits; only a hold may carry NaN ("no gripper command")."""
+    values = np.array(values, dtype=float).reshape(-1, 7)
+    unset = np.isnan(values[:, 6]) & (values[:, :6] == 0).all(axis=1)
+    values[unset, 6] = LOWER[6]
+    return bool(((values >= LOWER) & (values <= UPPER)).all())
+
+
+def param(name: str, value):
+    """An rcl_interfaces Parameter for SetParameters: bool, float, str or a list of floats."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    v = ParameterValue()
+    if isinstance(value, bool):
+        v.type, v.bool_value = ParameterType.PARAMETER_BOOL, value
+    elif isinstance(value, float):
+        v.type, v.double_value = ParameterType.PARAMETER_DOUBLE, value
+    elif isinstance(value, str):
+        v.type, v.string_value = ParameterType.PARAMETER_STRING, value
+    else:
+        v.type, v.double_array_value = ParameterType.PARAMETER_DOUBLE_ARRAY, list(value)
+    return Parameter(name=name, value=v)
+
+
+def set_parameter(probe: Probe, name: str, value, node: str = '/policy_node'):
+    """Set one parameter through the node's service; return its SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+    request = SetParameters.Request(parameters=[param(name, value)])
+    return probe.call(SetParameters, f'{node}/set_parameters', request).results[0]
+
+
+def get_parameter(probe: Probe, name: str, node: str = '/policy_node'):
+    from rcl_interfaces.srv import GetParameters
+    request = GetParameters.Request(names=[name])
+    return probe.call(GetParameters, f'{node}/get_parameters', request).values[0]
+
+
+def change_state(probe: Probe, transition: int, node: str = '/policy_node') -> bool:
+    """Trigger a lifecycle transition by id (lifecycle_msgs/Transition)."""
+    from lifecycle_msgs.srv import ChangeState
+    request = ChangeState.Request()
+    request.transition.id = transition
+    return probe.call(ChangeState, f'{node}/change_state', request).success

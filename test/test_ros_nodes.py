@@ -20,87 +20,34 @@ every kind, the stale-camera hold, parameter validation and lifecycle transition
 """
 
 import json
-import os
 import time
 
 import numpy as np
 import pytest
-from ros_harness import BAG, GOLDEN, ROOT, Probe, Processes, ros_environment
+from ros_harness import (
+    BAG,
+    COMMANDS,
+    GOLDEN,
+    RAW,
+    Processes,
+    commands,
+    is_hold,
+    listen_once,
+    param,
+    policy_args,
+    wait_active,
+    within_limits,
+)
 
 rclpy = pytest.importorskip('rclpy', reason='real rclpy (pip wheels) is part of make test')
+pytestmark = pytest.mark.usefixtures('fresh_probe')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-
-LOWER = np.array([-0.05] * 3 + [-0.25] * 3 + [0.0])
-UPPER = np.array([0.05] * 3 + [0.25] * 3 + [1.0])
-COMMANDS = '/policy_node/commands'
-RAW = '/policy_node/raw_action'
-
-
-@pytest.fixture(scope='module')
-def probe():
-    os.environ.update(ros_environment())
-    rclpy.init()
-    node = rclpy.create_node('test_probe')
-    yield Probe(node)
-    node.destroy_node()
-    rclpy.shutdown()
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Processes(tmp_path)
-    yield p
-    p.stop_all()
-
-
-@pytest.fixture(autouse=True)
-def fresh_probe(probe):
-    """Each test listens from scratch (subscriptions persist; recordings do not)."""
-    probe.spin(0.3)  # take what earlier tests' nodes left in the reader queues
-    probe.messages.clear()
-    yield
-
-
-def policy_args(model, *params: str) -> list[str]:
-    args = ['--ros-args', '--params-file', str(ROOT / 'config' / 'policy.yaml'),
-            '-p', f'model:={model}']
-    for p in params:
-        args += ['-p', p]
-    return args
-
-
-def listen_once(probe: Probe, msg_type, topic: str, qos=10) -> None:
-    if not any(s.topic_name == topic for s in probe.node.subscriptions):
-        probe.listen(msg_type, topic, qos)
-
-
-def wait_active(probe: Probe, procs: Processes) -> None:
-    listen_once(probe, DiagnosticArray, '/diagnostics')
-    probe.wait_for(lambda: (probe.diagnostics() or {}).get('lifecycle_state') == 'active',
-                   60, 'policy_node to become active', procs)
-
-
-def commands(probe: Probe, topic: str = COMMANDS) -> list[tuple[float, np.ndarray]]:
-    return [(t, np.array(m.data)) for t, m in probe.messages[topic]]
-
-
-def is_hold(cmd: np.ndarray) -> bool:
-    return bool((cmd[:6] == 0).all())
-
-
-def within_limits(values: np.ndarray) -> bool:
-    """Every command is inside the limits; only a hold may carry NaN ("no gripper command")."""
-    values = np.array(values, dtype=float).reshape(-1, 7)
-    unset = np.isnan(values[:, 6]) & (values[:, :6] == 0).all(axis=1)
-    values[unset, 6] = LOWER[6]
-    return bool(((values >= LOWER) & (values <= UPPER)).all())
 
 
 def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
@@ -259,17 +206,6 @@ def test_stopping_the_camera_holds_within_max_image_age(probe, procs, tiny_dir):
     assert diag['level'] == 2 and 'camera stale' in diag['message']
 
 
-def param(name: str, value) -> Parameter:
-    v = ParameterValue()
-    if isinstance(value, float):
-        v.type, v.double_value = ParameterType.PARAMETER_DOUBLE, value
-    elif isinstance(value, str):
-        v.type, v.string_value = ParameterType.PARAMETER_STRING, value
-    else:
-        v.type, v.double_array_value = ParameterType.PARAMETER_DOUBLE_ARRAY, list(value)
-    return Parameter(name=name, value=v)
-
-
 def test_parameter_changes_are_validated(probe, procs, tiny_dir):
     procs.start('policy_node', *policy_args(tiny_dir))
     wait_active(probe, procs)
@@ -281,6 +217,15 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
         (param('action_lower', [0.1] * 7), 'action_lower > action_upper'),
         (param('action_scale', [float('nan')] * 7), 'finite'),
         (param('accel.keep', 0.5), 'read-only'),
+        # A hold is zero motion: limits must admit it on every motion dimension.
+        (param('action_lower', [0.01] + [-0.05] * 5 + [0.0]), "exclude zero in motion dim"),
+        (param('action_upper', [0.05] * 2 + [-0.01] + [0.25] * 3 + [1.0]), "dimensions ['z']"),
+        # One instruction rule for the parameter and the topic; the token limit needs the model.
+        (param('instruction', '   '), 'only whitespace'),
+        (param('instruction', 'pick up\x1b[2J the cup'), "control characters ['U+001B']"),
+        (param('instruction', 'go ' * 400), 'the limit is 1000'),
+        (param('instruction', 'zq' * 400), 'token prompt; the limit is 128'),
+        (param('use_sim_time', True), 'fixed at start-up'),
     ]
     for p, reason in cases:
         result = probe.call(SetParameters, '/policy_node/set_parameters',
@@ -295,6 +240,10 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
     assert [v.double_value for v in got.values] == [0.8, 10.0]
     reset = probe.call(Trigger, '/policy_node/reset', Trigger.Request())
     assert reset.success and 'new episode' in reset.message
+    # A refused instruction leaves the one the node follows (none here) in place.
+    got = probe.call(GetParameters, '/policy_node/get_parameters',
+                     GetParameters.Request(names=['instruction']))
+    assert got.values[0].string_value == ''
 
 
 def test_lifecycle_without_autostart(probe, procs, tiny_dir):

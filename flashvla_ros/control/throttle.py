@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import re
 import threading
 import time
 
@@ -37,7 +38,13 @@ class ThrottledLog:
         self._lock = threading.Lock()
 
     def __call__(self, reason: str, text: str, period_s: float | None = None) -> str | None:
-        """Return the line to log now, or None when a line of `reason` went out recently."""
+        """
+        Return the line to log now, or None when a line of `reason` went out recently.
+
+        Numbers in `reason` do not count: 'image of 8000x8000' and 'image of 9000x9000' are
+        one reason.
+        """
+        reason = re.sub(r'\d+(\.\d+)?', '#', reason)
         now = self.clock()
         period = self.period_s if period_s is None else period_s
         with self._lock:

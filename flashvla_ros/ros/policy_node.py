@@ -44,6 +44,7 @@ from rcl_interfaces.msg import (
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration as RclpyDuration
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -272,7 +273,7 @@ class PolicyNode(LifecycleNode):
             self._warn_rejected_frame(exc)
 
     def _warn_rejected_frame(self, exc: InputError) -> None:
-        if line := self._log('camera', f'rejected camera frame: {exc}'):
+        if line := self._log(f'camera: {exc}', f'rejected camera frame: {exc}'):
             self.get_logger().warning(line)
 
     def _on_instruction(self, msg: String) -> None:
@@ -292,7 +293,8 @@ class PolicyNode(LifecycleNode):
                 except InputError as exc:
                     if self.runner is not None:
                         self.runner.reject_input(f'instruction rejected: {exc}')
-                    if line := self._log('instruction', f'instruction rejected, stopping: {exc}'):
+                    if line := self._log(f'instruction: {exc}',
+                                         f'instruction rejected, stopping: {exc}'):
                         self.get_logger().error(line)
                     text = ''
             if self.runner is not None and self.runner.set_instruction(text) \
@@ -498,7 +500,12 @@ class ExitSignals:
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signals = ExitSignals()
-    node = PolicyNode()
+    try:
+        node = PolicyNode()
+    except (ValueError, ParameterException) as exc:  # refused before anything could move
+        rclpy.logging.get_logger('policy_node').fatal(f'bad parameters, not starting: {exc}')
+        rclpy.try_shutdown()
+        sys.exit(2)
     executor = MultiThreadedExecutor(num_threads=8)
     executor.add_node(node)
     code = 0
