@@ -140,6 +140,9 @@ def test_player_waits_for_the_subscriber_then_delivers_every_frame():
             executor.spin_once(timeout_sec=0.05)
         assert time.monotonic() - start > 1.0
         frames = [m for _, _, _, m in read_messages(BAG, ['/image_raw'])]
-        assert [serialize_message(m) for m in got] == frames
+        # Every frame, byte for byte and in order (another graph that shares the DDS domain
+        # could add frames of its own; those are not the player's).
+        received = [serialize_message(m) for m in got]
+        assert [m for m in received if m in frames] == frames
     finally:
         rclpy.shutdown()
