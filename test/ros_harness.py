@@ -195,7 +195,7 @@ def within_limits(values: np.ndarray) -> bool:
 
 
 def param(name: str, value):
-    """An rcl_interfaces Parameter for SetParameters: bool, float, str or a list of floats."""
+    """Make an rcl_interfaces Parameter: bool, float, str or a list of floats."""
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     v = ParameterValue()
     if isinstance(value, bool):

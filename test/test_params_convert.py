@@ -155,7 +155,7 @@ def test_malformed_messages_raise_input_errors(msg, message):
 
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG's signature and IHDR chunk only: what a size check may read."""
+    """Return a PNG's signature and IHDR chunk only: what a size check may read."""
     return b'\x89PNG\r\n\x1a\n' + b'\x00\x00\x00\rIHDR' + width.to_bytes(4, 'big') \
         + height.to_bytes(4, 'big') + b'\x08\x02\x00\x00\x00' + b'\x00' * 4
 

@@ -13,9 +13,11 @@
 # limitations under the License.
 
 """
-Control-path safety, tried as a user would: policy_node as a real process, an independent
-subscriber, real signals. A hold never changes the gripper; every exit ends in exactly one hold;
-the node never stops commanding without saying why; one bad input never starves another.
+Control-path safety, tried as a user would.
+
+policy_node runs as a real process, with an independent subscriber and real signals. A hold
+never changes the gripper; every exit ends in exactly one hold; the node never stops commanding
+without saying why; one bad input never starves another.
 """
 
 import re
@@ -46,22 +48,22 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64, Float64MultiArray, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from flashvla_ros.policy.presets import default_model_dir  # noqa: E402
 from flashvla_ros.ros.convert import rgb_to_compressed, rgb_to_image  # noqa: E402
+from flashvla_ros.sim.tasks import Episode  # noqa: E402
 
 GRIPPER_CMD = '/policy_node/gripper_cmd'
 TRAJECTORY = '/policy_node/joint_trajectory'
 TWIST = '/policy_node/delta_twist_cmds'
 TASK = 'pick up the red block'
 ALL_OUTPUTS = 'outputs:=[twist, array, trajectory, gripper, raw]'
-# Every action closes the gripper (its limits are [1, 1]): what a grasp looks like downstream.
-GRIPPER_CLOSED = 'action_lower:=[-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 1.0]'
 ACTIVATE, DEACTIVATE, ACTIVE_SHUTDOWN = 3, 4, 7  # lifecycle_msgs/Transition ids
 
 
-def start_world(procs: Processes, *params: str):
-    """The mock world as camera and robot; its own task goes to a topic nobody follows."""
+def start_world(procs: Processes, *params: str, commands: str = COMMANDS):
+    """Start the mock world as camera and robot; its task goes to a topic nobody follows."""
     args = ['--ros-args', '-p', 'max_steps:=100000', '-r', 'instruction:=/mock_world/task',
-            '-r', f'commands:={COMMANDS}']
+            '-r', f'commands:={commands}']
     for p in params:
         args += ['-p', p]
     return procs.start('mock_world', *args)
@@ -73,29 +75,53 @@ def wait_for_actions(probe, procs, count: int = 1, since: int = 0, topic: str = 
     probe.wait_for(enough, 30, f'{count} action commands', procs)
 
 
-def wait_for_hold(probe, procs, since: int, what: str) -> np.ndarray:
-    def hold():
-        return next((c for _, c in commands(probe)[since:] if is_hold(c)), None)
-    probe.wait_for(lambda: hold() is not None, 10, f'a hold after {what}', procs)
+def wait_for_hold(probe, procs, since: int, what: str) -> None:
+    """Exactly one hold among the commands from index `since` on."""
+    def holds():
+        return [c for _, c in commands(probe)[since:] if is_hold(c)]
+    probe.wait_for(holds, 10, f'a hold after {what}', procs)
     probe.spin(0.3)  # a second hold would arrive within a few ticks
-    holds = [c for _, c in commands(probe)[since:] if is_hold(c)]
-    assert len(holds) == 1, f'{what}: {len(holds)} holds, expected exactly one'
-    return holds[0]
+    assert len(holds()) == 1, f'{what}: {len(holds())} holds, expected exactly one'
+
+
+def hold_flags(probe) -> list[bool]:
+    """
+    Tell which commands were holds, from the trajectory output (an empty trajectory).
+
+    The array cannot tell: the policy itself may command zero motion.
+    """
+    return [not m.points for _, m in probe.messages[TRAJECTORY]]
 
 
 def node_log(procs: Processes) -> str:
     return next(log.read_text() for p, log in procs.procs if p.args[0].endswith('policy_node'))
 
 
-def test_a_hold_never_changes_the_gripper(probe, procs, tiny_dir):
+def test_a_hold_never_changes_the_gripper(probe, procs):
+    """A block in the closed gripper; five faults, five holds, the gripper closed throughout."""
+    task = Episode(0, 'pick_place').instruction  # the default policy grasps within ~5 steps
     for msg_type, topic in ((Float64MultiArray, COMMANDS), (Float64, GRIPPER_CMD),
                             (JointTrajectory, TRAJECTORY), (TwistStamped, TWIST)):
         listen_once(probe, msg_type, topic)
-    start_world(procs, 'task_family:=pick_place')
-    procs.start('policy_node', *policy_args(tiny_dir, ALL_OUTPUTS, GRIPPER_CLOSED))
+    # The world steps on the commands relayed here until the gripper closes on the block; then
+    # the scene stands still, and the policy keeps seeing (and commanding) the grasp.
+    to_world = probe.node.create_publisher(Float64MultiArray, '/world_commands', 10)
+    grasp: dict[str, float] = {}
+
+    def relay(msg: Float64MultiArray) -> None:
+        if not grasp:
+            to_world.publish(msg)
+            if msg.data[6] >= 0.5:
+                grasp['at'] = time.monotonic()
+
+    relay_sub = probe.node.create_subscription(Float64MultiArray, COMMANDS, relay, 10)
+    start_world(procs, 'task_family:=pick_place', 'seed:=0', commands='/world_commands')
+    procs.start('policy_node', *policy_args(default_model_dir(), ALL_OUTPUTS))
     wait_active(probe, procs)
     instruction = probe.node.create_publisher(String, '/instruction', 10)
     probe.wait_for(instruction.get_subscription_count, 10, 'the instruction subscription', procs)
+    instruction.publish(String(data=task))
+    probe.wait_for(lambda: grasp, 30, 'the gripper to close on the block', procs)
     faults = [
         ('clearing the instruction', lambda: instruction.publish(String(data=''))),
         ('a whitespace-only instruction', lambda: instruction.publish(String(data=' \t '))),
@@ -103,40 +129,57 @@ def test_a_hold_never_changes_the_gripper(probe, procs, tiny_dir):
         ('deactivate', lambda: change_state(probe, DEACTIVATE)),
         ('shutdown', lambda: change_state(probe, ACTIVE_SHUTDOWN)),
     ]
+    shown = {}
     for what, fault in faults:
         if what == 'shutdown':
             assert change_state(probe, ACTIVATE)
-        since = len(commands(probe))
-        instruction.publish(String(data=TASK))
-        wait_for_actions(probe, procs, count=2, since=since)  # commanding, gripper closed
-        # The parameter shows the instruction the node follows, wherever it came from.
-        assert get_parameter(probe, 'instruction').string_value == TASK
-        since = len(commands(probe))
+        since = len(hold_flags(probe))
+        instruction.publish(String(data=task))
+        probe.wait_for(lambda i=since: sum(not h for h in hold_flags(probe)[i:]) >= 2, 30,
+                       f'commands before {what}', procs)
+        shown[f'following {what}'] = get_parameter(probe, 'instruction').string_value
+        since = len(hold_flags(probe))
         fault()
-        hold = wait_for_hold(probe, procs, since, what)
-        assert hold.tolist() == [0.0] * 6 + [1.0], f'{what}: {hold}'
+        probe.wait_for(lambda i=since: any(hold_flags(probe)[i:]), 10, f'a hold after {what}',
+                       procs)
+        probe.spin(0.3)  # a second hold would arrive within a few ticks
+        assert sum(hold_flags(probe)[since:]) == 1, f'{what}: expected exactly one hold'
         if what.endswith('instruction'):
-            assert get_parameter(probe, 'instruction').string_value == '', what
-    # The gripper stays closed in every message on every output once it was commanded.
-    array = [c for _, c in commands(probe)]
-    first_action = next(i for i, c in enumerate(array) if not is_hold(c))
-    assert all(c[6] == 1.0 for c in array[first_action:])
-    # Before that, a hold commands no gripper: NaN in the array, nothing on ~/gripper_cmd.
-    assert all(is_hold(c) and np.isnan(c[6]) for c in array[:first_action])
-    gripper = [m.data for _, m in probe.messages[GRIPPER_CMD]]
-    assert gripper and set(gripper) == {1.0}
-    first_action_time = probe.messages[COMMANDS][first_action][0]
-    assert probe.messages[GRIPPER_CMD][0][0] >= first_action_time - 0.05
-    trajectories = [m for _, m in probe.messages[TRAJECTORY]]
-    assert all(p.positions[6] == 1.0 for m in trajectories for p in m.points)
-    assert sum(not m.points for m in trajectories) >= len(faults)  # holds: empty trajectories
-    twists = [m.twist for _, m in probe.messages[TWIST]]
+            shown[f'after {what}'] = get_parameter(probe, 'instruction').string_value
+    # ~/commands and ~/joint_trajectory carry the same commands in the same order (a hold at
+    # start-up may precede discovery on one of them: align at the end).
+    array, flags = commands(probe), hold_flags(probe)
+    n = min(len(array), len(flags))
+    paired = [(t, c, h) for (t, c), h in zip(array[-n:], flags[-n:], strict=True)]
+    after = [(c, h) for t, c, h in paired if t > grasp['at']]
+    holds = [c.tolist() for c, h in after if h]
+    assert len(holds) == len(faults), holds
+    # Each hold is zero motion with the gripper command sent just before it: closed.
+    for i, (c, h) in enumerate(after):
+        if h:
+            last = next(a for a, held in reversed(after[:i]) if not held)
+            assert c.tolist() == [0.0] * 6 + [last[6]] and last[6] >= 0.5, (c, last)
+    # The gripper stays closed in every message on every output after the grasp.
+    assert all(c[6] >= 0.5 for c, _ in after), after
+    assert all(m.data >= 0.5 for t, m in probe.messages[GRIPPER_CMD] if t > grasp['at'])
+    trajectories = [m for t, m in probe.messages[TRAJECTORY] if t > grasp['at']]
+    assert all(p.positions[6] >= 0.5 for m in trajectories for p in m.points)
+    twists = [m.twist for t, m in probe.messages[TWIST] if t > grasp['at']]
     assert sum(t.linear.x == t.linear.y == t.angular.z == 0.0 for t in twists) >= len(faults)
+    # Before any gripper command a hold commands no gripper: NaN, nothing on ~/gripper_cmd.
+    first_action = next(i for i, (_, c) in enumerate(array) if not is_hold(c))
+    assert all(is_hold(c) and np.isnan(c[6]) for _, c in array[:first_action])
+    assert probe.messages[GRIPPER_CMD][0][0] >= array[first_action][0] - 0.05
+    # The parameter shows the instruction the node follows, wherever it came from.
+    assert shown == {k: task if k.startswith('following') else '' for k in shown}
     # The node says it stopped and why, in its real lifecycle state.
     diag = probe.wait_for(
         lambda: (probe.diagnostics() or {}).get('lifecycle_state') == 'finalized'
         and probe.diagnostics(), 5, 'finalized diagnostics', procs)
     assert diag['level'] == 1 and diag['message'] == 'finalized: not commanding (shut down)'
+    probe.node.destroy_subscription(relay_sub)
+    probe.node.destroy_publisher(to_world)
+    probe.node.destroy_publisher(instruction)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM])
@@ -216,7 +259,7 @@ def test_the_node_never_stops_commanding_silently(probe, procs, tiny_dir):
 
 
 def png_bomb(side: int) -> bytes:
-    """A small PNG that declares a huge image (flat grey compresses to almost nothing)."""
+    """Encode a small PNG that declares a huge image (flat grey compresses to almost nothing)."""
     ok, data = cv2.imencode('.png', np.full((side, side), 128, np.uint8))
     assert ok
     return data.tobytes()

@@ -229,6 +229,8 @@ class PolicyRunner:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        with self._lock:  # the watchdog counts from the first healthy tick of this run
+            self._gap_start, self._stall, self._fault = None, '', ''
         self._running = True
         self._thread = threading.Thread(target=self._work, name='flashvla-inference', daemon=True)
         self._thread.start()
@@ -387,16 +389,20 @@ class PolicyRunner:
         return f'{gap}: no action produced'
 
     def final_hold(self) -> np.ndarray:
-        """The hold to send when commanding ends (deactivate, shutdown, signal): counted."""
+        """
+        Return the hold to send when commanding ends (deactivate, shutdown, signal).
+
+        It is counted; a result still being computed is discarded, as at a new episode.
+        """
         with self._lock:
-            self._queue.clear()
+            self._new_episode()
             self.counters.holds += 1
             return self.limits.hold(self._last_gripper)
 
     # -- reporting -----------------------------------------------------------------------
 
     def warning(self) -> str:
-        """A configuration that will stall: actions expire before a tick can use them."""
+        """Say why actions expire before a tick can use them ('' when they do not)."""
         if not self.latencies_ms:
             return ''
         latency_ms = float(np.median(np.array(self.latencies_ms)))

@@ -24,9 +24,9 @@ import time
 
 class ThrottledLog:
     """
-    Pass at most one line per reason per period; the lines held back are counted and the
-    count goes out with the next line of that reason.
+    Pass at most one line per reason per period.
 
+    The lines held back are counted and the count goes out with the next line of that reason.
     It returns the line to log instead of logging it: rclpy's logger ties a severity to the
     calling line, so the caller must make the call itself.
     """

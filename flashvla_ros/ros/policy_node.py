@@ -27,6 +27,7 @@ import array
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -78,7 +79,7 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                  durability=QoSDurabilityPolicy.VOLATILE)
-FLUSH_TIMEOUT = RclpyDuration(seconds=1.0)  # a final hold waits this long for its acks
+ACK_TIMEOUT_S = 1.0  # a final hold waits this long for reliable subscribers' acks
 
 
 def descriptor(p) -> ParameterDescriptor:
@@ -221,7 +222,7 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _final_hold(self, reason: str) -> None:
-        """Stop the tick and the worker, after exactly one hold that says why (and is acked)."""
+        """Stop the tick and the worker, after exactly one hold that says why."""
         with self._output_lock:
             self._commanding = False
             if self.timer is not None:
@@ -231,19 +232,22 @@ class PolicyNode(LifecycleNode):
                 self._publish(Tick('hold', command=self.runner.final_hold(), fault=reason))
                 self.get_logger().info(f'final hold: {reason}')
         self.stop_reason = reason
-        for pub in self._pub.values():  # reliable subscribers have it before we go on
-            pub.wait_for_all_acked(FLUSH_TIMEOUT)
         if self.runner is not None:
             self.runner.stop()
 
     def exit(self, reason: str) -> None:
-        """End the process's commanding: the shutdown transition (one hold) and diagnostics."""
+        """
+        Stop for good before the process ends.
+
+        The shutdown transition sends the one hold; diagnostics say why; both are
+        acknowledged by reliable subscribers first (a sample still in flight dies with us).
+        """
         self.exit_reason = reason
         if self.state_label != 'finalized':
             self.trigger_shutdown()
         self.stop_reason = reason
         self._publish_diagnostics()
-        self.diagnostics.wait_for_all_acked(FLUSH_TIMEOUT)
+        wait_for_acks([*self._pub.values(), self.diagnostics])
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -277,7 +281,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(line)
 
     def _on_instruction(self, msg: String) -> None:
-        """The topic's text is followed if it passes the rule; otherwise the node stops."""
+        """Follow the topic's text if it passes the rule; stop otherwise."""
         with self._instruction_lock:
             runner = self.runner
             if runner is not None and msg.data.strip() == runner.instruction and msg.data:
@@ -308,7 +312,7 @@ class PolicyNode(LifecycleNode):
                     self._syncing_instruction = False
 
     def _check_instruction(self, text: str) -> str:
-        """The one instruction rule (text, then the policy's token limit when loaded)."""
+        """Apply the one instruction rule (text, then the policy's token limit when loaded)."""
         text = check_instruction(text)
         return self.policy.check_instruction(text) if self.policy is not None else text
 
@@ -377,9 +381,10 @@ class PolicyNode(LifecycleNode):
 
     def _publish(self, tick: Tick) -> None:
         """
-        Publish a command on every chosen output. A hold is zero motion; its gripper entry
-        is the last gripper command, or NaN ("no gripper command", nothing on ~/gripper_cmd)
-        before there was one.
+        Publish a command on every chosen output.
+
+        A hold is zero motion; its gripper entry is the last gripper command, or NaN ("no
+        gripper command", nothing on ~/gripper_cmd) before there was one.
         """
         if tick.command is None:
             return
@@ -482,10 +487,28 @@ def float_array(values: np.ndarray, label: str) -> Float64MultiArray:
     return msg
 
 
+def wait_for_acks(publishers, timeout_s: float = ACK_TIMEOUT_S) -> bool:
+    """
+    Wait until every reliable subscriber acknowledged what was published.
+
+    Polled, because rclpy's blocking wait keeps the GIL: inference and the acks themselves
+    would stall.
+    """
+    now = RclpyDuration()
+    pending, deadline = list(publishers), time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if not p.wait_for_all_acked(now)]
+        if pending:
+            time.sleep(0.005)
+    return not pending
+
+
 class ExitSignals:
     """
-    SIGINT and SIGTERM end the spin loop instead of rclpy's handler, which shuts the context
-    down at once: the node must still publish its final hold after the signal arrives.
+    Record SIGINT and SIGTERM; the spin loop ends on them.
+
+    rclpy's own handler would shut the context down at once, and the node must still publish
+    its final hold after the signal arrives.
     """
 
     def __init__(self) -> None:
