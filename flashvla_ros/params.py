@@ -98,6 +98,9 @@ PARAMS: tuple[Param, ...] = (
           'lower command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
     Param('action_upper', [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0], 'Per-dimension upper '
           'command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
+    Param('debug_image', False, 'Publish ~/debug_image (sensor_msgs/Image): each command\'s '
+          'camera frame with the dropped visual tokens darkened, the commanded motion drawn and '
+          'reuse or hold marked.', read_only=True),
     Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
           'action dimension).', read_only=True),
     Param('accel.name', 'flashvla', 'Accelerator: none (the plain model) or flashvla.',
@@ -154,6 +157,7 @@ class NodeConfig:
     action_scale: tuple[float, ...]
     action_lower: tuple[float, ...]
     action_upper: tuple[float, ...]
+    debug_image: bool
     joint_names: tuple[str, ...]
     accel: AccelConfig
 

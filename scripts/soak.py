@@ -111,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init()
     node = rclpy.create_node('flashvla_soak')
     status: dict[str, str] = {}
-    seen = {'commands': 0, 'holds': 0, 'last': None}
+    # An action goes out on ~/commands and ~/raw_action, a hold on ~/commands only (the array
+    # alone cannot tell: the policy may command zero motion itself).
+    seen = {'commands': 0, 'raw': 0, 'last': None}
 
     def on_command(msg: Float64MultiArray) -> None:
         seen['commands'] += 1
-        seen['holds'] += int(not any(msg.data[:6]))
         seen['last'] = list(msg.data)
+
+    def holds_seen() -> int:
+        return seen['commands'] - seen['raw']
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for s in msg.status:
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 status.update({kv.key: kv.value for kv in s.values}, message=s.message)
 
     node.create_subscription(Float64MultiArray, COMMANDS, on_command, 10)
+    node.create_subscription(Float64MultiArray, '/policy_node/raw_action',
+                             lambda msg: seen.update(raw=seen['raw'] + 1), 10)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     camera = node.create_publisher(CompressedImage, 'image_raw/compressed', 10)
     reset = node.create_client(Trigger, '/mock_world/reset')
@@ -145,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     spin(2.0 if bombs else 10.0)  # warm-up, then the baseline
     rss = {'start': rss_mb(policy.pid)}
     rss['peak'] = rss['start']
-    base = {'commands': seen['commands'], 'holds': seen['holds']}
+    base = {'commands': seen['commands'], 'holds': holds_seen()}
     base_node = {k: int(status.get(k, 0)) for k in ('holds', 'starved_ticks', 'commands',
                                                     'rejected_frames', 'watchdog_holds')}
-    start = next_task = next_bomb = time.monotonic()
+    start = next_task = next_bomb = next_print = time.monotonic()
     tasks = 0
     period = 1.0 / args.camera_hz
     while time.monotonic() - start < duration:
@@ -165,16 +171,18 @@ def main(argv: list[str] | None = None) -> int:
                 tasks += 1
             next_task += args.task_every
         spin(0.005)
-        rss['peak'] = max(rss['peak'], rss_mb(policy.pid))
-        elapsed = time.monotonic() - start
-        print(f'\r[{elapsed:6.1f} s] {status.get("message", "")[:60]:60} | '
-              f'{status.get("command_hz", "0")} Hz | holds {seen["holds"] - base["holds"]} | '
-              f'RSS {rss_mb(policy.pid):7.1f} MB', end='', flush=True)
+        if now >= next_print:  # once a second: memory and a status line
+            next_print += 1.0
+            rss['peak'] = max(rss['peak'], rss_mb(policy.pid))
+            print(f'\r[{now - start:6.1f} s] {status.get("message", "")[:60]:60} | '
+                  f'{status.get("command_hz", "0")} Hz | holds {holds_seen() - base["holds"]} | '
+                  f'RSS {rss_mb(policy.pid):7.1f} MB', end='', flush=True)
         if policy.poll() is not None:
             print('\npolicy_node exited')
             break
     elapsed = time.monotonic() - start
     rss['end'] = rss_mb(policy.pid)
+    spin(1.2)  # diagnostics that cover the whole run
     node_counts = {k: int(status.get(k, 0)) - v for k, v in base_node.items()}
     before_exit = seen['commands']
     policy.send_signal(signal.SIGINT)
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         'camera_hz': args.camera_hz,
         'tasks_changed': tasks,
         'commands_per_s': round((seen['commands'] - base['commands']) / elapsed, 2),
-        'holds_seen': seen['holds'] - base['holds'],
+        'holds_seen': holds_seen() - base['holds'],
         'node': node_counts,
         'latency_p50_ms': status.get('latency_p50_ms'),
         'latency_p99_ms': status.get('latency_p99_ms'),

@@ -55,12 +55,17 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
     listen_once(probe, String, '/mock_world/episode_result')
     procs.start('mock_world', '--ros-args', '-p', 'seed:=3', '-p', 'max_steps:=30',
                 '-r', f'commands:={COMMANDS}')
-    procs.start('policy_node', *policy_args(tiny_dir))
+    listen_once(probe, Image, '/policy_node/debug_image')
+    procs.start('policy_node', *policy_args(tiny_dir, 'debug_image:=true'))
     wait_active(probe, procs)
     probe.wait_for(lambda: len(commands(probe)) > 3, 60, 'commands', procs)
     probe.messages[COMMANDS].clear()
     probe.spin(3.0)
     got = commands(probe)
+    # The debug view: the camera frame with FlashVLA's dropped tokens darkened (160 of 256 kept).
+    debug = [m for _, m in probe.messages['/policy_node/debug_image']]
+    assert len(debug) >= 10 and (debug[-1].width, debug[-1].height) == (224, 224)
+    assert debug[-1].encoding == 'rgb8'
     rate = (len(got) - 1) / (got[-1][0] - got[0][0])
     assert 5.0 <= rate <= 12.0, f'commands at {rate:.1f} Hz for a 10 Hz control rate'
     values = np.array([c for _, c in got])
@@ -124,6 +129,7 @@ def test_bad_inputs_are_rejected_and_counted(probe, procs, tiny_dir):
     procs.start('policy_node', *policy_args(tiny_dir, 'instruction:=push the red block',
                                             'image_reliability:=reliable'))
     wait_active(probe, procs)
+    assert probe.node.count_publishers('/policy_node/debug_image') == 0  # off by default
     images = probe.node.create_publisher(Image, '/image_raw', 10)
     instructions = probe.node.create_publisher(String, '/instruction', 10)
     probe.wait_for(lambda: images.get_subscription_count() and
@@ -150,7 +156,7 @@ def test_bad_inputs_are_rejected_and_counted(probe, procs, tiny_dir):
         return int(d.get('rejected_inputs', 0)) == 6 and int(d.get('frames', 0)) >= 2 and d
 
     diag = probe.wait_for(counted, 10, '6 rejections and 2 accepted frames', procs)
-    assert 'instruction rejected' in diag['last_error'] or int(diag['rejected_inputs']) == 6
+    assert 'instruction rejected' in diag['last_error'], diag  # the last of the six
     assert all(p.poll() is None for p, _ in procs.procs), procs.logs()
     values = np.array([c for _, c in commands(probe)] or np.zeros((1, 7)))
     assert within_limits(values)

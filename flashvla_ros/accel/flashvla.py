@@ -363,7 +363,8 @@ class FlashVLAPolicy:
         tokens, calls = base.decode(first, full, last.token_ids if o.draft and last else None)
         clock.mark('decode')
         done = self.step_flops(self.cfg, ids.numel(), 'inferred', calls)
-        info = {'prompt_tokens': int(ids.numel()), 'visual_tokens': n, 'decode_calls': calls}
+        info = {'prompt_tokens': int(ids.numel()), 'visual_tokens': n, 'decode_calls': calls,
+                'kept_indices': tuple(sorted(kept))}
         action = base.finish(tokens, clock, info)
         with self._lock:
             if generation == self._generation:
@@ -386,7 +387,8 @@ class FlashVLAPolicy:
                         token_ids=list(last.token_ids), timings_ms=clock.timings(),
                         info={'prompt_tokens': int(ids.numel()),
                               'visual_tokens': self.visual_tokens,
-                              'non_action_tokens': last.info.get('non_action_tokens', 0)})
+                              'non_action_tokens': last.info.get('non_action_tokens', 0),
+                              'kept_indices': tuple(sorted(kept)) if kept else None})
         self._count(action, done, reused=True, kept_tokens=len(kept) if kept else 0, rank=0)
         return action
 

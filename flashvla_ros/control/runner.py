@@ -56,6 +56,7 @@ class QueuedAction:
     capture_time: float  # the frame's own timestamp (camera clock)
     episode: int
     info: dict[str, Any] = field(default_factory=dict)
+    frame: np.ndarray | None = None  # the frame itself (a reference), for the debug view
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Tick:
     raw: np.ndarray | None = None
     remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
     fault: str = ''
+    frame: np.ndarray | None = None  # the frame an action was computed from
+    info: dict[str, Any] = field(default_factory=dict)  # the policy's step info
 
 
 @dataclass
@@ -303,7 +306,7 @@ class PolicyRunner:
                 self.counters.discarded_results += 1
                 return
             info = self.last_info
-            self._queue.extend(QueuedAction(v, *times, episode, info) for v in values)
+            self._queue.extend(QueuedAction(v, *times, episode, info, rgb) for v in values)
 
     # -- control tick (timer thread; never blocks on inference) ---------------------------
 
@@ -362,7 +365,8 @@ class PolicyRunner:
             self.counters.commands += 1
         self.control_rate.mark(time.monotonic())
         self.e2e_ms.append((now - item.capture_time) * 1e3)
-        return Tick('action', command=command, raw=item.values, remaining=remaining)
+        return Tick('action', command=command, raw=item.values, remaining=remaining,
+                    frame=item.frame, info=item.info)
 
     def _restart_watchdog(self, now: float) -> None:
         self._gap_start, self._stale_mark = now, self.counters.stale_actions

@@ -62,6 +62,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..accel.registry import accelerate
+from ..control.debug_view import render_debug
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..control.throttle import ThrottledLog
@@ -69,7 +70,7 @@ from ..params import PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, load_policy
 from ..policy.instruction import check_instruction
 from ..policy.presets import default_model_dir
-from .convert import compressed_to_rgb, image_to_rgb
+from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
 
 ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
@@ -115,6 +116,7 @@ class PolicyNode(LifecycleNode):
         self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
         self._pub: dict[str, Any] = {}
+        self._debug_frame: np.ndarray | None = None
         self._log = ThrottledLog(period_s=1.0)
         # A tick and a final hold never interleave; after the final hold no tick publishes.
         self._output_lock = threading.Lock()
@@ -180,6 +182,8 @@ class PolicyNode(LifecycleNode):
         for name in c.outputs:
             msg_type, topic = outputs[name]
             self._pub[name] = self.create_publisher(msg_type, topic, 10)
+        if c.debug_image:
+            self._pub['debug'] = self.create_publisher(Image, '~/debug_image', 1)
         if c.instruction:  # the parameter's text passed the text rule; now the token limit
             self._follow(c.instruction)
         self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
@@ -406,6 +410,21 @@ class PolicyNode(LifecycleNode):
             self._pub['raw'].publish(float_array(tick.raw, 'raw_action'))
         if 'trajectory' in self._pub:
             self._pub['trajectory'].publish(self._trajectory(tick, stamp, period))
+        if 'debug' in self._pub:
+            self._publish_debug(tick, stamp)
+
+    def _publish_debug(self, tick: Tick, stamp) -> None:
+        """Draw the command over the frame it came from (a hold: over the last one)."""
+        if tick.frame is not None:
+            self._debug_frame = tick.frame
+        if self._debug_frame is None or not self._pub['debug'].get_subscription_count():
+            return
+        info = tick.info
+        image = render_debug(self._debug_frame, tick.command, kind=tick.kind,
+                             reused=bool(info.get('reused')), kept=info.get('kept_indices'),
+                             tokens=int(info.get('visual_tokens', 0)),
+                             max_step=float(np.max(np.abs(self.config.action_upper[:2]))))
+        self._pub['debug'].publish(rgb_to_image(image, stamp))
 
     def _trajectory(self, tick: Tick, stamp, period: float) -> JointTrajectory:
         """Execute the chunk as timed points; a hold is an empty trajectory (stop)."""
