@@ -17,6 +17,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 package_name = 'flashvla_ros'
+PLOT = ['matplotlib>=3.5']  # 3.5: Ubuntu 22.04's python3-matplotlib (Humble)
 
 setup(
     name=package_name,
@@ -46,9 +47,14 @@ setup(
         'simplejpeg',
     ],
     extras_require={
+        # Figures of the developer tools only (flashvla-bench --plot, flashvla-train's loss
+        # curves, flashvla-demo --view): the node on a robot never draws, and matplotlib with
+        # its 9 dependencies stays off it. Without it those tools say how to get it.
+        'plot': PLOT,
         # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the
         # real-process tests where no ROS is installed (a ROS install provides its own).
-        'test': ['pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]', 'ros-std-msgs',
+        # The figures are part of what the suite checks, so it brings the plot extra.
+        'test': [*PLOT, 'pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]', 'ros-std-msgs',
                  'ros-sensor-msgs', 'ros-geometry-msgs', 'ros-trajectory-msgs',
                  'ros-diagnostic-msgs', 'ros-std-srvs', 'ros-lifecycle-msgs',
                  'ros-builtin-interfaces'],

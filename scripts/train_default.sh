@@ -18,3 +18,11 @@ $BIN/flashvla-dataset --out "$OUT/data" --episodes 600 --seed 4600 \
 $BIN/flashvla-train --data "$OUT/data" --out "$OUT/model" --init "$OUT/round1" \
     --steps 1500 --lr 0.001 --warmup 100 --seed 0
 $BIN/flashvla-bench --model "$OUT/model" --accel none --episodes 200
+# The training record for docs/training/: each round's curves (loss.png) and the data behind
+# them (train_log.json, redrawn with `flashvla-train --plot-log FILE`).
+mkdir -p "$OUT/record"
+for round in base:base round1:dagger1 model:dagger2; do
+  cp "$OUT/${round%%:*}/train_log.json" "$OUT/record/train_log_${round##*:}.json"
+  cp "$OUT/${round%%:*}/loss.png" "$OUT/record/loss_${round##*:}.png"
+done
+echo "training record in $OUT/record (copy to docs/training/ with the new model)"

@@ -47,7 +47,6 @@ import sys
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 import yaml
 
@@ -257,41 +256,127 @@ def table(report: dict) -> str:
     return '\n'.join(lines)
 
 
-def plot(report: dict, path: Path) -> None:
-    """Success vs FLOPs per step (left) and latency distributions (right), drawn with OpenCV."""
-    w, h = 960, 420
-    img = np.full((h, w, 3), 255, np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
+def plot_size(n_configs: int) -> tuple[int, int]:
+    """Pixel size of the report figure: a row per configuration above two trade-off plots."""
+    return 1600, 520 + 30 * max(n_configs, 3)
+
+
+def plot(report: dict, path: Path, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """
+    Draw the report with matplotlib (Agg) and write a PNG of `size` pixels; return the size.
+
+    Top, one row per configuration (numbered as in the table): success with its 95% Wilson
+    interval (per family as markers, the scripted expert as the ceiling), the paired
+    difference to configuration 1 with its 95% CI, GFLOPs per control step by part, and
+    latency per policy call (median bar, mean, p99). Bottom: success against GFLOPs per
+    step and against mean latency, with the same success intervals.
+    """
+    from ..viz.figures import agg_figure, save_png, wilson_ci
+
     configs = report['configs']
-    colours = [(200, 60, 30), (30, 140, 30), (30, 30, 200), (160, 30, 160), (30, 150, 150)]
-    # Left: success (y, zoomed to the data) against GFLOPs per step (x, 0..max).
-    left, r, t, b = 60, 450, 30, 370
-    cv2.rectangle(img, (left, t), (r, b), (0, 0, 0), 1)
-    xmax = max(c['flops_per_step']['total'] for c in configs) / 1e9 * 1.15 or 1.0
-    ymin = max(0.0, math.floor(min(c['success'] for c in configs) * 10 - 0.5) / 10)
+    n = int(report['episodes'])
+    size = size or plot_size(len(configs))
+    fig = agg_figure(*size)
+    grid = fig.add_gridspec(2, 4, height_ratios=[max(len(configs), 3) * 30 + 120, 380])
+    rows = np.arange(len(configs))
+    labels = [f'{i + 1}  {c["name"]}' if len(c['name']) <= 42 else f'{i + 1}  {c["name"][:40]}..'
+              for i, c in enumerate(configs)]
+    success = np.array([c['success'] for c in configs]) * 100
+    ci = np.array([wilson_ci(round(c['success'] * n), n) for c in configs]) * 100
+    err = np.stack([success - ci[:, 0], ci[:, 1] - success])
+    colour = 'tab:blue'
+
+    def below(ax) -> None:  # a legend under the axis label, clear of the rows
+        ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.07), ncol=3,
+                  frameon=False)
+
+    ax = fig.add_subplot(grid[0, 0])
+    ax.errorbar(success, rows, xerr=err, fmt='o', color=colour, capsize=3,
+                label='all families, 95% CI (Wilson)')
+    markers = {'reach': '^', 'pick_place': 's', 'push': 'v'}
+    for family, marker in markers.items():
+        if all(family in c['per_family'] for c in configs):
+            ax.scatter([c['per_family'][family] * 100 for c in configs], rows, marker=marker,
+                       facecolors='none', edgecolors='0.45', s=22, label=family)
+    ax.axvline(report['expert']['success'] * 100, color='tab:green', ls='--', lw=1,
+               label='scripted expert')
+    ax.set_yticks(rows)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f'success rate, % of {n} episodes')
+    ax.set_title('closed-loop success')
+    below(ax)
+    ax.grid(axis='x', alpha=0.3)
+
+    ax = fig.add_subplot(grid[0, 1], sharey=ax)
     for i, c in enumerate(configs):
-        x = int(left + (r - left) * c['flops_per_step']['total'] / 1e9 / xmax)
-        y = int(b - (b - t) * (c['success'] - ymin) / (1.0 - ymin + 1e-9))
-        cv2.circle(img, (x, y), 5, colours[i % 5], -1, cv2.LINE_AA)
-        cv2.putText(img, str(i + 1), (x + 6, y - 5), font, 0.45, colours[i % 5], 1)
-    cv2.putText(img, f'success ({ymin:.0%}..100%) vs GFLOPs/step (0..{xmax:.2f}); # = row',
-                (left, t - 10), font, 0.5, (0, 0, 0), 1)
-    # Right: latency median and p99 per configuration (ms).
-    l2, r2 = 520, 940
-    cv2.rectangle(img, (l2, t), (r2, b), (0, 0, 0), 1)
-    ymax = max(c['latency_ms']['total']['p99'] for c in configs) * 1.15 or 1.0
-    for i, c in enumerate(configs):
-        x = int(l2 + (r2 - l2) * (i + 0.5) / len(configs))
-        half = max(3, min(18, (r2 - l2) // (3 * len(configs))))
-        med, p99 = c['latency_ms']['total']['median'], c['latency_ms']['total']['p99']
-        y_med, y_p99 = int(b - (b - t) * med / ymax), int(b - (b - t) * p99 / ymax)
-        cv2.rectangle(img, (x - half, y_med), (x + half, b), colours[i % 5], -1)
-        cv2.line(img, (x, y_med), (x, y_p99), (0, 0, 0), 2)
-        cv2.line(img, (x - half // 2, y_p99), (x + half // 2, y_p99), (0, 0, 0), 2)
-        cv2.putText(img, str(i + 1), (x - 6, b + 18), font, 0.45, (0, 0, 0), 1)
-    cv2.putText(img, f'latency ms: bar median, whisker p99 (y: 0..{ymax:.0f})', (l2, t - 10),
-                font, 0.5, (0, 0, 0), 1)
-    cv2.imwrite(str(path), img)
+        d = c.get('paired_diff')
+        if d is None:
+            ax.text(0, i, 'reference', ha='center', va='center', fontsize=7, color='0.4')
+            continue
+        mean, (lo, hi) = d['mean'] * 100, (v * 100 for v in d['ci95'])
+        tone = 'tab:green' if lo > 0 else 'tab:red' if hi < 0 else '0.35'
+        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt='o', color=tone,
+                    capsize=3)
+    ax.axvline(0, color='k', lw=0.8)
+    ax.set_xlabel('success difference to #1, percentage points')
+    ax.set_title('paired difference, 95% CI (same episodes)')
+    ax.tick_params(labelleft=False)
+    ax.grid(axis='x', alpha=0.3)
+
+    ax = fig.add_subplot(grid[0, 2], sharey=ax)
+    left = np.zeros(len(configs))
+    parts = [p for p in ('vision', 'prefill', 'decode', 'head', 'select')
+             if any(c['flops_per_step'].get(p, 0) for c in configs)]
+    for part, tone in zip(parts, ('tab:purple', 'tab:blue', 'tab:orange', 'tab:gray',
+                                  'tab:olive'), strict=False):
+        width = np.array([c['flops_per_step'].get(part, 0.0) for c in configs]) / 1e9
+        ax.barh(rows, width, left=left, color=tone, height=0.7, label=part)
+        left += width
+    ax.set_xlabel('GFLOPs per control step (analytic)')
+    ax.set_title('work per step')
+    below(ax)
+    ax.tick_params(labelleft=False)
+    ax.grid(axis='x', alpha=0.3)
+
+    ax = fig.add_subplot(grid[0, 3], sharey=ax)
+    lat = [c['latency_ms']['total'] for c in configs]
+    med = np.array([v['median'] for v in lat])
+    p99 = np.array([v['p99'] for v in lat])
+    ax.barh(rows, med, color='tab:cyan', height=0.7, label='median')
+    ax.errorbar(med, rows, xerr=[np.zeros_like(med), p99 - med], fmt='none', ecolor='k',
+                capsize=3, lw=1, label='to p99')
+    ax.scatter([v['mean'] for v in lat], rows, marker='x', color='k', s=18, zorder=3,
+               label='mean (time per step)')
+    ax.set_xlabel('latency per policy call, ms')
+    ax.set_title('latency (this machine)')
+    below(ax)
+    ax.tick_params(labelleft=False)
+    ax.grid(axis='x', alpha=0.3)
+
+    for col, (key, xlabel) in enumerate((('flops', 'GFLOPs per control step (analytic)'),
+                                         ('latency', 'mean latency per control step, ms'))):
+        ax = fig.add_subplot(grid[1, 2 * col:2 * col + 2])
+        xs = (np.array([c['flops_per_step']['total'] for c in configs]) / 1e9 if key == 'flops'
+              else np.array([v['mean'] for v in lat]))
+        ax.errorbar(xs, success, yerr=err, fmt='o', color=colour, capsize=3, ms=4,
+                    label='success, 95% CI (Wilson)')
+        for i, (x, y) in enumerate(zip(xs, success, strict=True)):
+            ax.annotate(str(i + 1), (x, y), textcoords='offset points', xytext=(4, 3),
+                        fontsize=7)
+        ax.axhline(report['expert']['success'] * 100, color='tab:green', ls='--', lw=1,
+                   label='scripted expert')
+        ax.set_xlim(left=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('success rate, %')
+        ax.set_title('success against ' + ('work' if key == 'flops' else 'time') +
+                     ' (numbers: rows above)')
+        ax.legend(fontsize=7, loc='lower right')
+        ax.grid(alpha=0.3)
+    fig.suptitle(f'{report["model"]}: {n} held-out mock-world episodes (seeds from '
+                 f'{report["seed"]}, at most {report["max_steps"]} steps)', fontsize=11)
+    save_png(fig, path)
+    return size
 
 
 def markdown(report: dict, plot_path: str | None) -> str:
@@ -331,12 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--max-steps', type=int, default=80)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--json', type=expand_path, help='write the report here')
-    parser.add_argument('--plot', type=expand_path, help='write success-vs-FLOPs/latency PNG here')
+    parser.add_argument('--plot', type=expand_path,
+                        help='write the figure (success with 95%% CIs, FLOPs, latency) here')
     parser.add_argument('--markdown', type=expand_path,
                         help='rewrite this page (docs/BENCHMARKS.md)')
     parser.add_argument('--report', type=expand_path,
                         help='render --plot/--markdown from this saved JSON instead of running')
     args = parser.parse_args(argv)
+    if args.plot:  # before a run of minutes, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from ..viz.figures import INSTALL_HINT
+            parser.error(f'--plot: {INSTALL_HINT}')
     if args.report:
         report = json.loads(args.report.read_text())
     else:

@@ -17,6 +17,8 @@ flashvla-demo: the closed loop on this machine, with a live status line and a su
 
 Starts the mock world and the policy node as real ROS 2 processes, watches `/diagnostics`
 and the episode results, and stops after `--episodes` episodes or `--duration` seconds.
+`--view` shows the mock world's camera (`/image_raw`) in a window, `--record FILE` writes it
+to an .mp4 or .gif, both with the instruction, the episode and the successes under the image.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import time
 
 DEFAULT_TINY = Path('build/openvla-tiny')
+CAMERA_HZ = 20.0  # the mock world's camera_rate_hz: a recording plays at the loop's own speed
 
 
 def ros_env() -> dict[str, str]:
@@ -64,6 +67,47 @@ def tool(name: str) -> str:
     return shutil.which(name) or str(Path(sys.executable).parent / name)
 
 
+class FrameSink:
+    """The camera frames of the loop, captioned, to a window (--view) and a file (--record)."""
+
+    def __init__(self, view: bool, record: str | None, fps: float, width: int = 448) -> None:
+        from ..viz.video import FrameWriter, Viewer
+
+        self.width = width
+        self.writer = FrameWriter(record, fps) if record else None
+        self.viewer = None
+        if view:
+            self.viewer, how = Viewer.open('flashvla-demo: /image_raw')
+            print(f'--view: {how}' if self.viewer else
+                  f'--view: no window ({how}); the demo goes on without it'
+                  + ('' if record else ' (--record FILE writes the frames to a file)'))
+
+    def frame(self, rgb, instruction: str, results: list[dict], since_result_s: float) -> None:
+        from ..viz.video import annotate
+
+        wins = sum(r['success'] for r in results)
+        status = f'episode {len(results) + 1} | successes {wins}/{len(results)}'
+        success = None
+        if results and since_result_s < 1.0:  # the world pauses between episodes
+            last = results[-1]
+            success = bool(last['success'])
+            status = (f'episode {len(results)}: ' + ('success' if success else 'failed')
+                      + f' after {last["steps"]} steps | successes {wins}/{len(results)}')
+        shown = annotate(rgb, instruction, status, width=self.width, success=success)
+        if self.writer is not None:
+            self.writer.write(shown)
+        if self.viewer is not None:
+            self.viewer.show(shown)
+
+    def close(self) -> None:
+        if self.viewer is not None:
+            self.viewer.close()
+        if self.writer is not None:
+            path = self.writer.close()
+            print(f'recorded {self.writer.frames} frames to {path}' if path else
+                  f'--record: no camera frame arrived; {self.writer.path} not written')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', help='checkpoint directory (default: the embedded model)')
@@ -72,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
     parser.add_argument('--max-steps', type=int, default=80, help='commands per episode')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--view', action='store_true',
+                        help='show the camera frames in a window (needs a display)')
+    parser.add_argument('--record', metavar='FILE',
+                        help='write the camera frames to FILE (.mp4 or .gif)')
+    parser.add_argument('--record-width', type=int, default=448,
+                        help='width of the shown/recorded frames in pixels (the camera: 224)')
     args = parser.parse_args(argv)
+    if args.record and not args.record.lower().endswith(('.mp4', '.gif')):
+        parser.error('--record writes an .mp4 or a .gif')
+    sink = FrameSink(args.view, args.record, CAMERA_HZ, args.record_width) \
+        if args.view or args.record else None
     model = resolve_model(args.model)
     os.environ.update(ros_env())
 
@@ -103,8 +157,29 @@ def main(argv: list[str] | None = None) -> int:
                 status.update({kv.key: kv.value for kv in s.values}, message=s.message)
 
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
-    node.create_subscription(String, '/mock_world/episode_result',
-                             lambda m: results.append(json.loads(m.data)), 10)
+    result_times: list[float] = []
+
+    def on_result(msg: String) -> None:
+        results.append(json.loads(msg.data))
+        result_times.append(time.monotonic())
+
+    node.create_subscription(String, '/mock_world/episode_result', on_result, 10)
+    if sink is not None:
+        from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from .convert import image_to_rgb
+
+        instruction = ['']
+
+        def on_image(msg: Image) -> None:
+            since = time.monotonic() - result_times[-1] if result_times else 1e9
+            sink.frame(image_to_rgb(msg), instruction[0], results, since)
+
+        node.create_subscription(
+            String, '/instruction', lambda m: instruction.__setitem__(0, m.data),
+            QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
+        node.create_subscription(Image, '/image_raw', on_image, qos_profile_sensor_data)
     print(f'closed loop: mock world + policy node ({model}); logs in {logs}/')
     start = time.monotonic()
     try:
@@ -134,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     print()
+    if sink is not None:
+        sink.close()
     summarize(results, status)
     return 0
 

@@ -40,7 +40,6 @@ import math
 from pathlib import Path
 import time
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -311,9 +310,14 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     torch.save(aux.state_dict(), out / AUX_FILE)
     save_tokenizer_files(tok, out, model_max_length=config.text.max_position_embeddings)
     summary = {'config': asdict(cfg), 'seconds': seconds, 'samples': len(data['action']),
-               'episodes': len(data['ep_seed']), 'device': str(device), 'history': history}
+               'episodes': len(data['ep_seed']), 'device': str(device),
+               'history': compact(history)}
     (out / 'train_log.json').write_text(json.dumps(summary) + '\n')
-    plot_losses(history, out / 'loss.png')
+    try:  # the curves are a picture of train_log.json: never lose a run for want of them
+        plot_losses(summary['history'], out / 'loss.png', title=run_title(summary))
+    except ImportError as exc:
+        log(f'no loss.png ({exc}); draw it later with flashvla-train --plot-log '
+            f'{out / "train_log.json"}')
     return summary
 
 
@@ -339,42 +343,99 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def plot_losses(history: list[dict], path: Path, size=(720, 420)) -> None:
-    """Draw the loss curves with OpenCV (no plotting dependency): log-scale y."""
-    w, h = size
-    img = np.full((h, w, 3), 255, np.uint8)
-    keys = [('action_loss', (200, 60, 30)), ('vision_loss', (40, 150, 40)),
-            ('state_loss', (30, 30, 200))]
-    values = {k: np.array([r[k] for r in history]) for k, _ in keys}
-    k = max(1, len(history) // 200)
-    smooth = {n: np.convolve(v, np.ones(k) / k, mode='valid') for n, v in values.items()}
-    lo = math.log10(max(1e-5, min(v.min() for v in smooth.values())))
-    hi = math.log10(max(v.max() for v in smooth.values()))
-    left, right, top, bottom = 60, w - 20, 20, h - 40
-    cv2.rectangle(img, (left, top), (right, bottom), (0, 0, 0), 1)
-    for (name, colour), row in zip(keys, range(3), strict=True):
-        v = smooth[name]
-        xs = left + (right - left) * np.arange(len(v)) / max(1, len(v) - 1)
-        ys = bottom - (bottom - top) * (np.log10(np.maximum(v, 1e-5)) - lo) / max(hi - lo, 1e-9)
-        pts = np.stack([xs, ys], 1).astype(np.int32)
-        cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(img, name, (right - 170, top + 20 + 20 * row), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, f'step 1..{len(history)}  (log y: {10 ** lo:.3g}..{10 ** hi:.3g})',
-                (left, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+LOSS_CURVES = (('action_loss', 'action tokens: soft-target cross-entropy, nats', 'tab:red'),
+               ('vision_loss', 'vision aux: objects BCE + 10 x offsets MSE + focus', 'tab:green'),
+               ('state_loss', 'state aux: position MSE, in (0.5 m)^2', 'tab:blue'))
+
+
+def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = '') -> None:
+    """
+    Draw the training curves with matplotlib (Agg) into a PNG of `size` pixels.
+
+    Left: the three losses per optimizer step (log scale), as the moving mean over about 1%
+    of the run with its 95% CI band. Right: action-token accuracy (same smoothing) and the
+    learning-rate schedule.
+    """
+    from ..viz.figures import agg_figure, moving_mean_ci, save_png
+
+    steps = np.array([r['step'] for r in history])
+    window = max(1, len(history) // 100)
+    at = steps[window - 1:]  # a trailing window ends at this step
+    fig = agg_figure(*size)
+    ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 2]})
+    for key, label, colour in LOSS_CURVES:
+        values = np.maximum([r[key] for r in history], 1e-6)
+        mean, lo, hi = moving_mean_ci(values, window)
+        ax_loss.plot(at, mean, color=colour, lw=1.3, label=label)
+        ax_loss.fill_between(at, np.maximum(lo, 1e-6), hi, color=colour, alpha=0.25, lw=0)
+    ax_loss.set_yscale('log')
+    ax_loss.set_xlabel('optimizer step')
+    ax_loss.set_ylabel('loss (log scale)')
+    ax_loss.set_title(f'losses: mean of {window} step(s), 95% CI band')
+    ax_loss.legend(fontsize=8, loc='upper right')
+    ax_loss.grid(alpha=0.3, which='both')
+    mean, lo, hi = moving_mean_ci(np.array([r['token_accuracy'] for r in history]) * 100,
+                                  window)
+    ax_acc.plot(at, mean, color='k', lw=1.3, label='action-token accuracy (exact bin)')
+    ax_acc.fill_between(at, lo, hi, color='k', alpha=0.2, lw=0)
+    ax_acc.set_ylim(0, 100)
+    ax_acc.set_xlabel('optimizer step')
+    ax_acc.set_ylabel('teacher-forced token accuracy, %')
+    ax_acc.grid(alpha=0.3)
+    ax_lr = ax_acc.twinx()
+    ax_lr.plot(steps, [r['lr'] for r in history], color='tab:orange', ls='--', lw=1,
+               label='learning rate')
+    ax_lr.set_ylabel('learning rate')
+    ax_lr.set_ylim(bottom=0)
+    lines = ax_acc.get_legend_handles_labels()
+    more = ax_lr.get_legend_handles_labels()
+    ax_acc.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc='lower right')
+    ax_acc.set_title('accuracy and schedule')
+    if title:
+        fig.suptitle(title, fontsize=11)
+    save_png(fig, path)
+
+
+def plot_log(log_path: Path, png: Path | None = None) -> Path:
+    """Re-draw the curves of a saved train_log.json (beside it as loss.png by default)."""
+    summary = json.loads(Path(log_path).read_text())
+    png = png or Path(log_path).with_name('loss.png')
+    plot_losses(summary['history'], png, title=run_title(summary))
+    return png
+
+
+def run_title(summary: dict) -> str:
+    cfg = summary['config']
+    return (f'{cfg["steps"]} steps, batch {cfg["batch"]}, peak lr {cfg["lr"]:g}, on '
+            f'{summary["samples"]} samples of {summary["episodes"]} episodes '
+            f'({summary["seconds"] / 60:.1f} min, {summary["device"]})')
+
+
+def compact(history: list[dict]) -> list[dict]:
+    """Round the history to 5 significant digits: the record stays small enough for docs/."""
+    return [{k: v if isinstance(v, int) else float(f'{v:.5g}') for k, v in r.items()}
+            for r in history]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=expand_path, required=True, help='flashvla-dataset output')
-    parser.add_argument('--out', type=expand_path, required=True, help='checkpoint directory')
+    parser.add_argument('--data', type=expand_path, help='flashvla-dataset output (required)')
+    parser.add_argument('--out', type=expand_path, help='checkpoint directory (required)')
+    parser.add_argument('--plot-log', type=expand_path, metavar='TRAIN_LOG_JSON',
+                        help='only re-draw the curves of a saved train_log.json as loss.png '
+                             'beside it (or as --plot-out), then exit')
+    parser.add_argument('--plot-out', type=expand_path, help='PNG for --plot-log')
     parser.add_argument('--init', type=expand_path,
                         help='start from this checkpoint (fine-tuning)')
     for f, default in asdict(TrainConfig()).items():
         parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
     args = parser.parse_args(argv)
+    if args.plot_log:
+        print(f'wrote {plot_log(args.plot_log, args.plot_out)}')
+        return
+    if args.data is None or args.out is None:
+        parser.error('--data and --out are required to train')
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
     summary = train(args.data, args.out, cfg, init=args.init)
     print(f'trained {cfg.steps} steps in {summary["seconds"] / 60:.1f} min -> {args.out}')
