@@ -254,15 +254,23 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
 
 def test_lifecycle_without_autostart(probe, procs, tiny_dir):
     listen_once(probe, DiagnosticArray, '/diagnostics')
+    listen_once(probe, Float64MultiArray, COMMANDS)
     procs.start('policy_node', *policy_args(tiny_dir, 'autostart:=false'))
 
     def state():
         return (probe.diagnostics() or {}).get('lifecycle_state')
 
     probe.wait_for(lambda: state() == 'unconfigured', 60, 'an unconfigured node', procs)
-    for transition, expected in ((1, 'inactive'), (3, 'active'), (4, 'inactive')):
+    # Activation holds once (no instruction yet); deactivate and cleanup each end in one hold.
+    for transition, expected, holds in ((1, 'inactive', 0), (3, 'active', 1),
+                                        (4, 'inactive', 1), (2, 'unconfigured', 1)):
+        since = len(commands(probe))
         request = ChangeState.Request()
         request.transition.id = transition
         assert probe.call(ChangeState, '/policy_node/change_state', request).success
         probe.wait_for(lambda e=expected: state() == e, 10, f'state {expected}', procs)
-    time.sleep(0.1)
+        probe.spin(0.3)
+        sent = [c for _, c in commands(probe)[since:]]
+        assert len(sent) == holds and all(is_hold(c) for c in sent), (expected, sent)
+    diag = probe.diagnostics()
+    assert diag['level'] == 1 and diag['message'] == 'unconfigured: not commanding (cleaned up)'
