@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo       set up .venv and run the main job
+#   make demo       set up .venv and run the main job (DEMO_ARGS='--view --record demo.mp4')
 #   make test       set up .venv and run the default tier (what .ci/run calls): every test but
 #                   the `slow` ones, and the Python 3.10 pins resolved (scripts/check_pins.sh)
 #   make test-all   the whole suite, slow tier included, and the pins on 3.10, 3.12 and 3.13
@@ -43,7 +43,7 @@ check-pins:
 	scripts/check_pins.sh $(ALL_PIN_PYTHONS)
 
 demo: $(STAMP)
-	$(VENV)/bin/flashvla-demo
+	$(VENV)/bin/flashvla-demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

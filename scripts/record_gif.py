@@ -47,10 +47,12 @@ def main(argv=None) -> int:
     parser.add_argument('--accel', default='flashvla',
                         help="as flashvla-bench's --accel (default: the node's default, "
                              'flashvla, conservative preset)')
-    parser.add_argument('--episodes', type=int, default=1, help='per family')
+    parser.add_argument('--episodes', type=int, default=2, help='per family')
     parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
                         help='first seed; families take seeds in turn, as in the benchmark')
-    parser.add_argument('--width', type=int, default=192, help='frame width, px')
+    parser.add_argument('--width', type=int, default=224,
+                        help='frame width, px (the camera: 224)')
+    parser.add_argument('--lines', type=int, default=3, help='caption lines under the frame')
     parser.add_argument('--fps', type=float, default=10.0)
     parser.add_argument('--max-steps', type=int, default=80)
     args = parser.parse_args(argv)
@@ -67,21 +69,22 @@ def main(argv=None) -> int:
             reset = getattr(policy, 'reset', None)
             if callable(reset):
                 reset()
-            head = f'{family} (seed {seed})'
+            name = family.replace('_', ' & ')  # OpenCV's font draws '_' poorly
             while True:
                 frame = ep.observe()
                 if ep.done:
                     break
-                writer.write(annotate(frame, ep.instruction, f'{head}: step {ep.state.steps}',
-                                      width=args.width))
+                status = f'{name}, seed {seed}: step {ep.state.steps}'
+                writer.write(annotate(frame, ep.instruction, status, width=args.width,
+                                      band_lines=args.lines))
                 ep.step(policy.predict(frame, ep.instruction).values)
             wins += ep.success()
-            outcome = f'{head}: {"success" if ep.success() else "failed"}, ' \
+            outcome = f'{name}: {"success" if ep.success() else "failed"} in ' \
                       f'{ep.state.steps} steps'
             for _ in range(round(args.fps)):
                 writer.write(annotate(frame, ep.instruction, outcome, width=args.width,
-                                      success=ep.success()))
-            print(f'{outcome}: {ep.instruction!r}')
+                                      success=ep.success(), band_lines=args.lines))
+            print(f'seed {seed}, {outcome}: {ep.instruction!r}')
     n = args.episodes * len(FAMILIES)
     size = args.out.stat().st_size
     print(f'{args.out}: {writer.frames} frames of {writer.size[0]}x{writer.size[1]} px, '

@@ -63,8 +63,11 @@ def annotate(rgb: np.ndarray, caption: str, status: str = '', width: int | None 
     line_h = int(cv2.getTextSize('Ag', FONT, scale, 1)[0][1] * 1.7) + 3
     colour = {True: (90, 220, 90), False: (240, 110, 90)}.get(success, (200, 200, 200))
     below = [(line, colour) for line in (wrap(status, w - 8, scale) if status else [])]
-    lines = [(line, (240, 240, 240)) for line in wrap(caption, w - 8, scale)]
-    lines = (lines[:max(1, band_lines - len(below))] + below)[:band_lines]
+    text = wrap(caption, w - 8, scale)
+    room = max(1, band_lines - len(below))
+    if len(text) > room:  # say that words were cut
+        text = [*text[:room - 1], text[room - 1] + ' ...']
+    lines = ([(line, (240, 240, 240)) for line in text] + below)[:band_lines]
     band = np.full((line_h * band_lines + line_h // 2, w, 3), 24, np.uint8)
     for i, (line, tone) in enumerate(lines):
         cv2.putText(band, line, (4, line_h * (i + 1)), FONT, scale, tone, 1, cv2.LINE_AA)
@@ -117,8 +120,10 @@ class FrameWriter:
             self._video.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
         else:
             from PIL import Image
+            old = not hasattr(Image, 'Quantize')  # Pillow < 9.1 (Ubuntu 22.04 has 9.0)
             self._gif.append(Image.fromarray(np.ascontiguousarray(rgb)).quantize(
-                colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
+                colors=128, method=Image.MEDIANCUT if old else Image.Quantize.MEDIANCUT,
+                dither=Image.NONE if old else Image.Dither.NONE))
         self.frames += 1
 
     def close(self) -> Path | None:
