@@ -151,12 +151,13 @@ def test_demo_record_writes_captioned_frames_and_view_needs_a_display(tmp_path, 
     assert 'no window (no display' in capsys.readouterr().out
     ep = Episode(1_000_000, 'reach')
     results = []
-    for i in range(6):
-        if i == 4:
+    # Frames at 20 Hz, one early (dropped) and a gap of 3 frame times (the last one repeated).
+    for i, t in enumerate((0.0, 0.05, 0.06, 0.10, 0.15, 0.30)):
+        if i == 5:
             results.append({'success': True, 'steps': 3, 'family': 'reach'})
-        sink.frame(ep.observe(), ep.instruction, results, since_result_s=0.0)
+        sink.frame(ep.observe(), ep.instruction, results, since_result_s=0.0, now=100 + t)
     sink.close()
-    assert 'recorded 6 frames' in capsys.readouterr().out
+    assert 'recorded 7 frames' in capsys.readouterr().out
     with Image.open(tmp_path / 'demo.gif') as im:
         assert im.size[0] == 224 and im.size[1] > 224
         # Pillow merges identical frames into a longer one: the same 6 x 50 ms in all.
@@ -165,7 +166,7 @@ def test_demo_record_writes_captioned_frames_and_view_needs_a_display(tmp_path, 
             im.seek(k)
             durations.append(im.info['duration'])
             bands.append(np.asarray(im.convert('RGB'))[224:].astype(int))
-    assert sum(durations) == 300 and len(bands) == 2
+    assert sum(durations) == 350 and len(bands) == 2 and durations[-1] == 150
     # Before and after the episode's result: its success shows in green.
     green = [((b[..., 1] > 170) & (b[..., 0] < 140)).sum() for b in bands]
     assert green[0] == 0 and green[1] > 20

@@ -73,7 +73,8 @@ class FrameSink:
     def __init__(self, view: bool, record: str | None, fps: float, width: int = 448) -> None:
         from ..viz.video import FrameWriter, Viewer
 
-        self.width = width
+        self.width, self.fps = width, fps
+        self.start: float | None = None
         self.writer = FrameWriter(record, fps) if record else None
         self.viewer = None
         if view:
@@ -82,8 +83,19 @@ class FrameSink:
                   f'--view: no window ({how}); the demo goes on without it'
                   + ('' if record else ' (--record FILE writes the frames to a file)'))
 
-    def frame(self, rgb, instruction: str, results: list[dict], since_result_s: float) -> None:
+    def frame(self, rgb, instruction: str, results: list[dict], since_result_s: float,
+              now: float | None = None) -> None:
+        """
+        Caption a camera frame, show it and record it.
+
+        The recording keeps wall-clock time at `fps`: a frame is written as often as the
+        time since the first one asks (none when it came early, repeated after a gap of
+        up to 2 s), so a loop that drops frames does not play back fast.
+        """
         from ..viz.video import annotate
+
+        now = time.monotonic() if now is None else now
+        self.start = now if self.start is None else self.start
 
         wins = sum(r['success'] for r in results)
         status = f'episode {len(results) + 1} | successes {wins}/{len(results)}'
@@ -95,7 +107,9 @@ class FrameSink:
                       + f' after {last["steps"]} steps | successes {wins}/{len(results)}')
         shown = annotate(rgb, instruction, status, width=self.width, success=success)
         if self.writer is not None:
-            self.writer.write(shown)
+            due = int((now - self.start) * self.fps + 1e-6) + 1 - self.writer.frames
+            for _ in range(min(due, round(2 * self.fps))):
+                self.writer.write(shown)
         if self.viewer is not None:
             self.viewer.show(shown)
 
