@@ -182,7 +182,9 @@ def test_a_hold_never_changes_the_gripper(probe, procs):
     probe.node.destroy_publisher(instruction)
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize('sig', [  # each once in the default tier, again in the slow one
+    signal.SIGINT, signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+    pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_every_signal_exit_ends_in_one_hold(probe, procs, tiny_dir, sig):
     listen_once(probe, Float64MultiArray, COMMANDS)
     start_world(procs)
