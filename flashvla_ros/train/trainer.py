@@ -371,8 +371,9 @@ def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = 
     ax_loss.set_yscale('log')
     ax_loss.set_xlabel('optimizer step')
     ax_loss.set_ylabel('loss (log scale)')
-    ax_loss.set_title(f'losses: mean of {window} step(s), 95% CI band')
-    ax_loss.legend(fontsize=8, loc='upper right')
+    ax_loss.set_title(f'losses: moving mean of {window} steps, 95% CI band' if window > 1
+                      else 'losses per step')
+    ax_loss.legend(fontsize=8, loc='best')
     ax_loss.grid(alpha=0.3, which='both')
     mean, lo, hi = moving_mean_ci(np.array([r['token_accuracy'] for r in history]) * 100,
                                   window)
