@@ -83,6 +83,13 @@ def test_one_instruction_rule_for_parameter_and_policy(text, reason, tiny_policy
         tiny_policy.prompt_ids(text)
 
 
+def test_model_path_expands_the_home_directory():
+    # Shells do not expand `~` after `model:=`: the node does.
+    assert build_config({'model': '~/models/openvla-7b'}).model \
+        == str(Path.home() / 'models' / 'openvla-7b')
+    assert build_config({}).model == ''  # empty: the embedded default
+
+
 def test_instruction_is_stripped_and_the_token_limit_checked(tiny_policy):
     assert build_config({'instruction': ' pick up the cup\n'}).instruction == 'pick up the cup'
     assert tiny_policy.check_instruction('  pick up the cup ') == 'pick up the cup'
