@@ -35,6 +35,10 @@ def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
     assert second['paired_diff'] == {'mean': 0.0, 'ci95': [0.0, 0.0]}  # same model, same seeds
     assert first['steps'] == 12 and first['reuse_rate'] == 0.0
     assert first['fidelity'] == {'token_match': 1.0, 'mean_abs_diff': 0.0}
+    # One digest per step and episode: the same model on the same seeds gives the same ones.
+    assert [len(d) for d in first['step_digests']] == [4, 4, 4]
+    assert second['step_digests'] == first['step_digests']
+    assert all(len(h) == 12 for d in first['step_digests'] for h in d)
     assert set(first['latency_ms']) == {'vision', 'prefill', 'decode', 'head', 'total'}
     # FLOPs per step: exactly the counter's value for the prompts that were run.
     policy = load_policy(str(tiny_dir))

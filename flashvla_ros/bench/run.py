@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -75,6 +76,7 @@ class ConfigRun:
     decode_calls: list[list | None] = field(default_factory=list)
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
+    digests: list[list[str]] = field(default_factory=list)  # per episode, per step
 
 
 def parse_accel(spec: str) -> tuple[str, dict]:
@@ -119,6 +121,7 @@ def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max
     reset = getattr(run.policy, 'reset', None)
     if callable(reset):
         reset()
+    run.digests.append([])
     while not ep.done:
         frame = ep.observe()
         action = run.policy.predict(frame, ep.instruction)
@@ -130,6 +133,7 @@ def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max
         run.reused.append(bool(action.info.get('reused', False)))
         run.prompts.append(action.info['prompt_tokens'])
         run.decode_calls.append(action.info.get('decode_calls'))
+        run.digests[-1].append(action_digest(action))
         if baseline is not None:
             ref = baseline.predict(frame, ep.instruction)
             run.token_match.append(float(np.mean(np.array(ref.token_ids)
@@ -141,6 +145,18 @@ def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max
         ep.step(action.values)
     run.successes.append(ep.success())
     run.families.append(family)
+
+
+def action_digest(action) -> str:
+    """
+    Name one step's action in 12 hex digits (its tokens and values, bit for bit).
+
+    Two runs of the same seeds are token-identical exactly when their digests are: what a
+    refactor that must not change behaviour compares.
+    """
+    data = np.asarray(action.token_ids, np.int64).tobytes() + \
+        np.asarray(action.values, np.float64).tobytes()
+    return hashlib.sha1(data).hexdigest()[:12]
 
 
 def per_family(successes: list[bool], families: list[str]) -> dict[str, float]:
@@ -188,6 +204,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None, action_dim: int = 7) -> d
         'steps': len(run.flops),
         'fidelity': {'token_match': float(np.mean(run.token_match)),
                      'mean_abs_diff': float(np.mean(run.abs_diff))},
+        'step_digests': run.digests,
     }
 
 
