@@ -19,7 +19,7 @@ import json
 import pytest
 
 from flashvla_ros.accel.flops import openvla_step_flops
-from flashvla_ros.bench.run import benchmark, main, markdown, parse_accel
+from flashvla_ros.bench.run import benchmark, compare, main, markdown, parse_accel
 from flashvla_ros.policy import load_policy
 from flashvla_ros.sim.tasks import FAMILIES, Episode
 
@@ -39,6 +39,14 @@ def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
     assert [len(d) for d in first['step_digests']] == [4, 4, 4]
     assert second['step_digests'] == first['step_digests']
     assert all(len(h) == 12 for d in first['step_digests'] for h in d)
+    assert compare(report, report) == []
+    changed = json.loads(json.dumps(report))
+    changed['configs'][1]['step_digests'][2][3] = '0' * 12
+    changed['configs'][1]['success'] += 1 / 3
+    assert compare(report, changed) == [f'{second["name"]}: episode 2 differs from step 3',
+                                        f'{second["name"]}: success '
+                                        f'{second["success"]:.3f} -> '
+                                        f'{second["success"] + 1 / 3:.3f}']
     assert set(first['latency_ms']) == {'vision', 'prefill', 'decode', 'head', 'total'}
     # FLOPs per step: exactly the counter's value for the prompts that were run.
     policy = load_policy(str(tiny_dir))

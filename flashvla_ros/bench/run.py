@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='rewrite this page (docs/BENCHMARKS.md)')
     parser.add_argument('--report', type=expand_path,
                         help='render --plot/--markdown from this saved JSON instead of running')
+    parser.add_argument('--compare', type=expand_path, metavar='BEFORE.json',
+                        help='check that every config named in both reports took the same '
+                             'actions at every step (exit 1 if not)')
     args = parser.parse_args(argv)
     if args.plot:  # before a run of minutes, not after it
         try:
@@ -469,8 +472,33 @@ def main(argv: list[str] | None = None) -> int:
                 else str(args.plot)
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(report, rel))
+    if args.compare:
+        differences = compare(json.loads(args.compare.read_text()), report)
+        print('\n'.join(differences) or f'token-identical to {args.compare} in every episode')
+        return 1 if differences else 0
     return 0
 
+
+def compare(before: dict, after: dict) -> list[str]:
+    """Say where the configs both reports ran differ: the first different step, and success."""
+    old = {c['name']: c for c in before['configs']}
+    out = []
+    for config in after['configs']:
+        was = old.get(config['name'])
+        if was is None:
+            continue
+        name, runs = config['name'], (was['step_digests'], config['step_digests'])
+        if len(runs[0]) != len(runs[1]):
+            out.append(f'{name}: {len(runs[0])} episodes before, {len(runs[1])} now')
+        for episode, (a, b) in enumerate(zip(*runs, strict=False)):
+            if a != b:
+                step = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                            min(len(a), len(b)))
+                out.append(f'{name}: episode {episode} differs from step {step}')
+                break
+        if was['success'] != config['success']:
+            out.append(f'{name}: success {was["success"]:.3f} -> {config["success"]:.3f}')
+    return out
 
 if __name__ == '__main__':
     sys.exit(main())
