@@ -500,5 +500,6 @@ def compare(before: dict, after: dict) -> list[str]:
             out.append(f'{name}: success {was["success"]:.3f} -> {config["success"]:.3f}')
     return out
 
+
 if __name__ == '__main__':
     sys.exit(main())
