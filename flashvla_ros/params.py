@@ -35,6 +35,7 @@ import yaml
 
 from .accel.registry import check_accel
 from .control.safety import hold_outside_limits
+from .policy.checkpoint import expand_path
 from .policy.errors import InputError
 from .policy.instruction import check_instruction
 
@@ -280,7 +281,7 @@ def _typed(name: str, value: Any) -> Any:
     if isinstance(value, list):
         return tuple(value)
     if name == 'model':  # shells do not expand `~` after `model:=`
-        return str(Path(value).expanduser()) if value else value
+        return str(expand_path(value)) if value else value
     if name == 'instruction':
         return value.strip()
     if isinstance(PARAM_BY_NAME[name].default, float):

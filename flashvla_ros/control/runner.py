@@ -270,7 +270,7 @@ class PolicyRunner:
 
     def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
                episode: int) -> None:
-        error, action, rejected = '', None, ''
+        error, counter, action, rejected = '', '', None, ''
         start = time.perf_counter()
         try:
             action = self.policy.predict(rgb, instruction)
@@ -280,9 +280,9 @@ class PolicyRunner:
         except InputError as exc:
             rejected = str(exc)
         except NonFiniteOutputError as exc:
-            error = f'non-finite model output: {exc}'
+            error, counter = f'non-finite model output: {exc}', 'nonfinite_outputs'
         except Exception as exc:
-            error = f'inference failed: {type(exc).__name__}: {exc}'
+            error, counter = f'inference failed: {type(exc).__name__}: {exc}', 'worker_errors'
         elapsed_ms = (time.perf_counter() - start) * 1e3
         with self._lock:
             self._busy_since = None
@@ -292,10 +292,7 @@ class PolicyRunner:
                 return
             self._error = error
             if error:
-                if error.startswith('non-finite'):
-                    self.counters.nonfinite_outputs += 1
-                else:
-                    self.counters.worker_errors += 1
+                setattr(self.counters, counter, getattr(self.counters, counter) + 1)
                 self.last_error = error
                 return
             self.counters.inferences += 1

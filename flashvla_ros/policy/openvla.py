@@ -133,7 +133,7 @@ class OpenVLAPolicy:
         """Token ids of OpenVLA's prompt, BOS first, ending in the empty '▁' token."""
         if instruction in self._prompt_cache:
             return self._prompt_cache[instruction]
-        ids = self._prompt_tokens(self.tokenizer, instruction)
+        ids = self._prompt_tokens(self.tokenizer, check_instruction(instruction))
         tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
         if len(self._prompt_cache) > 64:
             self._prompt_cache.clear()
@@ -147,14 +147,15 @@ class OpenVLAPolicy:
         Thread-safe, for input callbacks: it tokenizes with a private copy of the tokenizer,
         so it never touches the one the inference worker is using.
         """
+        text = check_instruction(instruction)
         with self._check_lock:
             if self._check_tokenizer is None:
                 self._check_tokenizer = copy.deepcopy(self.tokenizer)
-            self._prompt_tokens(self._check_tokenizer, instruction)
-        return instruction.strip()
+            self._prompt_tokens(self._check_tokenizer, text)
+        return text
 
-    def _prompt_tokens(self, tokenizer: Any, instruction: str) -> list[int]:
-        text = check_instruction(instruction)
+    def _prompt_tokens(self, tokenizer: Any, text: str) -> list[int]:
+        """Tokenize the prompt of an instruction that passed the text rule; check its length."""
         ids = list(tokenizer(PROMPT.format(text.lower()))['input_ids'])
         if ids[-1] != self.space_id:
             ids.append(self.space_id)

@@ -62,20 +62,21 @@ def image_to_rgb(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     return cv2.cvtColor(np.ascontiguousarray(pixels), TO_RGB[msg.encoding])
 
 
-def compressed_size(data: bytes) -> tuple[str, int, int]:
+def compressed_size(data) -> tuple[str, int, int]:
     """Read (format, width, height) from a PNG or JPEG header, without decoding the pixels."""
-    if data.startswith(PNG_SIGNATURE):
-        if len(data) < 24 or data[12:16] != b'IHDR':
+    head = bytes(data[:24])  # any buffer: bytes, or the array.array rclpy gives
+    if head.startswith(PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b'IHDR':
             raise InputError('PNG without an IHDR header')
-        width, height = struct.unpack('>II', data[16:24])
+        width, height = struct.unpack('>II', head[16:24])
         return 'png', width, height
-    if data.startswith(JPEG_SOI):
+    if head.startswith(JPEG_SOI):
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError as exc:
             raise InputError(f'corrupt JPEG header: {exc}') from exc
         return 'jpeg', width, height
-    raise InputError(f'compressed image is neither PNG nor JPEG (starts {bytes(data[:4])!r})')
+    raise InputError(f'compressed image is neither PNG nor JPEG (starts {head[:4]!r})')
 
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -86,7 +87,7 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
     can declare a huge image). JPEG is decoded strictly: data the decoder reports as corrupt
     or truncated is rejected instead of being filled in (OpenCV would warn and return it).
     """
-    data = bytes(msg.data)
+    data = msg.data
     if not data:
         raise InputError('compressed image is empty')
     if len(data) > MAX_COMPRESSED_BYTES:

@@ -317,8 +317,8 @@ class PolicyNode(LifecycleNode):
 
     def _check_instruction(self, text: str) -> str:
         """Apply the one instruction rule (text, then the policy's token limit when loaded)."""
-        text = check_instruction(text)
-        return self.policy.check_instruction(text) if self.policy is not None else text
+        return self.policy.check_instruction(text) if self.policy is not None \
+            else check_instruction(text)
 
     def _on_reset(self, request, response):
         """Start a new episode (same instruction): the queue and the reuse memory empty."""
