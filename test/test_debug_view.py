@@ -16,7 +16,7 @@
 
 import numpy as np
 
-from flashvla_ros.control.debug_view import FRESH, HOLD, REUSED, render_debug
+from flashvla_ros.viz.debug_view import FRESH, HOLD, REUSED, render_debug
 
 GREY = np.full((224, 224, 3), 200, np.uint8)
 MOVE = np.array([0.05, 0.0, 0, 0, 0, 0, 1.0])  # full step to the right, gripper closed

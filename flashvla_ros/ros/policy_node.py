@@ -62,7 +62,6 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..accel.registry import accelerate
-from ..control.debug_view import render_debug
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..control.throttle import ThrottledLog
@@ -70,6 +69,7 @@ from ..params import PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, load_policy
 from ..policy.instruction import check_instruction
 from ..policy.presets import default_model_dir
+from ..viz.debug_view import render_debug
 from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
 
 ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,

@@ -13,4 +13,9 @@
 # limitations under the License.
 
 
-"""Pictures for people: matplotlib figures (Agg, headless) and annotated camera-frame videos."""
+"""
+Pictures for people.
+
+Matplotlib figures (Agg, headless), annotated camera-frame videos, and the policy node's debug
+view.
+"""
