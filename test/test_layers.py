@@ -18,7 +18,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / 'flashvla_ros'
-ROS_FREE = ('policy', 'accel', 'control', 'sim')
+ROS_FREE = ('policy', 'accel', 'control', 'sim', 'viz')
 ROS_MODULES = ('rclpy', 'rosbags', 'launch', 'launch_ros', 'builtin_interfaces', 'ament_index')
 
 
