@@ -343,6 +343,9 @@ def test_watchdog_holds_once_when_every_action_expires(make_runner):
     assert 'all actions expired: 150 ms from frame to tick' in hold.fault
     assert 'max_action_age_s 100 ms' in hold.fault
     assert runner.status()['fault'] == hold.fault and runner.counters.watchdog_holds == 1
+    runner.set_instruction('')  # a fault while the watchdog holds: no second hold
+    assert runner.tick().kind == 'idle' and runner.counters.holds == 1
+    runner.set_instruction('pick up the cup')
     runner.max_action_age_s = 1.0  # fixed: commands resume, the watchdog clears
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'

@@ -330,8 +330,8 @@ class PolicyRunner:
             fault = self.fault(now)
             if fault:
                 self._queue.clear()
+                holding = bool(self._fault or self._stall)  # already stopped: stay silent
                 self._stall, self._gap_start = '', None
-                holding = bool(self._fault)
                 self._fault = fault
                 return Tick('idle', fault=fault) if holding else self._hold(fault)
             if self._fault or self._gap_start is None:  # healthy (again): the watchdog starts
