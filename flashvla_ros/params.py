@@ -19,9 +19,10 @@ The table is the single source of truth: the ROS node declares every entry with 
 description, range and read-only flag; `config/policy.yaml` sets the same names; the
 validators here reject bad values with a reason, at load and for live changes alike.
 
-The `accel.*` entries (a nested `accel:` mapping in YAML) choose the accelerator. Its options
-default to "unset": the preset (or the accelerator's own default) decides, and any option set
-explicitly overrides it; the accelerator's validator gives the reason for a bad combination.
+`accel` lists the accelerators in hook order. Each accelerator's entries (`flashvla.preset`,
+`flashvla.<option>`: a nested `flashvla:` mapping in YAML) come from its one options
+declaration (`accel/base.py`); options default to "unset": the preset decides, and any option
+set explicitly overrides it. Live options may change while running; the others are read-only.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .accel.registry import check_accel
+from .accel.registry import ACCELERATORS, NONE, check_accel
 from .control.safety import hold_outside_limits
 from .policy.checkpoint import expand_path
 from .policy.errors import InputError
@@ -62,6 +63,11 @@ PARAMS: tuple[Param, ...] = (
     Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
     Param('dtype', 'float32', 'Weights dtype.', read_only=True,
           choices=('float32', 'bfloat16', 'float16')),
+    Param('static_cache', False, 'Static-shape KV cache written at position slots, greedy '
+          'tokens kept on the device until the action is complete (the GPU decode path; the '
+          'same tokens).', read_only=True),
+    Param('compile', False, 'torch.compile the one-token decode step (CUDA graphs on CUDA); '
+          'implies static_cache. Compiled during configure (warm-up).', read_only=True),
     Param('unnorm_key', '', 'Dataset statistics used to un-normalise actions; empty = the '
           "checkpoint's only one.", read_only=True),
     Param('center_crop', False, 'Crop the central 90% of the image area first (LIBERO).',
@@ -104,37 +110,26 @@ PARAMS: tuple[Param, ...] = (
           'reuse or hold marked.', read_only=True),
     Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
           'action dimension).', read_only=True),
-    Param('accel.name', 'flashvla', 'Accelerator: none (the plain model) or flashvla.',
-          read_only=True, choices=('none', 'flashvla')),
-    Param('accel.preset', 'conservative', 'FlashVLA preset (conservative, fast) or empty for '
-          'the built-in defaults; options set below override it.', read_only=True,
-          choices=('', 'conservative', 'fast')),
-    *(Param(f'accel.{name}', None, description, read_only=True, kind=kind)
-      for name, kind, description in (
-        ('layer', int, 'Decoder layers that see every visual token (L_p).'),
-        ('keep', float, 'Visual tokens kept after layer L_p: a fraction (<= 1) or a count.'),
-        ('energy', float, 'Effective SVD rank: share of the squared singular values.'),
-        ('rank', int, 'Fixed effective SVD rank instead of energy (0: use energy).'),
-        ('svd', str, 'Token-scoring SVD: gram, exact or lowrank.'),
-        ('reuse', bool, 'Reuse the previous action while actions and tokens are stable.'),
-        ('gate', str, 'Reuse gate: current (looks at the new frame) or past (memory only, '
-         'skips the whole step).'),
-        ('eps1_deg', float, 'Largest angle between the last two actions that is stable, '
-         'degrees.'),
-        ('eps2', float, 'Smallest overlap of selected token sets that is stable.'),
-        ('max_reuse', int, 'Consecutive reuses before inference is forced.'),
-        ('draft', bool, 'Verify the previous action as a draft in one pass instead of '
-         'decoding token by token (exact).'),
-      )),
+    Param('accel', ['flashvla'], 'Accelerators, in the order their hooks run: [none] for the '
+          f'plain model, or any of {sorted(ACCELERATORS)}.', read_only=True,
+          choices=(NONE, *ACCELERATORS)),
+    *(param for accel in ACCELERATORS.values() for param in (
+        Param(f'{accel.name}.preset', accel.DEFAULT_PRESET, f'{accel.name} preset '
+              f'({", ".join(accel.PRESETS)}) or empty for the built-in defaults; options set '
+              'below override it.', read_only=True, choices=('', *accel.PRESETS)),
+        *(Param(f'{accel.name}.{spec.name}', None, f'{spec.help[:1].upper()}{spec.help[1:]}'
+                f'{f" ({spec.describe_range()})" if spec.describe_range() else ""}.',
+                read_only=not spec.live, kind=spec.kind)
+          for spec in accel.specs()))),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
-ACCEL_PREFIX = 'accel.'
+ACCEL_PARAMS = {p.name for p in PARAMS if p.name.partition('.')[0] in ACCELERATORS}
 
 
 @dataclass(frozen=True)
 class AccelConfig:
-    name: str
-    options: dict[str, Any]  # preset (when set) and the explicitly set options
+    names: tuple[str, ...]  # hook order; () is the plain model
+    options: dict[str, dict[str, Any]]  # per accelerator: its preset and the options set
 
 
 @dataclass(frozen=True)
@@ -142,6 +137,8 @@ class NodeConfig:
     model: str
     device: str
     dtype: str
+    static_cache: bool
+    compile: bool
     unnorm_key: str
     center_crop: bool
     autostart: bool
@@ -168,7 +165,7 @@ class NodeConfig:
 
 
 assert [f.name for f in fields(NodeConfig)] == [
-    p.name for p in PARAMS if not p.name.startswith(ACCEL_PREFIX)] + ['accel']
+    p.name for p in PARAMS if p.name not in ACCEL_PARAMS]
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -250,18 +247,22 @@ def check_config(values: dict[str, Any]) -> str | None:
         except InputError as exc:
             return str(exc)
     try:
-        _accel(values)
+        accel_config(values)
     except ValueError as exc:
         return str(exc)
     return None
 
 
-def _accel(values: dict[str, Any]) -> AccelConfig:
-    options = {k[len(ACCEL_PREFIX):]: v for k, v in values.items()
-               if k.startswith(ACCEL_PREFIX) and k != 'accel.name' and v not in (None, '')}
-    accel = AccelConfig(values['accel.name'], options)
-    check_accel(accel.name, accel.options)
-    return accel
+def accel_config(values: dict[str, Any]) -> AccelConfig:
+    """Return the accelerators (`accel`) and each one's set options; raise ValueError why not."""
+    names = list(values.get('accel', []))
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        owner, dot, option = key.partition('.')
+        if dot and owner in ACCELERATORS and value not in (None, ''):
+            options.setdefault(owner, {})[option] = value
+    check_accel(names, options)
+    return AccelConfig(tuple(n for n in names if n != NONE), options)
 
 
 def build_config(values: dict[str, Any]) -> NodeConfig:
@@ -273,8 +274,9 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     reason = check_config(merged)
     if reason:
         raise ValueError(reason)
-    node = {k: _typed(k, v) for k, v in merged.items() if not k.startswith(ACCEL_PREFIX)}
-    return NodeConfig(**node, accel=_accel(merged))
+    node = {k: _typed(k, v) for k, v in merged.items() if k not in ACCEL_PARAMS}
+    node['accel'] = accel_config(merged)
+    return NodeConfig(**node)
 
 
 def _typed(name: str, value: Any) -> Any:
@@ -290,7 +292,7 @@ def _typed(name: str, value: Any) -> Any:
 
 
 def flatten(params: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-    """Nested YAML mappings -> dotted ROS parameter names (`accel: {keep: 1}` -> accel.keep)."""
+    """Nested YAML mappings -> dotted ROS parameter names (`a: {b: 1}` -> `a.b`)."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         if isinstance(value, dict):

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from flashvla_ros.accel.flashvla import information_contribution, select_tokens
-from flashvla_ros.policy import load_policy
+from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.presets import default_model_dir
+from flashvla_ros.policy.step import Hooks
 from flashvla_ros.sim.tasks import FAMILIES, Episode
 from flashvla_ros.train.dataset import HELDOUT_SEED_START
 
@@ -55,22 +56,28 @@ VARIANTS = [
 @torch.inference_mode()
 def attention_outputs(frames: int, layer: int) -> list[torch.Tensor]:
     policy = load_policy(str(default_model_dir()))
-    llm = policy.model.language_model
     captured: list[torch.Tensor] = []
-    hook = llm.model.layers[layer - 1].self_attn.register_forward_hook(
-        lambda _m, _a, out: captured.append(out[0, 1:1 + policy.cfg.num_patches].clone()))
+
+    class Capture(Hooks):
+        """The attention output at the visual tokens after `layer` layers; then stop."""
+
+        def probes(self) -> dict[int, str]:
+            return {layer - 1: 'attention_output'}
+
+        def after_layer(self, step, i, hidden, probe):
+            if i == layer - 1:
+                captured.append(step.visual_hidden(probe)[0].clone())
+            return None
+
+    policy.set_hooks([Capture()])
     seed = HELDOUT_SEED_START
     while len(captured) < frames:
         ep = Episode(seed, FAMILIES[seed % len(FAMILIES)])
         while not ep.done and len(captured) < frames:
-            ids, pixels = policy.prepare(ep.observe(), ep.instruction)
-            seq = policy.sequence(ids, policy.model.encode_image(pixels))
-            llm.reset_cache()
-            llm.run_layers(seq, torch.arange(seq.shape[1]), 0, layer)
+            policy.predict(Observation(ep.observe(), ep.instruction))
             ep.step(ep.expert_action())
         seed += 1
-    hook.remove()
-    return captured
+    return captured[:frames]
 
 
 def main(argv: list[str] | None = None) -> int:

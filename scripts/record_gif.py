@@ -32,8 +32,8 @@ import sys
 import torch
 
 from flashvla_ros.accel.registry import accelerate
-from flashvla_ros.bench.run import parse_accel
-from flashvla_ros.policy import load_policy
+from flashvla_ros.bench.run import read_accel
+from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.presets import default_model_dir
 from flashvla_ros.sim.tasks import FAMILIES, Episode
 from flashvla_ros.train.dataset import HELDOUT_SEED_START
@@ -58,17 +58,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    name, options = parse_accel(args.accel)
-    policy = accelerate(load_policy(str(default_model_dir())), name, options)
-    label = 'embedded default policy' + ('' if name == 'none' else f', {args.accel}')
+    names, options = read_accel(args.accel)
+    policy = accelerate(load_policy(str(default_model_dir())), names, options)
+    label = 'embedded default policy' + ('' if names == ['none'] else f', {args.accel}')
     wins = 0
     with FrameWriter(args.out, args.fps) as writer:
         for i in range(args.episodes * len(FAMILIES)):
             seed, family = args.seed + i, FAMILIES[i % len(FAMILIES)]
             ep = Episode(seed, family, max_steps=args.max_steps)
-            reset = getattr(policy, 'reset', None)
-            if callable(reset):
-                reset()
+            policy.reset()
             name = family.replace('_', ' & ')  # OpenCV's font draws '_' poorly
             while True:
                 frame = ep.observe()
@@ -77,7 +75,7 @@ def main(argv=None) -> int:
                 status = f'{name}, seed {seed}: step {ep.state.steps}'
                 writer.write(annotate(frame, ep.instruction, status, width=args.width,
                                       band_lines=args.lines))
-                ep.step(policy.predict(frame, ep.instruction).values)
+                ep.step(policy.predict(Observation(frame, ep.instruction)).values)
             wins += ep.success()
             outcome = f'{name}: {"success" if ep.success() else "failed"} in ' \
                       f'{ep.state.steps} steps'

@@ -195,11 +195,13 @@ def within_limits(values: np.ndarray) -> bool:
 
 
 def param(name: str, value):
-    """Make an rcl_interfaces Parameter: bool, float, str or a list of floats."""
+    """Make an rcl_interfaces Parameter: bool, int, float, str or a list of floats."""
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     v = ParameterValue()
     if isinstance(value, bool):
         v.type, v.bool_value = ParameterType.PARAMETER_BOOL, value
+    elif isinstance(value, int):
+        v.type, v.integer_value = ParameterType.PARAMETER_INTEGER, value
     elif isinstance(value, float):
         v.type, v.double_value = ParameterType.PARAMETER_DOUBLE, value
     elif isinstance(value, str):

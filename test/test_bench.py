@@ -15,18 +15,19 @@
 """The closed-loop benchmark's report: schema, exact FLOPs, pairing, plot and markdown."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from flashvla_ros.accel.flops import openvla_step_flops
-from flashvla_ros.bench.run import benchmark, compare, main, markdown, parse_accel
+from flashvla_ros.bench.run import benchmark, compare, main, markdown, read_accel
 from flashvla_ros.policy import load_policy
+from flashvla_ros.policy.flops import full_flops
 from flashvla_ros.sim.tasks import FAMILIES, Episode
 
 
 def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
     yaml_accel = tmp_path / 'none.yaml'
-    yaml_accel.write_text('accel:\n  name: none\n')
+    yaml_accel.write_text('accel: [none]\n')
     report = benchmark(str(tiny_dir), ['none', str(yaml_accel)], episodes=3, seed=1_000_000,
                        max_steps=4, log=lambda *a, **k: None)
     assert report['episodes'] == 3 and set(report['expert']['per_family']) == set(FAMILIES)
@@ -50,10 +51,11 @@ def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
     assert set(first['latency_ms']) == {'vision', 'prefill', 'decode', 'head', 'total'}
     # FLOPs per step: exactly the counter's value for the prompts that were run.
     policy = load_policy(str(tiny_dir))
-    expected = [openvla_step_flops(policy.cfg, len(policy.prompt_ids(Episode(s, f).instruction)),
-                                   7).total
+    expected = [full_flops(policy.cfg,
+                           policy.layout(len(policy.prompt_ids(Episode(s, f).instruction)))).total
                 for s, f in zip(range(1_000_000, 1_000_003), FAMILIES, strict=True)]
     assert first['flops_per_step']['total'] == pytest.approx(sum(expected) / 3)
+    assert first['flops_vs_full_7b_shapes'] == 1.0  # the plain model, projected: all of it
 
 
 def test_cli_writes_json_plot_and_markdown(tiny_dir, tmp_path, capsys):
@@ -73,7 +75,25 @@ def test_cli_writes_json_plot_and_markdown(tiny_dir, tmp_path, capsys):
 def test_bad_accelerator_specs(tmp_path):
     with pytest.raises(ValueError, match='unknown accelerator'):
         benchmark('unused', ['warp-drive'], 1, 0)
+    with pytest.raises(ValueError, match=r"flashvla'\] each bring a reuse gate|twice"):
+        read_accel('flashvla+flashvla')
+    with pytest.raises(ValueError, match=r'none .the plain model. combines with nothing'):
+        read_accel('none+flashvla')
+    with pytest.raises(ValueError, match='must be an integer'):
+        read_accel('flashvla:fast,max_reuse=1.5')
     bad = tmp_path / 'bad.yaml'
     bad.write_text('something: else\n')
-    with pytest.raises(ValueError, match='needs an "accel:" mapping'):
-        parse_accel(str(bad))
+    with pytest.raises(ValueError, match='needs "accel: \\[names\\]"'):
+        read_accel(str(bad))
+
+
+def test_accelerator_specs_and_parameter_files_read_alike(tmp_path):
+    assert read_accel('none') == (['none'], {})
+    assert read_accel('flashvla:fast,keep_fraction=0.75') == (
+        ['flashvla'], {'flashvla': {'preset': 'fast', 'keep_fraction': 0.75}})
+    # The node's own parameter file, and the same keys at the top level of a file.
+    node_file = Path(__file__).resolve().parents[1] / 'config' / 'policy.yaml'
+    assert read_accel(str(node_file)) == (['flashvla'], {'flashvla': {'preset': 'conservative'}})
+    top = tmp_path / 'fast.yaml'
+    top.write_text('accel: [flashvla]\nflashvla: {preset: fast, eps2: 0.7}\n')
+    assert read_accel(str(top)) == (['flashvla'], {'flashvla': {'preset': 'fast', 'eps2': 0.7}})

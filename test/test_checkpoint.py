@@ -24,7 +24,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 import torch
 
-from flashvla_ros.policy import CheckpointError, expand_path, load_policy
+from flashvla_ros.policy import CheckpointError, Observation, expand_path, load_policy
 from flashvla_ros.policy.checkpoint import (
     INDEX,
     WEIGHTS,
@@ -63,7 +63,7 @@ def test_round_trip_single_file_and_sharded(tiny_dir, tmp_path):
     model, report = load_model(tiny_dir)
     assert report.unexpected == []
     assert any('attn_pool' in k for k in report.skipped_unused)
-    expected = load_policy(str(tiny_dir)).predict(RGB, 'push the cup')
+    expected = load_policy(str(tiny_dir)).predict(Observation(RGB, 'push the cup'))
     for name, shard in (('single', 10**12), ('sharded', 200_000)):
         out = save_checkpoint(tmp_path / name, model.state_dict(), model.cfg,
                               tokenizer_dir=tiny_dir, dtype=None, max_shard_bytes=shard)
@@ -86,7 +86,7 @@ def test_round_trip_single_file_and_sharded(tiny_dir, tmp_path):
         for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(),
                                    strict=True):
             assert k == k2 and torch.equal(a, b)
-        action = load_policy(str(out)).predict(RGB, 'push the cup')
+        action = load_policy(str(out)).predict(Observation(RGB, 'push the cup'))
         assert action.token_ids == expected.token_ids
     assert len(weight_files(tmp_path / 'sharded')) > 3
 
@@ -112,14 +112,14 @@ def test_home_directory_paths_are_expanded(tiny_dir, tmp_path, monkeypatch, caps
     monkeypatch.setenv('HOME', str(tmp_path))
     shutil.copytree(tiny_dir, tmp_path / 'models' / 'tiny')
     policy = load_policy('~/models/tiny')
-    assert policy.predict(RGB, 'push the cup').token_ids == \
-        load_policy(str(tiny_dir)).predict(RGB, 'push the cup').token_ids
+    assert policy.predict(Observation(RGB, 'push the cup')).token_ids == \
+        load_policy(str(tiny_dir)).predict(Observation(RGB, 'push the cup')).token_ids
     assert expand_path('~/models/tiny') == tmp_path / 'models' / 'tiny'
     cv2.imwrite(str(tmp_path / 'frame.png'), RGB[..., ::-1])
     assert predict_main(['--model=~/models/tiny', '--image=~/frame.png',
                          '--instruction', 'push the cup']) == 0
     assert json.loads(capsys.readouterr().out)['token_ids'] == \
-        policy.predict(RGB, 'push the cup').token_ids
+        policy.predict(Observation(RGB, 'push the cup')).token_ids
     make_tiny_main(['--out=~/written', '--seed', '1'])
     assert (tmp_path / 'written' / WEIGHTS).is_file() and not (tmp_path / '~').exists()
     with pytest.raises(CheckpointError, match=re.escape(f'{tmp_path}/nope: checkpoint')):

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""FlashVLA: token scores and selection, the reuse gate, exact FLOPs, and identity at K = N."""
+"""FlashVLA: token scores and selection, the reuse gate, exact records, and identity at K = N."""
 
 import math
 
@@ -21,18 +21,17 @@ import pytest
 import torch
 
 from flashvla_ros.accel.flashvla import (
-    FlashVLAPolicy,
+    FlashVLA,
     ReuseGate,
     action_angle_deg,
-    flashvla_options,
     information_contribution,
-    scoring_flops,
     select_tokens,
     token_overlap,
 )
-from flashvla_ros.accel.flops import Flops, openvla_step_flops
-from flashvla_ros.policy import Action, load_policy
-from flashvla_ros.policy.openvla import Stopwatch
+from flashvla_ros.accel.registry import accelerate
+from flashvla_ros.policy import ActionChunk, Observation, load_policy
+from flashvla_ros.policy.flops import StepRecord
+from flashvla_ros.policy.preprocess import preprocess
 from flashvla_ros.sim.tasks import Episode
 
 METHODS = ('gram', 'exact', 'lowrank')
@@ -46,20 +45,29 @@ def frames(n: int, seed: int = 1_000_000, family: str = 'pick_place'):
         ep.step(ep.expert_action())
 
 
+def prefill(policy, rgb, instruction):
+    """Return the prefill sequence of a frame: (embeddings [1, T, D], its layout)."""
+    ids = policy.prompt_ids(instruction)
+    layout = policy.layout(ids.numel())
+    pixels = policy.model.encode_image(preprocess(rgb, policy.cfg.image_size).to(policy.dtype))
+    llm = policy.model.language_model
+    return layout.assemble(llm.embed(ids[None]), pixels), layout
+
+
 def attention_output(policy, rgb, instruction, layer: int):
     """Prefill embeddings and layer `layer`'s attention output at the visual positions."""
+    seq, layout = prefill(policy, rgb, instruction)
     llm = policy.model.language_model
-    ids, pixels = policy.prepare(rgb, instruction)
-    seq = policy.sequence(ids, policy.model.encode_image(pixels))
-    captured = []
-    hook = llm.model.layers[layer].self_attn.register_forward_hook(
-        lambda _m, _a, out: captured.append(out))
+    probes = []
     llm.reset_cache()
-    try:
-        llm.run_layers(seq, torch.arange(seq.shape[1]), 0, layer + 1)
-    finally:
-        hook.remove()
-    return seq, captured[0][0, 1:1 + policy.cfg.num_patches]
+    llm.run(seq, layout.positions(), range(layer + 1), {layer: 'attention_output'},
+            lambda i, hidden, probe: probes.append(probe))
+    return seq, probes[-1][0, layout.visual_span]
+
+
+def flashvla(policy, **options):
+    """`policy` with FlashVLA plugged in (its running statistics start again)."""
+    return accelerate(policy, ['flashvla'], {'flashvla': options})
 
 
 @pytest.fixture(scope='module')
@@ -118,9 +126,9 @@ def test_gram_and_exact_svd_pick_the_same_tokens_on_real_attention_outputs(polic
 # -- the reuse gate on scripted histories --------------------------------------------------
 
 
-def action(*normalized: float) -> Action:
-    v = np.array(normalized, dtype=np.float64)
-    return Action(values=v, normalized=v, token_ids=[0] * len(v), timings_ms={})
+def action(*normalized: float) -> ActionChunk:
+    v = np.array([normalized], dtype=np.float64)
+    return ActionChunk(v, v, [0] * v.shape[1], info=None)
 
 
 def test_angle_and_overlap():
@@ -184,171 +192,180 @@ def test_gate_ignores_dimensions_outside_dims():
 # -- the accelerated policy ----------------------------------------------------------------
 
 
+def predict(policy, rgb, instruction):
+    return policy.predict(Observation(rgb, instruction))
+
+
 @pytest.mark.parametrize('layer', [1, 3])
 def test_all_tokens_and_no_reuse_is_bit_identical(policies, layer):
     base, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options(
-        {'keep': 1.0, 'reuse': False, 'layer': layer, 'draft': False}))
+    fast = flashvla(other, keep_fraction=1.0, reuse=False, layer=layer, draft=False)
     for rgb, instruction in frames(3):
-        a, b = base.predict(rgb, instruction), fast.predict(rgb, instruction)
+        a, b = predict(base, rgb, instruction), predict(fast, rgb, instruction)
         assert a.token_ids == b.token_ids
         assert np.array_equal(a.values, b.values)
-        assert b.info['kept_tokens'] == 256 and not b.info['reused']
+        assert b.info.kept_tokens == 256 and not b.info.reused and b.info.layers_run == 4
+
+
+def prefill_record(layout, layers: dict, decode_calls, scoring=(), stopped=False,
+                   vision=True) -> StepRecord:
+    head = (1 + sum(fed for fed, _ in decode_calls)) if not stopped else 0
+    return StepRecord(layout, 4, (0, 1, 2, 3), stopped, vision, layers, list(decode_calls),
+                      head, list(scoring))
 
 
 @torch.inference_mode()
 def test_pruning_drops_tokens_from_later_layers_and_their_caches(policies):
     base, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options(
-        {'keep': 160, 'reuse': False, 'layer': 2, 'draft': False}))
+    fast = flashvla(other, keep_tokens=160, reuse=False, layer=2, draft=False)
     rgb, instruction = next(frames(1))
-    action = fast.predict(rgb, instruction)
-    prompt = action.info['prompt_tokens']
+    action = predict(fast, rgb, instruction)
+    prompt = action.info.prompt_tokens
     full = 1 + 256 + prompt - 1
     pruned = 1 + 160 + prompt - 1
     decoded = 6  # the last of 7 action tokens needs no forward pass
     lengths = [layer.self_attn.cache.length for layer in other.model.language_model.model.layers]
     assert lengths == [full + decoded] * 2 + [pruned + decoded] * 2
-    # The pruned prediction equals the plain model run with a layer hook that drops the same
-    # tokens at their original positions (an independent path through Llama.forward).
+    assert action.info.record == prefill_record(
+        action.info.record.layout, {0: full, 1: full, 2: pruned, 3: pruned},
+        [(1, k) for k in range(6)], scoring=[('gram', 256, 0)])
+    # The pruned prediction equals the plain model run with a callback that drops the same
+    # tokens at their original positions (an independent path through the loop).
     seq, t = attention_output(other, rgb, instruction, 1)
     keep = select_tokens(information_contribution(t)[0], 160)
     index = torch.cat([torch.tensor([0]), keep + 1, torch.arange(257, full)])
-
-    def drop(i, hidden, positions):
-        return (hidden[:, index], positions[index]) if i == 1 else None
-
-    llm = other.model.language_model
+    llm = base.model.language_model
     llm.reset_cache()
-    first = base.greedy(llm(seq, torch.arange(full), layer_hook=drop))
-    assert first == action.token_ids[0]
-    assert other.decode(first, full)[0] == action.token_ids
+    hidden, _ = llm.run(seq, torch.arange(full), None, None,
+                        lambda i, hidden, probe: index if i == 1 else None)
+    first = llm.logits(hidden)
+    assert base.greedy(first) == action.token_ids[0]
+    record = StepRecord(None, 4)
+    assert base.decode(first, full, None, record) == action.token_ids
 
 
 @pytest.mark.parametrize('guess', ['previous', 'wrong', 'right'])
+@pytest.mark.parametrize('static', [False, True])
 @torch.inference_mode()
-def test_draft_verification_decodes_the_same_tokens(policies, guess):
-    base, _ = policies
+def test_draft_verification_decodes_the_same_tokens(tiny_dir, policies, guess, static):
+    base = policies[0] if not static else load_policy(str(tiny_dir), static_cache=True)
     llm = base.model.language_model
     for rgb, instruction in frames(2):
-        expected = base.predict(rgb, instruction).token_ids
-        draft = {'previous': base.predict(next(frames(1, seed=7))[0], instruction).token_ids,
+        expected = predict(base, rgb, instruction).token_ids
+        draft = {'previous': predict(base, next(frames(1, seed=7))[0], instruction).token_ids,
                  'wrong': [t - 1 for t in expected], 'right': expected}[guess]
-        _, seq = base.embed_inputs(rgb, instruction, Stopwatch(base.device))
+        seq, layout = prefill(base, rgb, instruction)
+        llm.reset_cache()
         full = seq.shape[1]
-        first = base.greedy(llm(seq, torch.arange(full)))
-        tokens, calls = base.decode(first, full, draft)
-        assert tokens == expected
+        record = StepRecord(layout, 4)
+        first = llm(seq, torch.arange(full))
+        assert base.decode(first, full, draft, record) == expected
+        calls = record.decode_calls
         assert calls[0] == (6, 0)  # all guesses fed at once
         accepted = next((i for i in range(1, 6) if draft[i] != expected[i]), 6)
         # Sequential calls only after the first wrong guess, from the token it produced on.
         assert calls[1:] == [(1, k) for k in range(accepted, 6)]
         if guess == 'right':
             assert len(calls) == 1
-        # The cache holds t0..t5, each once: entries after a wrong guess were truncated.
-        assert {layer.self_attn.cache.length for layer in llm.model.layers} == {full + 6}
+        if not static:  # the cache holds t0..t5, each once: later entries were truncated
+            assert {layer.self_attn.cache.length for layer in llm.model.layers} == {full + 6}
 
 
-def test_draft_steps_count_their_decode_calls(policies):
+def test_draft_steps_record_their_decode_calls(policies):
     _, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options({'keep': 100, 'reuse': False, 'draft': True}))
-    steps = [fast.predict(rgb, instruction) for rgb, instruction in frames(3)]
-    assert steps[0].info['decode_calls'] == [(1, k) for k in range(6)]  # no draft yet
+    fast = flashvla(other, keep_tokens=100, reuse=False, draft=True)
+    steps = [predict(fast, rgb, instruction) for rgb, instruction in frames(3)]
+    assert steps[0].info.decode_calls == [(1, k) for k in range(6)]  # no draft yet
     for step in steps[1:]:
-        calls = step.info['decode_calls']
+        calls = step.info.decode_calls
         assert calls[0] == (6, 0)
-        prompt = step.info['prompt_tokens']
-        cfg = other.cfg
-        expected = openvla_step_flops(cfg, prompt, 7, [256 + prompt] * 2 + [100 + prompt] * 2,
-                                      decode_calls=calls)
-        assert step.info['flops'] == expected + Flops(
-            select=scoring_flops('gram', 256, cfg.text.hidden_size, 0))
+        layout = step.info.record.layout
+        assert step.info.record == prefill_record(
+            layout, {0: layout.prefill, 1: layout.prefill, 2: 100 + layout.prompt,
+                     3: 100 + layout.prompt}, calls, scoring=[('gram', 256, 0)])
 
 
-def test_flops_of_pruned_and_reused_steps_are_exact(policies):
+def test_records_of_pruned_and_reused_steps_are_exact(policies):
     _, other = policies
-    cfg = other.cfg
     for gate in ('current', 'past'):
-        fast = FlashVLAPolicy(other, flashvla_options(
-            {'keep': 100, 'layer': 1, 'gate': gate, 'eps1_deg': 180.0, 'eps2': 0.0,
-             'max_reuse': 1}))
+        fast = flashvla(other, keep_tokens=100, layer=1, gate=gate, eps1_deg=180.0, eps2=0.0,
+                        max_reuse=1)
         rgb, instruction = next(frames(1))
-        steps = [fast.predict(rgb, instruction) for _ in range(4)]  # same frame: stable
-        calls = steps[3].info['decode_calls']
-        assert [s.info['reused'] for s in steps] == [False, False, True, False]
-        prompt = steps[0].info['prompt_tokens']
-        full, pruned = 256 + prompt, 100 + prompt
-        select = Flops(select=scoring_flops('gram', 256, cfg.text.hidden_size, 0))
-        inferred = openvla_step_flops(cfg, prompt, 7, [full] + [pruned] * 3) + select
-        assert steps[0].info['flops'] == inferred  # no draft yet: one token at a time
+        steps = [predict(fast, rgb, instruction) for _ in range(4)]  # same frame: stable
+        calls = steps[3].info.decode_calls
+        assert [s.info.reused for s in steps] == [False, False, True, False]
+        layout = steps[0].info.record.layout
+        full, pruned = layout.prefill, 100 + layout.prompt
+        scored = [('gram', 256, 0)]
+        layers = {0: full, 1: pruned, 2: pruned, 3: pruned}
+        assert steps[0].info.record == prefill_record(layout, layers,
+                                                      [(1, k) for k in range(6)], scored)
         assert calls == [(6, 0)]  # the same frame again: the previous action is right
-        assert steps[3].info['flops'] == openvla_step_flops(
-            cfg, prompt, 7, [full] + [pruned] * 3, decode_calls=calls) + select
+        assert steps[3].info.record == prefill_record(layout, layers, calls, scored)
         if gate == 'current':  # vision and the first layer ran on the new frame
-            reused = openvla_step_flops(cfg, prompt, 0, [full]) + select
-            assert reused.decode == reused.head == 0
-        else:
-            reused = Flops()  # decided from memory: nothing ran
-        assert steps[2].info['flops'] == reused
+            reused = prefill_record(layout, {0: full}, [], scored, stopped=True)
+        else:  # decided from memory: nothing ran
+            reused = prefill_record(layout, {}, [], stopped=True, vision=False)
+        assert steps[2].info.record == reused
         assert np.array_equal(steps[2].values, steps[1].values)
-        assert steps[3].info['reuse_rate'] == 0.25
-        done = sum((s.info['flops'].total for s in steps), 0)
-        whole = 4 * openvla_step_flops(cfg, prompt, 7).total
-        assert steps[3].info['flops_saved'] == pytest.approx(1 - done / whole)
+        assert steps[3].info.reuse_rate == 0.25
+        done = sum(s.info.flops.total for s in steps)
+        plain = predict(policies[0], rgb, instruction).info.flops.total
+        assert steps[3].info.flops_saved == pytest.approx(1 - done / (4 * plain))
 
 
 def test_memory_resets_on_instruction_change_and_reset(policies):
     _, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options(
-        {'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 3}))
+    fast = flashvla(other, gate='past', eps1_deg=180.0, eps2=0.0, max_reuse=3)
     rgb, _ = next(frames(1))
-    run = [fast.predict(rgb, 'pick up the red block').info['reused'] for _ in range(3)]
+    run = [predict(fast, rgb, 'pick up the red block').info.reused for _ in range(3)]
     assert run == [False, False, True]
-    assert not fast.predict(rgb, 'push the blue block').info['reused']  # new task: inference
-    assert not fast.predict(rgb, 'push the blue block').info['reused']  # needs two actions
-    assert fast.predict(rgb, 'push the blue block').info['reused']
+    assert not predict(fast, rgb, 'push the blue block').info.reused  # new task: inference
+    assert not predict(fast, rgb, 'push the blue block').info.reused  # needs two actions
+    assert predict(fast, rgb, 'push the blue block').info.reused
     fast.reset()
-    assert not fast.predict(rgb, 'push the blue block').info['reused']
+    assert not predict(fast, rgb, 'push the blue block').info.reused
 
 
 def test_bad_input_is_rejected_on_reuse_steps_too(policies):
     from flashvla_ros.policy import InputError
 
     _, other = policies
-    fast = FlashVLAPolicy(other, flashvla_options(
-        {'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 3}))
+    fast = flashvla(other, gate='past', eps1_deg=180.0, eps2=0.0, max_reuse=3)
     rgb, instruction = next(frames(1))
-    fast.predict(rgb, instruction)
-    fast.predict(rgb, instruction)
+    predict(fast, rgb, instruction)
+    predict(fast, rgb, instruction)
     with pytest.raises(InputError):
-        fast.predict(rgb[:, :, :2], instruction)  # the gate would have reused here
-    assert fast.predict(rgb, instruction).info['reused']
+        predict(fast, rgb[:, :, :2], instruction)  # the gate would have reused here
+    assert predict(fast, rgb, instruction).info.reused
 
 
 @pytest.mark.parametrize('options, reason', [
-    ({'keep': 0}, 'keep must be > 0'),
-    ({'keep': 2.5}, 'whole count'),
+    ({'keep_fraction': 0}, r'keep_fraction=0 must be in \(0, 1\]'),
+    ({'keep_fraction': 2.5}, r'must be in \(0, 1\]'),
+    ({'keep_tokens': 2.5}, 'must be an integer'),
     ({'energy': 1.5}, 'energy'),
-    ({'svd': 'qr'}, "svd must be 'gram'"),
-    ({'gate': 'future'}, 'gate must be'),
+    ({'svd': 'qr'}, "choose one of gram, exact, lowrank"),
+    ({'gate': 'future'}, 'gate=.future'),
     ({'eps2': -0.1}, 'eps2'),
     ({'max_reuse': 0}, 'max_reuse'),
     ({'svd': 'lowrank'}, 'lowrank needs a fixed rank'),
-    ({'preset': 'ludicrous'}, 'unknown FlashVLA preset'),
-    ({'kepp': 0.5}, 'unknown FlashVLA option'),
-    ({'reuse': 'yes'}, 'must be a bool'),
-    ({'layer': 1.5}, 'must be a int'),
-    ({'keep': math.nan}, 'keep must be > 0'),
+    ({'preset': 'ludicrous'}, 'unknown flashvla preset'),
+    ({'kepp': 0.5}, 'unknown flashvla option'),
+    ({'reuse': 'yes'}, 'true or false'),
+    ({'layer': 1.5}, 'must be an integer'),
+    ({'keep_fraction': math.nan}, 'must be finite'),
 ])
 def test_bad_options_are_rejected_with_the_reason(options, reason):
     with pytest.raises(ValueError, match=reason):
-        flashvla_options(options)
+        FlashVLA.build_options(options)
 
 
 def test_presets_and_overrides(policies):
-    fast = flashvla_options({'preset': 'fast', 'keep': 0.75})
-    assert fast.gate == 'past' and fast.keep == 0.75
-    assert flashvla_options({'preset': 'conservative'}).gate == 'current'
+    fast = FlashVLA.build_options({'preset': 'fast', 'keep_fraction': 0.75})
+    assert fast.gate == 'past' and fast.keep_fraction == 0.75
+    assert FlashVLA.build_options({'preset': 'conservative'}).gate == 'current'
     with pytest.raises(ValueError, match=r'layer must be in 1\.\.3'):
-        FlashVLAPolicy(policies[1], flashvla_options({'layer': 4}))
-    assert flashvla_options({'keep': 0.625}).kept_tokens(64) == 40
+        flashvla(policies[1], layer=4)
+    assert FlashVLA.build_options({'keep_fraction': 0.625}).kept_tokens(64) == 40
+    assert FlashVLA.build_options({'keep_tokens': 10}).kept_tokens(64) == 10

@@ -12,16 +12,32 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The analytic FLOPs counter against a count by hand for a tiny configuration."""
+"""The FLOPs counter against counts by hand, and the 7B projection of a record."""
 
-from flashvla_ros.accel.flops import decoder_layer_flops, openvla_step_flops, vit_flops
 from flashvla_ros.policy.config import OpenVLAConfig, TextConfig, ViTConfig
+from flashvla_ros.policy.flops import (
+    StepRecord,
+    count_flops,
+    decoder_layer_flops,
+    full_flops,
+    project,
+    scoring_flops,
+    vit_flops,
+)
+from flashvla_ros.policy.layout import SequenceLayout
+from flashvla_ros.policy.presets import openvla_7b_config
 
 TOWER = ViTConfig(embed_dim=4, depth=3, num_heads=2, mlp_dim=8, patch_size=2, image_size=4,
                   reg_tokens=1)
 TEXT = TextConfig(vocab_size=10, hidden_size=4, intermediate_size=6, num_hidden_layers=2,
                   num_attention_heads=2)
 CFG = OpenVLAConfig(vision=(TOWER, TOWER), text=TEXT, norm_stats={})
+LAYOUT = SequenceLayout(visual=4, prompt=5, actions=3)  # prefill: BOS + 4 patches + 4 = 9
+
+
+def record(layers: dict, calls: list, **kw) -> StepRecord:
+    return StepRecord(LAYOUT, 2, (0, 1), kw.pop('stopped', False), True, layers, calls,
+                      kw.pop('head', 1 + sum(fed for fed, _ in calls)), **kw)
 
 
 def test_vit_by_hand():
@@ -44,8 +60,7 @@ def test_decoder_layer_by_hand():
 
 
 def test_whole_step_by_hand():
-    prompt = 5  # BOS + 4 tokens: prefill is BOS + 4 patches + 4 = 9 tokens
-    f = openvla_step_flops(CFG, prompt_tokens=prompt, action_tokens=3)
+    f = full_flops(CFG, LAYOUT)
     vision = 2 * vit_flops(TOWER)
     projector = 2 * 4 * (8 * 32 + 32 * 4 + 4 * 4)  # fused dim 8 -> 32 -> 4 -> 4, 4 patches
     assert f.vision == vision + projector
@@ -54,24 +69,52 @@ def test_whole_step_by_hand():
     assert f.decode == 2 * (decoder_layer_flops(TEXT, 1, 9) + decoder_layer_flops(TEXT, 1, 10))
     assert f.head == 2 * 3 * 4 * 10
     assert f.total == f.vision + f.prefill + f.decode + f.head
+    assert count_flops(CFG, record({0: 9, 1: 9}, [(1, 0), (1, 1)])) == f
 
 
 def test_decode_calls_count_what_ran():
     # A draft of 2 tokens verified in one pass (cache of 9 after the prefill)...
-    one_pass = openvla_step_flops(CFG, 5, 3, decode_calls=[(2, 0)])
+    one_pass = count_flops(CFG, record({0: 9, 1: 9}, [(2, 0)]))
     assert one_pass.decode == 2 * decoder_layer_flops(TEXT, 2, 9)
     assert one_pass.head == 2 * 3 * 4 * 10  # logits at the prefill's last and 2 fed positions
     # ...or rejected after its first token: the second is decoded again on its own.
-    rejected = openvla_step_flops(CFG, 5, 3, decode_calls=[(2, 0), (1, 1)])
+    rejected = count_flops(CFG, record({0: 9, 1: 9}, [(2, 0), (1, 1)]))
     assert rejected.decode == 2 * (decoder_layer_flops(TEXT, 2, 9)
                                    + decoder_layer_flops(TEXT, 1, 10))
     assert rejected.head == 2 * 4 * 4 * 10
-    assert openvla_step_flops(CFG, 5, 3, decode_calls=[(1, 0), (1, 1)]) == openvla_step_flops(
-        CFG, 5, 3)
 
 
-def test_pruned_layers_count_fewer_flops():
-    full = openvla_step_flops(CFG, 5, 3)
-    pruned = openvla_step_flops(CFG, 5, 3, prefill_tokens_per_layer=[9, 6])
+def test_pruned_skipped_and_stopped_steps_count_what_ran():
+    full = full_flops(CFG, LAYOUT)
+    pruned = count_flops(CFG, record({0: 9, 1: 6}, [(1, 0), (1, 1)]))
     assert pruned.prefill == decoder_layer_flops(TEXT, 9, 0) + decoder_layer_flops(TEXT, 6, 0)
-    assert pruned.decode < full.decode and pruned.vision == full.vision
+    assert pruned.decode == decoder_layer_flops(TEXT, 1, 9) + decoder_layer_flops(TEXT, 1, 10) \
+        + decoder_layer_flops(TEXT, 1, 6) + decoder_layer_flops(TEXT, 1, 7)
+    assert pruned.vision == full.vision
+    skipped = count_flops(CFG, record({1: 9}, [(1, 0), (1, 1)]))  # a plan without layer 0
+    assert skipped.prefill == decoder_layer_flops(TEXT, 9, 0)
+    assert skipped.decode == full.decode // 2
+    stopped = count_flops(CFG, record({0: 9}, [], head=0, stopped=True,
+                                      scoring=[('gram', 4, 0)]))
+    assert (stopped.prefill, stopped.decode, stopped.head) == (decoder_layer_flops(TEXT, 9, 0),
+                                                               0, 0)
+    assert stopped.select == scoring_flops('gram', 4, 4, 0) == 2 * 16 * 4 + 9 * 64
+
+
+def test_projection_to_7b_shapes_keeps_the_plan():
+    cfg = openvla_7b_config()
+    text = 5  # BOS and the prompt: never pruned
+    # Layer 0 on every token, layer 1 on half the visual tokens: on 7B, layer 0 full and
+    # layers 1..31 on half of 256.
+    rec = project(record({0: 9, 1: text + 2}, [(1, 0), (1, 1)], scoring=[('gram', 4, 0)]), cfg)
+    assert rec.layout == SequenceLayout(256, 5, 3)
+    assert rec.layer_tokens == {0: 261, **{j: text + 128 for j in range(1, 32)}}
+    assert rec.scoring == [('gram', 256, 0)]
+    assert count_flops(cfg, project(record({0: 9, 1: 9}, [(1, 0), (1, 1)]), cfg)) == \
+        full_flops(cfg, rec.layout)
+    # A gate that stopped after layer 0 stops after layer 0 there too.
+    stopped = project(record({0: 9}, [], head=0, stopped=True), cfg)
+    assert stopped.layer_tokens == {0: 261}
+    # A plan without layer 1 of 2 skips the deeper half of 32.
+    skipped = StepRecord(LAYOUT, 2, (0,), False, True, {0: 9}, [], 1)
+    assert sorted(project(skipped, cfg).layer_tokens) == list(range(16))

@@ -52,7 +52,7 @@ INSTRUCTION = json.loads(GOLDEN.read_text())['instruction']
 MODEL = ''
 OVERRIDES = {'instruction': INSTRUCTION, 'max_image_age_s': 2.0, 'control_rate_hz': 20.0,
              'outputs': ['array', 'raw'], 'image_reliability': 'reliable',
-             'accel.name': 'none'}  # the golden file is the plain model's
+             'accel': ['none']}  # the golden file is the plain model's
 CONFIG = build_config({k: v for k, v in OVERRIDES.items() if k != 'instruction'})
 GOLDEN_COMMANDS = load_golden(GOLDEN)
 EXPECT = Expectations(

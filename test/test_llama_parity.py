@@ -79,9 +79,9 @@ def test_logits_match_with_cache_step_by_step(name):
     assert (chunk - expected[10:]).abs().max().item() < 1e-4
 
 
-def greedy(model: Llama, embeds: torch.Tensor, steps: int, use_cache: bool) -> list[int]:
+def greedy(model: Llama, embeds: torch.Tensor, steps: int, use_cache: bool | str) -> list[int]:
     if use_cache:
-        model.setup_cache(embeds.shape[1] + steps)
+        model.setup_cache(embeds.shape[1] + steps, static=use_cache == 'static')
     else:
         model.drop_cache()
     seq, tokens = embeds, []
@@ -98,7 +98,7 @@ def greedy(model: Llama, embeds: torch.Tensor, steps: int, use_cache: bool) -> l
     return tokens
 
 
-@pytest.mark.parametrize('use_cache', [True, False])
+@pytest.mark.parametrize('use_cache', [True, 'static', False])
 @torch.no_grad()
 def test_greedy_tokens_match_generate(use_cache):
     ours, hf = make_pair(CONFIGS['mha'], seed=2)
@@ -108,30 +108,64 @@ def test_greedy_tokens_match_generate(use_cache):
     assert greedy(ours, embeds, 7, use_cache) == expected[0, -7:].tolist()
 
 
+@pytest.mark.parametrize('static', [False, True])
 @torch.no_grad()
-def test_layer_hook_can_drop_tokens_and_keep_positions():
-    """A hook that keeps every token changes nothing; one that drops tokens shrinks the cache."""
+def test_after_layer_can_drop_tokens_and_keep_positions(static):
+    """Keeping every token changes nothing; dropping tokens shrinks the later layers' caches."""
     ours, _ = make_pair(CONFIGS['mha'])
     embeds = torch.randn(1, 20, 64)
-    ours.setup_cache(32)
+    ours.setup_cache(32, static=static)
     plain = ours(embeds, torch.arange(20))
-
-    def keep_all(i, h, pos):
-        return (h, pos) if i == 0 else None
-
     ours.reset_cache()
-    assert torch.equal(ours(embeds, torch.arange(20), layer_hook=keep_all), plain)
+    hidden, _ = ours.run(embeds, torch.arange(20), None, None,
+                         lambda i, h, probe: torch.arange(20) if i == 0 else None)
+    assert torch.equal(ours.logits(hidden), plain)
 
-    def drop_odd(i, h, pos):
-        if i == 0:
-            keep = torch.tensor([j for j in range(20) if j % 2 == 0 or j == 19])
-            return h[:, keep], pos[keep]
-        return None
-
+    keep = torch.tensor([j for j in range(20) if j % 2 == 0 or j == 19])
     ours.reset_cache()
-    ours(embeds, torch.arange(20), layer_hook=drop_odd)
-    lengths = [layer.self_attn.cache.length for layer in ours.model.layers]
-    assert lengths == [20, 11, 11]
+    seen = {}
+    hidden, positions = ours.run(embeds, torch.arange(20), None, None,
+                                 lambda i, h, probe: keep if i == 0 else None, seen)
+    assert seen == {0: 20, 1: 11, 2: 11} and positions.tolist() == keep.tolist()
+    caches = [layer.self_attn.cache for layer in ours.model.layers]
+    if static:  # dropped tokens are slots never filled
+        assert [int(c.filled.sum()) for c in caches] == [20, 11, 11]
+        assert caches[1].filled[keep].all()
+    else:
+        assert [c.length for c in caches] == [20, 11, 11]
+    # The same tokens through the other cache: the two paths agree.
+    other, _ = make_pair(CONFIGS['mha'])
+    other.setup_cache(32, static=not static)
+    again, _ = other.run(embeds, torch.arange(20), None, None,
+                         lambda i, h, probe: keep if i == 0 else None)
+    assert (ours.logits(hidden) - other.logits(again)).abs().max().item() < 1e-5
+
+
+@torch.no_grad()
+def test_plan_skips_layers_and_probes_report_what_the_layer_computed():
+    ours, hf = make_pair(CONFIGS['mha'], seed=3)
+    embeds = torch.randn(1, 12, 64)
+    seen, probes = {}, {}
+
+    def grab(i, h, probe):
+        probes[i] = probe
+
+    ours.run(embeds, torch.arange(12), [0, 2], {0: 'attention_output', 2: 'attention_weights'},
+             grab, seen)
+    assert seen == {0: 12, 2: 12}  # layer 1 never ran
+    layer = ours.model.layers[0]
+    cos, sin = ours.rotary(torch.arange(12), embeds.dtype)
+    expected, _ = layer.self_attn(layer.input_layernorm(embeds), cos, sin)
+    assert torch.allclose(probes[0], expected, atol=1e-6)
+    weights = probes[2]  # [1, heads, 12, 12]: causal rows that sum to 1, as the eager oracle's
+    assert weights.shape == (1, 4, 12, 12)
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 4, 12))
+    assert (weights.triu(1) == 0).all()
+    out = hf(inputs_embeds=embeds, output_attentions=True, use_cache=False)
+    assert (weights - out.attentions[2]).abs().max().item() > 0  # layer 1 was skipped here...
+    probes.clear()
+    ours.run(embeds, torch.arange(12), None, {2: 'attention_weights'}, grab)
+    assert (probes[2] - out.attentions[2]).abs().max().item() < 1e-5  # ...and matches when not
 
 
 def test_cache_overflow_is_an_error():

@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
     ('action_upper', [1.0] * 6 + [True], 'list of numbers'),
     ('center_crop', 'yes', 'true or false'),
     ('nonsense', 1, 'unknown parameter'),
-    ('accel.name', 'warp', "choose one of ['none', 'flashvla']"),
-    ('accel.max_reuse', 2.5, 'must be an integer'),
-    ('accel.keep', 'most', 'must be a number'),
-    ('accel.reuse', 1, 'true or false'),
+    ('accel', ['warp'], "accel has ['warp']; allowed: ['none', 'flashvla']"),
+    ('flashvla.max_reuse', 2.5, 'must be an integer'),
+    ('flashvla.keep_fraction', 'most', 'must be a number'),
+    ('flashvla.reuse', 1, 'true or false'),
+    ('flashvla.preset', 'ludicrous', "choose one of ['', 'conservative', 'fast']"),
 ])
 def test_bad_values_are_rejected_with_a_reason(name, value, reason):
     assert reason in (check_value(name, value) or '')
@@ -99,18 +100,20 @@ def test_instruction_is_stripped_and_the_token_limit_checked(tiny_policy):
 
 def test_accel_section_presets_and_overrides(tmp_path):
     shipped = load_yaml(ROOT / 'config' / 'policy.yaml').accel
-    assert shipped.name == 'flashvla' and shipped.options == {'preset': 'conservative'}
+    assert shipped.names == ('flashvla',)
+    assert shipped.options == {'flashvla': {'preset': 'conservative'}}
     f = tmp_path / 'p.yaml'
-    f.write_text('policy_node:\n  ros__parameters:\n    accel:\n      name: flashvla\n'
-                 '      preset: fast\n      keep: 40\n      eps2: 0.75\n')
-    assert load_yaml(f).accel.options == {'preset': 'fast', 'keep': 40, 'eps2': 0.75}
+    f.write_text('policy_node:\n  ros__parameters:\n    accel: [flashvla]\n    flashvla:\n'
+                 '      preset: fast\n      keep_tokens: 40\n      eps2: 0.75\n')
+    assert load_yaml(f).accel.options == {'flashvla': {'preset': 'fast', 'keep_tokens': 40,
+                                                       'eps2': 0.75}}
     # The accelerator's own validator gives the reason for a bad combination.
     values = {p.name: p.default for p in PARAMS}
-    values.update({'accel.svd': 'lowrank'})
+    values.update({'flashvla.svd': 'lowrank'})
     assert 'lowrank needs a fixed rank' in check_config(values)
-    values.update({'accel.svd': None, 'accel.eps2': 1.5})
-    assert 'eps2 must be in [0, 1], got 1.5' in check_config(values)
-    assert build_config({'accel.name': 'none', 'accel.keep': 0.5}).accel.name == 'none'
+    values.update({'flashvla.svd': None, 'flashvla.eps2': 1.5})
+    assert 'eps2=1.5 must be in [0, 1]' in check_config(values)
+    assert build_config({'accel': ['none'], 'flashvla.keep_fraction': 0.5}).accel.names == ()
 
 
 def as_image(encoding, array, pad=0):

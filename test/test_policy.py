@@ -22,7 +22,7 @@ import torch
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
-from flashvla_ros.policy import InputError, NonFiniteOutputError, load_policy
+from flashvla_ros.policy import InputError, NonFiniteOutputError, Observation, load_policy
 from flashvla_ros.policy.preprocess import preprocess
 from flashvla_ros.policy.tokenizer import load_tokenizer
 
@@ -70,13 +70,13 @@ def scene(seed: int) -> np.ndarray:
 def test_policy_matches_oracle(tiny_policy, tiny_dir, instruction):
     for seed in range(3):
         rgb = scene(seed)
-        action = tiny_policy.predict(rgb, instruction)
+        action = tiny_policy.predict(Observation(rgb, instruction))
         tokens, values = oracle_action(tiny_policy, tiny_dir, rgb, instruction)
         assert action.token_ids == tokens
         assert np.allclose(action.values, values, atol=1e-12)
         assert action.values.shape == (7,)
         assert set(action.timings_ms) == PARTS
-        assert action.info['visual_tokens'] == 256
+        assert action.info.visual_tokens == 256 and action.info.layers_run == 4
 
 
 def test_prompt_follows_openvla(tiny_policy):
@@ -89,8 +89,8 @@ def test_prompt_follows_openvla(tiny_policy):
 
 def test_predictions_are_deterministic_and_cache_is_reused(tiny_policy):
     rgb = scene(7)
-    a = tiny_policy.predict(rgb, 'reach the blue cup')
-    b = tiny_policy.predict(rgb, 'reach the blue cup')
+    a = tiny_policy.predict(Observation(rgb, 'reach the blue cup'))
+    b = tiny_policy.predict(Observation(rgb, 'reach the blue cup'))
     assert a.token_ids == b.token_ids and np.array_equal(a.values, b.values)
 
 
@@ -99,12 +99,12 @@ def test_predictions_are_deterministic_and_cache_is_reused(tiny_policy):
 ])
 def test_bad_instructions_are_rejected(tiny_policy, instruction, message):
     with pytest.raises(InputError, match=message):
-        tiny_policy.predict(scene(0), instruction)
+        tiny_policy.predict(Observation(scene(0), instruction))
 
 
 def test_bad_image_is_rejected(tiny_policy):
     with pytest.raises(InputError, match='uint8'):
-        tiny_policy.predict(scene(0).astype(np.float64), 'pick up the cup')
+        tiny_policy.predict(Observation(scene(0).astype(np.float64), 'pick up the cup'))
 
 
 def test_nan_weights_raise_instead_of_acting(tiny_dir):
@@ -112,11 +112,11 @@ def test_nan_weights_raise_instead_of_acting(tiny_dir):
     with torch.no_grad():
         policy.model.projector.fc3.bias.fill_(math.nan)
     with pytest.raises(NonFiniteOutputError):
-        policy.predict(scene(0), 'pick up the cup')
+        policy.predict(Observation(scene(0), 'pick up the cup'))
 
 
 def test_bfloat16_policy_runs(tiny_dir):
     policy = load_policy(str(tiny_dir), dtype='bfloat16')
     assert policy.dtype == torch.bfloat16
-    action = policy.predict(scene(1), 'pick up the cup')
+    action = policy.predict(Observation(scene(1), 'pick up the cup'))
     assert np.isfinite(action.values).all()

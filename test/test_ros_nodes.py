@@ -94,7 +94,7 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
         tiny_dir, f'instruction:={golden["instruction"]}', 'max_image_age_s:=2.0',
         'max_command_gap_s:=2.0',  # the bag's camera runs at 2 Hz
         'control_rate_hz:=20.0', 'outputs:=[array, raw]', 'image_reliability:=reliable',
-        'accel.name:=none'))  # the golden file is the plain model's
+        'accel:=[none]'))  # the golden file is the plain model's
     wait_active(probe, procs)
     player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw')
     probe.wait_for(lambda: player.poll() is not None, 30, 'the bag to finish', procs)
@@ -222,7 +222,8 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
         (param('action_lower', [0.0] * 3), 'needs 7 entries'),
         (param('action_lower', [0.1] * 7), 'action_lower > action_upper'),
         (param('action_scale', [float('nan')] * 7), 'finite'),
-        (param('accel.keep', 0.5), 'read-only'),
+        (param('flashvla.layer', 3), 'read-only'),
+        (param('flashvla.eps2', 1.5), 'eps2=1.5 must be in [0, 1]'),  # live, checked
         # A hold is zero motion: limits must admit it on every motion dimension.
         (param('action_lower', [0.01] + [-0.05] * 5 + [0.0]), "exclude zero in motion dim"),
         (param('action_upper', [0.05] * 2 + [-0.01] + [0.25] * 3 + [1.0]), "dimensions ['z']"),
@@ -239,11 +240,19 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
         assert not result.successful, p.name
         assert reason.lower() in result.reason.lower(), (p.name, result.reason)
     ok = probe.call(SetParameters, '/policy_node/set_parameters',
-                    SetParameters.Request(parameters=[param('max_image_age_s', 0.8)]))
-    assert ok.results[0].successful
+                    SetParameters.Request(parameters=[param('max_image_age_s', 0.8),
+                                                      param('flashvla.eps2', 0.7)]))
+    assert all(r.successful for r in ok.results)
     got = probe.call(GetParameters, '/policy_node/get_parameters',
-                     GetParameters.Request(names=['max_image_age_s', 'control_rate_hz']))
-    assert [v.double_value for v in got.values] == [0.8, 10.0]
+                     GetParameters.Request(names=['max_image_age_s', 'control_rate_hz',
+                                                  'flashvla.eps2']))
+    assert [v.double_value for v in got.values] == [0.8, 10.0, 0.7]
+    # The live option reached the accelerator: its options now say so.
+    listen_once(probe, DiagnosticArray, '/diagnostics')
+    diag = probe.wait_for(
+        lambda: (d := probe.diagnostics() or {}) and "'eps2': 0.7" in d.get('accel_options', '')
+        and d, 5.0, 'the live option in the diagnostics', procs)
+    assert "'preset': 'conservative'" in diag['accel_options']
     reset = probe.call(Trigger, '/policy_node/reset', Trigger.Request())
     assert reset.success and 'new episode' in reset.message
     # A refused instruction leaves the one the node follows (none here) in place.

@@ -14,7 +14,7 @@
 
 """The control core: worker + tick, faults, holds, limits, counters (no ROS)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import threading
 import time
 
@@ -23,6 +23,7 @@ import pytest
 
 from flashvla_ros.control.runner import PolicyRunner
 from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.policy import Observation
 from flashvla_ros.policy.errors import InputError
 
 LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
@@ -39,8 +40,8 @@ class Clock:
 
 @dataclass
 class Result:
-    values: np.ndarray
-    info: dict = field(default_factory=dict)
+    actions: np.ndarray  # [H, 7]: a chunk
+    info: object = None
 
 
 class ScriptedPolicy:
@@ -52,17 +53,22 @@ class ScriptedPolicy:
         self.gate = threading.Event()
         self.gate.set()
         self.resets = 0
+        self.log = []  # 'reset' and 'predict', in the order the worker called them
 
-    def predict(self, rgb, instruction):
+    def predict(self, observation):
         self.gate.wait()
         self.calls += 1
+        self.log.append('predict')
         out = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(out, Exception):
             raise out
-        return Result(np.asarray(out, dtype=float))
+        return Result(np.atleast_2d(np.asarray(out, dtype=float)))
 
     def reset(self):
+        # Only the worker thread may call this, between two steps.
+        assert threading.current_thread().name == 'flashvla-inference'
         self.resets += 1
+        self.log.append('reset')
 
 
 def wait_for(predicate, timeout=5.0):
@@ -134,7 +140,9 @@ def test_stale_camera_holds_with_last_gripper_and_recovers(make_runner):
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'
     assert runner.counters.holds == 1
-    assert policy.resets == 2  # the instruction, then the hold: no reuse across a stop
+    # The instruction, then the hold: no reuse across a stop (the worker resets the policy
+    # before its next step, never from the thread that asked).
+    assert policy.log == ['reset', 'predict', 'reset', 'predict']
 
 
 def test_episode_reset_empties_the_queue_and_the_policy_memory(make_runner):
@@ -145,7 +153,10 @@ def test_episode_reset_empties_the_queue_and_the_policy_memory(make_runner):
     wait_for(lambda: runner.status()['queue'] == 2)
     runner.reset_episode()
     assert runner.status()['queue'] == 0 and runner.status()['episode'] == 2
-    assert policy.resets == 2 and runner.instruction == 'push the cup'
+    assert runner.instruction == 'push the cup'
+    runner.submit_frame(FRAME)
+    wait_for(lambda: policy.calls == 2)
+    assert policy.log == ['reset', 'predict', 'reset', 'predict']
 
 
 def test_frames_older_than_the_limit_are_never_inferred(make_runner):
@@ -225,7 +236,10 @@ def test_instruction_change_discards_in_flight_result(make_runner):
     assert not runner.set_instruction('move to the red block')  # same text: same episode
     policy.gate.set()
     wait_for(lambda: runner.counters.discarded_results == 1)
-    assert runner.status()['queue'] == 0 and policy.resets == 2
+    assert runner.status()['queue'] == 0
+    runner.submit_frame(FRAME)
+    wait_for(lambda: policy.calls == 2)
+    assert policy.log == ['reset', 'predict', 'reset', 'predict']  # the new task's memory
 
 
 def test_dead_worker_is_a_fault(make_runner):
@@ -249,21 +263,21 @@ def test_with_the_real_tiny_policy(make_runner, tiny_policy):
         tick = next_action(runner)
     finally:
         runner.stop()
-    expected = tiny_policy.predict(ep.observe(), ep.instruction).values
+    expected = tiny_policy.predict(Observation(ep.observe(), ep.instruction)).values
     assert tick.raw.tolist() == expected.tolist()
     assert ((tick.command >= LIMITS.lower) & (tick.command <= LIMITS.upper)).all()
     assert runner.status()['latency_p50_ms'] > 0
 
 
 def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
-    from flashvla_ros.accel.flashvla import FlashVLAPolicy, flashvla_options
+    from flashvla_ros.accel.registry import accelerate
     from flashvla_ros.policy import load_policy
     from flashvla_ros.sim.tasks import Episode
 
     # A gate that accepts any history reuses every other step; limits tighter than the model's
     # outputs clamp fresh and reused actions alike.
-    policy = FlashVLAPolicy(load_policy(str(tiny_dir)), flashvla_options(
-        {'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 1}))
+    policy = accelerate(load_policy(str(tiny_dir)), ['flashvla'], {'flashvla': {
+        'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 1}})
     tight = SafetyLimits.from_lists([1.0] * 7, [-1e-4] * 6 + [0.0], [1e-4] * 6 + [1.0])
     runner = PolicyRunner(policy, tight, 5.0, 5.0)
     runner.start()

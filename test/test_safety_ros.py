@@ -228,7 +228,7 @@ def publish_frames(probe, publisher, rgb: np.ndarray, seconds: float, rate: floa
 
 def test_the_node_never_stops_commanding_silently(probe, procs, tiny_dir):
     listen_once(probe, Float64MultiArray, COMMANDS)
-    procs.start('policy_node', *policy_args(tiny_dir, f'instruction:={TASK}', 'accel.name:=none',
+    procs.start('policy_node', *policy_args(tiny_dir, f'instruction:={TASK}', 'accel:=[none]',
                                             'image_reliability:=reliable'))
     wait_active(probe, procs)
     camera = probe.node.create_publisher(Image, '/image_raw', 10)

@@ -43,17 +43,19 @@ def test_make_tiny_then_predict(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     cmd = [*tool('flashvla-predict'), '--model', str(model), '--image', str(image),
-           '--instruction', 'pick up the red block']
+           '--instruction', 'pick up the red block', '--repeat', '3', '--static-cache']
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert len(result['action']) == 7 and len(result['token_ids']) == 7
+    assert result['latency_ms']['calls'] == 3  # first call vs the steady state
+    assert result['latency_ms']['first'] > 0 and result['latency_ms']['steady_median'] > 0
     assert set(result['timings_ms']) == PARTS
     assert result['unnorm_key'] == 'mock_world'
     assert out.stderr == ''  # no stray warnings on a clean run
 
     # The same prediction from the Python API: the CLI adds nothing of its own.
-    from flashvla_ros.policy import load_policy
-    action = load_policy(str(model)).predict(rgb, 'pick up the red block')
+    from flashvla_ros.policy import Observation, load_policy
+    action = load_policy(str(model)).predict(Observation(rgb, 'pick up the red block'))
     assert action.token_ids == result['token_ids']
 
 
@@ -108,6 +110,6 @@ def test_hub_layout_checkpoint_loads_without_asking_about_remote_code(tiny_dir, 
     assert 'custom code' not in out.stdout + out.stderr
     assert not (hub / 'REMOTE_CODE_RAN').exists()
     assert not list(hub.glob('__pycache__'))
-    from flashvla_ros.policy import load_policy
-    expected = load_policy(str(tiny_dir)).predict(rgb, 'pick up the red block')
+    from flashvla_ros.policy import Observation, load_policy
+    expected = load_policy(str(tiny_dir)).predict(Observation(rgb, 'pick up the red block'))
     assert json.loads(out.stdout)['token_ids'] == expected.token_ids

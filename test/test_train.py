@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from flashvla_ros.policy import load_policy
+from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.sim.tasks import Episode
 from flashvla_ros.train import dataset as ds
 from flashvla_ros.train.trainer import TrainConfig, train
@@ -76,8 +76,8 @@ def test_short_training_run_learns_and_saves_a_loadable_checkpoint(data_dir, tmp
     policy = load_policy(str(tmp_path / 'a'))
     assert policy.cfg.num_patches == 64 and policy.codec.vocab_size < 1000
     ep = Episode(ds.HELDOUT_SEED_START)
-    action = policy.predict(ep.observe(), ep.instruction)
-    assert action.values.shape == (7,) and action.info['visual_tokens'] == 64
+    action = policy.predict(Observation(ep.observe(), ep.instruction))
+    assert action.values.shape == (7,) and action.info.visual_tokens == 64
     # Seeded and reproducible: the same run gives the same weights.
     train(data_dir, tmp_path / 'b', TrainConfig(steps=3, batch=4, warmup=2),
           log=lambda *a, **k: None)

@@ -13,37 +13,103 @@
 # limitations under the License.
 
 """
-Accelerators by name: what the node's `accel.*` parameters and the bench's `--accel` choose.
+Name the accelerators and compose them in a declared order.
 
-Each entry checks its options (raising ValueError with the reason) before any model loads,
-and wraps a loaded OpenVLAPolicy into an object with the same predict() and reset().
+This is what the node's `accel` parameter, the YAML file and the bench's `--accel` choose.
+
+    policy = accelerate(load_policy(path), ['flashvla'], {'flashvla': {'preset': 'fast'}})
+
+`none` (alone) is the plain model. Options are checked (ValueError with the reason) before any
+model loads; a combination that cannot run together is refused with the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-from ..policy.openvla import OpenVLAPolicy
-from .flashvla import FlashVLAPolicy, flashvla_options
+import yaml
 
-# name -> (check(options), wrap(policy, options)); `none` ignores options, so a parameter file
-# can switch acceleration off without deleting its tuning.
-ACCELERATORS: dict[str, tuple[Callable[[dict], Any], Callable[[OpenVLAPolicy, dict], Any]]] = {
-    'none': (lambda options: None, lambda policy, options: policy),
-    'flashvla': (flashvla_options,
-                 lambda policy, options: FlashVLAPolicy(policy, flashvla_options(options))),
-}
+from .base import Accelerator
+from .flashvla import FlashVLA
+
+ACCELERATORS: dict[str, type[Accelerator]] = {cls.name: cls for cls in (FlashVLA,)}
+NONE = 'none'
 
 
-def check_accel(name: str, options: dict[str, Any]) -> None:
-    """Raise ValueError (with the reason) unless `name` and `options` make an accelerator."""
-    if name not in ACCELERATORS:
-        raise ValueError(f'unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}')
-    ACCELERATORS[name][0](options)
+def check_accel(names: Sequence[str], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return each named accelerator's options; raise ValueError why `names` cannot run."""
+    names = list(names)
+    if NONE in names:
+        if len(names) > 1:
+            raise ValueError(f'accel {names}: none (the plain model) combines with nothing')
+        names = []
+    unknown = [n for n in names if n not in ACCELERATORS]
+    if unknown:
+        raise ValueError(f'unknown accelerator(s) {unknown}; known: '
+                         f'{[NONE, *sorted(ACCELERATORS)]}')
+    if len(set(names)) != len(names):
+        raise ValueError(f'accel {names} names an accelerator twice')
+    for role, what in (('gates', 'a reuse gate'), ('drafts', 'a decode draft')):
+        takers = [n for n in names if getattr(ACCELERATORS[n], role)]
+        if len(takers) > 1:
+            raise ValueError(f'accel {names}: {takers} each bring {what}; a step has one')
+    return {n: ACCELERATORS[n].build_options(options.get(n)) for n in names}
 
 
-def accelerate(policy: OpenVLAPolicy, name: str, options: dict[str, Any]) -> Any:
-    """Wrap `policy` in the accelerator `name` configured by `options`."""
-    check_accel(name, options)
-    return ACCELERATORS[name][1](policy, options)
+def build_accelerators(names: Sequence[str],
+                       options: dict[str, dict[str, Any]]) -> list[Accelerator]:
+    built = check_accel(names, options)
+    return [ACCELERATORS[n](o) for n, o in built.items()]
+
+
+def accelerate(policy: Any, names: Sequence[str], options: dict[str, dict[str, Any]]) -> Any:
+    """Plug the accelerators `names` (in order) into `policy`'s forward; return the policy."""
+    policy.set_hooks(build_accelerators(names, options))
+    return policy
+
+
+def update_options(policy: Any, options: dict[str, dict[str, Any]]) -> None:
+    """
+    Apply changed live options to the accelerators plugged into `policy`.
+
+    The runner's worker calls this between two steps; a read-only option that changed is
+    refused (ValueError) and nothing changes.
+    """
+    changes = []
+    for accel in policy.hooks:
+        if isinstance(accel, Accelerator):
+            new = accel.build_options(options.get(accel.name))
+            reason = accel.live_change(accel.options, new)
+            if reason:
+                raise ValueError(reason)
+            changes.append((accel, new))
+    for accel, new in changes:
+        accel.update(new)
+
+
+def parse_accel(spec: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """
+    Read `NAME[:PRESET][,KEY=VALUE...]`, several joined by `+` in hook order.
+
+    Examples: `none`, `flashvla`, `flashvla:fast`, `flashvla:keep_fraction=0.5,gate=past`.
+    Values are read as YAML scalars and checked against the options' declarations.
+    """
+    names: list[str] = []
+    options: dict[str, dict[str, Any]] = {}
+    for part in spec.split('+'):
+        name, _, rest = part.strip().partition(':')
+        names.append(name)
+        opts: dict[str, Any] = {}
+        for item in filter(None, rest.split(',')):
+            key, eq, value = item.partition('=')
+            if eq:
+                opts[key.strip()] = yaml.safe_load(value)
+            elif 'preset' not in opts:
+                opts['preset'] = key.strip()
+            else:
+                raise ValueError(f'{spec}: "{item}" is neither KEY=VALUE nor the one preset')
+        if opts:
+            options[name] = opts
+    check_accel(names, options)
+    return names, options

@@ -17,7 +17,8 @@ flashvla-bench: closed-loop success, latency, FLOPs, reuse and fidelity, side by
 
     flashvla-bench --accel none --episodes 200 --json out.json --plot out.png
 
-Every configuration (`--accel NAME` or a YAML file with an `accel:` mapping) runs the same
+Every configuration (`--accel NAME[:PRESET][,KEY=VALUE...]`, several accelerators joined by
+`+` in hook order, or a YAML parameter file with an `accel: [names]` list) runs the same
 held-out episodes (seeds from --seed on, families in turn), interleaved episode by episode,
 in-process with the mock-world simulator. JSON schema (one object):
 
@@ -51,10 +52,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..accel.flops import Flops, openvla_step_flops
-from ..accel.registry import accelerate, check_accel
-from ..params import ACCEL_PREFIX, read_yaml
-from ..policy import OpenVLAPolicy, expand_path, load_policy
+from ..accel.registry import accelerate, parse_accel
+from ..params import accel_config, flatten, read_yaml
+from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
+from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
 from ..policy.presets import default_model_dir, openvla_7b_config
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
@@ -72,70 +73,47 @@ class ConfigRun:
     latency: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
     flops: list[Flops] = field(default_factory=list)
     reused: list[bool] = field(default_factory=list)
-    prompts: list[int] = field(default_factory=list)
-    decode_calls: list[list | None] = field(default_factory=list)
+    records: list[StepRecord] = field(default_factory=list)
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
     digests: list[list[str]] = field(default_factory=list)  # per episode, per step
 
 
-def parse_accel(spec: str) -> tuple[str, dict]:
+def read_accel(spec: str) -> tuple[list[str], dict]:
     """
-    Read `NAME[:PRESET][,KEY=VALUE...]` or a YAML file holding `accel: {name: ..., <options>}`.
+    Read `--accel`: `NAME[:PRESET][,KEY=VALUE...]` joined by `+`, or a YAML parameter file.
 
-    Examples: `none`, `flashvla`, `flashvla:fast`, `flashvla:keep=0.5,gate=past`.
+    A YAML file is the node's (`policy_node: ros__parameters: {accel: [...], flashvla: ...}`)
+    or holds the same keys at its top level.
     """
-    if spec.endswith(('.yaml', '.yml')):
-        data = yaml.safe_load(expand_path(spec).read_text()) or {}
-        section = data.get('accel')
-        if section is None:  # the node's parameter file: policy_node.ros__parameters.accel
-            section = {k[len(ACCEL_PREFIX):]: v for k, v in read_yaml(spec).items()
-                       if k.startswith(ACCEL_PREFIX)}
-        if not isinstance(section, dict) or 'name' not in section:
-            raise ValueError(f'{spec}: needs an "accel:" mapping with a "name"')
-        options = {k: v for k, v in section.items() if v not in (None, '')}
-        return str(options.pop('name')), options
-    name, _, rest = spec.partition(':')
-    options: dict[str, Any] = {}
-    for item in filter(None, rest.split(',')):
-        key, eq, value = item.partition('=')
-        if eq:
-            options[key.strip()] = yaml.safe_load(value)
-        elif 'preset' not in options:
-            options['preset'] = key.strip()
-        else:
-            raise ValueError(f'{spec}: "{item}" is neither KEY=VALUE nor the one preset')
-    return name, options
+    if not spec.endswith(('.yaml', '.yml')):
+        return parse_accel(spec)
+    data = yaml.safe_load(expand_path(spec).read_text()) or {}
+    values = flatten(data) if 'accel' in data else read_yaml(spec)
+    if 'accel' not in values:
+        raise ValueError(f'{spec}: needs "accel: [names]"')
+    accel = accel_config(values)
+    return list(accel.names), accel.options
 
 
-def step_flops(policy: OpenVLAPolicy, info: dict) -> Flops:
-    """Count the work one prediction did: an accelerator reports its own, the plain model's."""
-    if 'flops' in info:
-        return info['flops']
-    return openvla_step_flops(policy.cfg, info['prompt_tokens'], policy.action_dim)
-
-
-def run_episode(run: ConfigRun, base: OpenVLAPolicy, seed: int, family: str, max_steps: int,
+def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
                 baseline: OpenVLAPolicy | None) -> None:
     ep = Episode(seed, family, max_steps=max_steps)
-    reset = getattr(run.policy, 'reset', None)
-    if callable(reset):
-        reset()
+    run.policy.reset()
     run.digests.append([])
     while not ep.done:
         frame = ep.observe()
-        action = run.policy.predict(frame, ep.instruction)
+        action = run.policy.predict(Observation(frame, ep.instruction))
         for part in PARTS:
             ms = action.timings_ms.get(part, 0.0)
             run.latency[part].append(ms + (action.timings_ms['preprocess']
                                            if part == 'vision' else 0.0))
-        run.flops.append(step_flops(base, action.info))
-        run.reused.append(bool(action.info.get('reused', False)))
-        run.prompts.append(action.info['prompt_tokens'])
-        run.decode_calls.append(action.info.get('decode_calls'))
+        run.flops.append(action.info.flops)
+        run.reused.append(action.info.reused)
+        run.records.append(action.info.record)
         run.digests[-1].append(action_digest(action))
         if baseline is not None:
-            ref = baseline.predict(frame, ep.instruction)
+            ref = baseline.predict(Observation(frame, ep.instruction))
             run.token_match.append(float(np.mean(np.array(ref.token_ids)
                                                  == np.array(action.token_ids))))
             run.abs_diff.append(float(np.abs(ref.values - action.values).mean()))
@@ -170,24 +148,21 @@ def paired_diff(a: list[bool], b: list[bool]) -> dict:
     return {'mean': float(d.mean()), 'ci95': [float(d.mean() - half), float(d.mean() + half)]}
 
 
-def projected_7b(run: ConfigRun, action_dim: int) -> float:
+def projected_7b(run: ConfigRun) -> float:
     """
     Return the FLOPs share of the full model if these steps ran on OpenVLA-7B's shapes.
 
-    The same prompts, the same inferred/reused sequence and the same accelerator options,
-    counted on the 7B configuration: where the 50%-FLOPs target would land on the real model.
+    Each step's record (what ran: layers, tokens per layer, decode calls, token scoring)
+    re-counted on the 7B configuration: where the FLOPs targets would land on the real model.
     """
     cfg = openvla_7b_config()
-    full = sum(openvla_step_flops(cfg, p, action_dim).total for p in run.prompts)
-    step = getattr(run.policy, 'step_flops', None)
-    if step is None or not full:
-        return 1.0
-    done = sum(step(cfg, p, 'reused' if r else 'inferred', calls).total
-               for p, r, calls in zip(run.prompts, run.reused, run.decode_calls, strict=True))
-    return done / full
+    projected = [project(r, cfg) for r in run.records]
+    done = sum(count_flops(cfg, r).total for r in projected)
+    full = sum(full_flops(cfg, r.layout).total for r in projected)
+    return done / full if full else 1.0
 
 
-def summarize(run: ConfigRun, first: ConfigRun | None, action_dim: int = 7) -> dict:
+def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     flops = sum(run.flops, Flops())
     n = max(1, len(run.flops))
     return {
@@ -200,7 +175,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None, action_dim: int = 7) -> d
                        for p, v in run.latency.items()},
         'flops_per_step': {k: v / n for k, v in flops.as_dict().items()},
         'reuse_rate': float(np.mean(run.reused)) if run.reused else 0.0,
-        'flops_vs_full_7b_shapes': projected_7b(run, action_dim),
+        'flops_vs_full_7b_shapes': projected_7b(run),
         'steps': len(run.flops),
         'fidelity': {'token_match': float(np.mean(run.token_match)),
                      'mean_abs_diff': float(np.mean(run.abs_diff))},
@@ -210,15 +185,14 @@ def summarize(run: ConfigRun, first: ConfigRun | None, action_dim: int = 7) -> d
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print) -> dict:
-    specs = [(spec, *parse_accel(spec)) for spec in accels]
-    for _, name, options in specs:
-        check_accel(name, options)
+    specs = [(spec, *read_accel(spec)) for spec in accels]
     base = load_policy(model, device=device)
     runs = []
-    for spec, name, options in specs:
-        policy = load_policy(model, device=device) if name != 'none' else base
-        label = name if spec.endswith(('.yaml', '.yml')) else spec
-        runs.append(ConfigRun(label, options, accelerate(policy, name, options)))
+    for spec, names, options in specs:
+        plain = names in ([], ['none'])
+        policy = base if plain else accelerate(load_policy(model, device=device), names, options)
+        label = '+'.join(names) if spec.endswith(('.yaml', '.yml')) else spec
+        runs.append(ConfigRun(label, options, policy))
     baseline = base if any(r.policy is not base for r in runs) else None
     expert = []
     start = time.perf_counter()
@@ -226,7 +200,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         s, family = seed + i, FAMILIES[i % len(FAMILIES)]
         expert.append(run_expert(s, family)[0])
         for r in runs:
-            run_episode(r, base, s, family, max_steps, baseline if r.policy is not base else None)
+            run_episode(r, s, family, max_steps, baseline if r.policy is not base else None)
         if (i + 1) % 10 == 0 or i + 1 == episodes:
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{episodes} | {rates} | '
@@ -236,7 +210,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
         'expert': {'success': float(np.mean(expert)),
                    'per_family': per_family(expert, runs[0].families)},
-        'configs': [summarize(r, runs[0] if k else None, base.action_dim)
+        'configs': [summarize(r, runs[0] if k else None)
                     for k, r in enumerate(runs)],
     }
 
@@ -404,9 +378,9 @@ def markdown(report: dict, plot_path: str | None) -> str:
              f'(seeds {report["seed"]}..{report["seed"] + report["episodes"] - 1}, families in '
              f'turn, at most {report["max_steps"]} steps), on this machine\'s CPU, every '
              'configuration interleaved episode by episode. FLOPs are analytic counts of the '
-             'work done per control step (flashvla_ros/accel/flops.py: vision, decoder layers, '
-             'head, and FlashVLA\'s token scoring as a textbook operation count); "7B shapes" '
-             'counts the same sequence of inferred and reused steps on OpenVLA-7B\'s shapes '
+             'work each control step recorded it ran (flashvla_ros/policy/flops.py: vision, '
+             'decoder layers, head, and FlashVLA\'s token scoring as a textbook operation '
+             'count); "7B shapes" re-counts the same records on OpenVLA-7B\'s shapes '
              '(vision is 37% of the default model\'s FLOPs but 10% of the 7B\'s). Latency is '
              'wall-clock per policy call (a reused step is one call); with reuse the '
              'distribution is bimodal, so the mean is the time per control step and the median '
@@ -425,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default=None, type=expand_path,
                         help='checkpoint (default: embedded model)')
-    parser.add_argument('--accel', action='append', help='none, a name, or a YAML file')
+    parser.add_argument('--accel', action='append',
+                        help='none, NAME[:PRESET][,KEY=VALUE...] (a+b composes), or a YAML file')
     parser.add_argument('--episodes', type=int, default=200)
     parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
                         help='first held-out seed (training never uses seeds from '

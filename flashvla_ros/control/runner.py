@@ -21,6 +21,10 @@ as dropped). The worker takes the newest frame whenever the action queue runs dr
 policy, and queues the resulting chunk. Each control tick pops one action, passes it through the
 safety limits and returns it as the command to publish.
 
+The worker is the policy's only caller: resets (new episode, hold) and live option changes are
+requested from any thread and applied by the worker before its next step, so no input thread
+ever touches the model, the tokenizer or an accelerator's memory mid-step.
+
 Holds: a fault (no instruction, stale camera, worker error or death) or the command watchdog (no
 command for `max_command_gap_s` while healthy) produces exactly one hold, then silence until the
 pipeline commands again: the robot is never fed a repeated old command. A hold is zero motion
@@ -42,11 +46,18 @@ import numpy as np
 
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
+from ..policy.step import ActionChunk, Observation, StepInfo
 from .safety import GRIPPER, SafetyLimits
 
 
 class Policy(Protocol):
-    def predict(self, rgb: np.ndarray, instruction: str) -> Any: ...
+    """What the runner needs of a policy (`OpenVLAPolicy` with any accelerators)."""
+
+    def predict(self, observation: Observation) -> ActionChunk: ...
+
+    def reset(self) -> None: ...
+
+    def check_instruction(self, instruction: str) -> str: ...
 
 
 @dataclass
@@ -55,7 +66,7 @@ class QueuedAction:
     frame_time: float  # arrival time of the frame it was computed from
     capture_time: float  # the frame's own timestamp (camera clock)
     episode: int
-    info: dict[str, Any] = field(default_factory=dict)
+    info: StepInfo | None = None
     frame: np.ndarray | None = None  # the frame itself (a reference), for the debug view
 
 
@@ -69,7 +80,7 @@ class Tick:
     remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
     fault: str = ''
     frame: np.ndarray | None = None  # the frame an action was computed from
-    info: dict[str, Any] = field(default_factory=dict)  # the policy's step info
+    info: StepInfo | None = None  # the policy's step info, for an action
 
 
 @dataclass
@@ -138,7 +149,7 @@ class PolicyRunner:
         self.control_rate = RateMeter()
         self.tick_rate = RateMeter(window=200)
         self.last_error = ''
-        self.last_info: dict[str, Any] = {}
+        self.last_info: StepInfo | None = None  # of the last inference
         self._lock = threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
         self._last_frame_time: float | None = None  # arrival of the newest valid frame
@@ -154,6 +165,8 @@ class PolicyRunner:
         self._expired_age_s = 0.0  # frame-to-tick age of the last action that expired
         self._stale_mark = 0  # stale_actions at _gap_start
         self._last_gripper: float | None = None  # the gripper's last command, kept for holds
+        self._reset_pending = False  # the worker empties the policy's memory before its next step
+        self._pending_update: Callable[[], None] | None = None  # a live option change
         self._running = False
         self._thread: threading.Thread | None = None
 
@@ -218,10 +231,18 @@ class PolicyRunner:
         self._lock.notify_all()
 
     def _reset_policy(self) -> None:
-        """Empty the policy's memory (an accelerator's reuse history); cheap, never blocks."""
-        reset = getattr(self.policy, 'reset', None)
-        if callable(reset):
-            reset()
+        """Have the worker empty the policy's memory (reuse history) before its next step."""
+        self._reset_pending = True
+
+    def check_instruction(self, text: str) -> str:
+        """Apply the policy's thread-safe instruction rule (InputError when unusable)."""
+        return self.policy.check_instruction(text)
+
+    def update_policy(self, apply: Callable[[], None]) -> None:
+        """Run `apply` (a live option change) in the worker, between two steps."""
+        with self._lock:
+            self._pending_update = apply
+            self._lock.notify_all()
 
     @property
     def instruction(self) -> str:
@@ -262,19 +283,25 @@ class PolicyRunner:
                     return
                 (rgb, frame_time, capture_time), self._frame = self._frame, None
                 instruction, episode = self._instruction, self._episode
+                reset, self._reset_pending = self._reset_pending, False
+                update, self._pending_update = self._pending_update, None
                 if self.clock() - frame_time > self.max_image_age_s:
                     self.counters.stale_frames += 1
                     continue
                 self._busy_since = self.clock()
+            if update is not None:
+                update()
+            if reset:
+                self.policy.reset()
             self._infer(rgb, (frame_time, capture_time), instruction, episode)
 
     def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
                episode: int) -> None:
-        error, counter, action, rejected = '', '', None, ''
+        error, counter, chunk, rejected = '', '', None, ''
         start = time.perf_counter()
         try:
-            action = self.policy.predict(rgb, instruction)
-            values = np.atleast_2d(np.asarray(action.values, dtype=np.float64))
+            chunk = self.policy.predict(Observation(rgb, instruction))
+            values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
             if not np.isfinite(values).all():
                 raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
         except InputError as exc:
@@ -298,7 +325,7 @@ class PolicyRunner:
             self.counters.inferences += 1
             self.latencies_ms.append(elapsed_ms)
             self.inference_rate.mark(time.monotonic())
-            self.last_info = dict(getattr(action, 'info', {}) or {})
+            self.last_info = chunk.info
             if episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return

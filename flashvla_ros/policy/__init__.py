@@ -14,11 +14,12 @@
 
 """The policy runtime: OpenVLA-compatible models in plain PyTorch, with no ROS imports."""
 
-from .checkpoint import expand_path
+from .checkpoint import expand_path, load_policy
 from .errors import CheckpointError, InputError, NonFiniteOutputError, PolicyError
-from .openvla import Action, OpenVLA, OpenVLAPolicy, load_policy
+from .openvla import OpenVLA, OpenVLAPolicy
+from .step import ActionChunk, Observation, StepInfo
 
 __all__ = [
-    'Action', 'CheckpointError', 'InputError', 'NonFiniteOutputError', 'OpenVLA',
-    'OpenVLAPolicy', 'PolicyError', 'expand_path', 'load_policy',
+    'ActionChunk', 'CheckpointError', 'InputError', 'NonFiniteOutputError', 'Observation',
+    'OpenVLA', 'OpenVLAPolicy', 'PolicyError', 'StepInfo', 'expand_path', 'load_policy',
 ]

@@ -36,8 +36,8 @@ import torch
 
 from .config import OpenVLAConfig
 from .errors import CheckpointError
-from .openvla import OpenVLA
-from .tokenizer import TOKENIZER_FILES
+from .openvla import OpenVLA, OpenVLAPolicy
+from .tokenizer import TOKENIZER_FILES, load_tokenizer
 from .vision import unused_tower_keys
 
 CONFIG = 'config.json'
@@ -240,3 +240,19 @@ def save_checkpoint(
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, out / name)
     return out
+
+
+def load_policy(
+    path: str,
+    device: str = 'cpu',
+    dtype: str = 'float32',
+    unnorm_key: str | None = None,
+    center_crop: bool = False,
+    static_cache: bool = False,
+    compile: bool = False,
+) -> OpenVLAPolicy:
+    """Load a local OpenVLA checkpoint directory and its tokenizer into a ready policy."""
+    model, _report = load_model(path, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(path)
+    return OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop,
+                         static_cache=static_cache, compile=compile)

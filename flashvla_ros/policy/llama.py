@@ -13,17 +13,28 @@
 # limitations under the License.
 
 """
-A Llama decoder with a preallocated KV cache and a visible layer loop (gpt-fast style).
+A Llama decoder with preallocated KV caches and the one layer loop (gpt-fast style).
 
 Parameter names follow Hugging Face's `LlamaForCausalLM` (`model.layers.N.self_attn.q_proj`,
-...), so checkpoints load unchanged. Rotary positions are passed explicitly with every call and
-each layer's cache fills independently: a layer that receives fewer tokens (token pruning)
-simply stores fewer, and decoding still uses the original rotary positions.
+...), so checkpoints load unchanged. Rotary tables are computed once and looked up at explicit
+positions, so a token keeps its position when accelerators drop others.
+
+Two caches, one interface (`update(k, v, positions) -> keys, values, mask`):
+- `KVCache` appends in sequence order and attends to the filled entries only: a layer that
+  receives fewer tokens stores fewer. The reference path, exact on any device.
+- `StaticKVCache` (gpt-fast) writes each token at its position slot and attends over the whole
+  preallocated length with a mask of the filled slots, so a decode step has one shape:
+  what `torch.compile` and CUDA graphs need. Dropped tokens are slots never filled.
+
+`Llama.run` is the one layer loop: a layer plan (which layers run), one optional probe per
+layer (the attention output or the attention weights, computed only where asked), and an
+after-layer callback that may keep a subset of the tokens or stop the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+import math
 
 import torch
 from torch import nn
@@ -31,9 +42,17 @@ import torch.nn.functional as F
 
 from .config import TextConfig
 
-# Called after each decoder layer as hook(layer_index, hidden, positions) and may return a
-# (hidden, positions) pair with fewer tokens: the visible place where accelerators plug in.
-LayerHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+PROBES = ('attention_output', 'attention_weights')
+
+
+class Stop:
+    """Returned by an after-layer callback to end the step (a gate decided to reuse)."""
+
+
+STOP = Stop()
+
+# after_layer(layer, hidden, probe) -> None (go on), an index of tokens to keep, or STOP.
+AfterLayer = Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor | Stop | None]
 
 
 class RMSNorm(nn.Module):
@@ -49,28 +68,68 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-class KVCache(nn.Module):
-    """Preallocated keys/values for one layer; `length` slots are filled, in sequence order."""
+class _KVBuffers(nn.Module):
+    """One layer's preallocated keys and values [batch, heads, max_len, head_dim]."""
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device) -> None:
         super().__init__()
         shape = (batch, heads, max_len, head_dim)
         self.register_buffer('k', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer('v', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.length = 0
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+class KVCache(_KVBuffers):
+    """Keys/values in sequence order; `length` slots are filled."""
+
+    def __init__(self, *shape_args, **kwargs) -> None:
+        super().__init__(*shape_args, **kwargs)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def forget(self, entries: int) -> None:
+        """Drop the last `entries` entries (rejected speculative tokens)."""
+        self.length -= entries
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             raise ValueError(f'KV cache overflow: {end} tokens > capacity {self.capacity}')
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:, :, :end], self.v[:, :, :end], _causal_mask(k.shape[2], end, k.device)
+
+
+class StaticKVCache(_KVBuffers):
+    """Keys/values at their position slots, with a mask of the filled ones (one shape always)."""
+
+    def __init__(self, *shape_args, **kwargs) -> None:
+        super().__init__(*shape_args, **kwargs)
+        device, max_len = self.k.device, self.capacity
+        self.register_buffer('filled', torch.zeros(max_len, dtype=torch.bool, device=device),
+                             persistent=False)
+        self.register_buffer('slots', torch.arange(max_len, device=device), persistent=False)
+
+    def reset(self) -> None:
+        self.filled.zero_()
+
+    def forget(self, entries: int) -> None:
+        """Nothing to do: a later slot is never visible to an earlier query, and is rewritten."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.k[:, :, positions] = k
+        self.v[:, :, positions] = v
+        self.filled[positions] = True
+        mask = self.filled[None, :] & (self.slots[None, :] <= positions[:, None])
+        return self.k, self.v, mask
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +147,12 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.cache: KVCache | None = None
+        self.cache: KVCache | StaticKVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor | None = None, weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the attention output and, if `weights`, the attention weights [B, H, T, S]."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
@@ -98,13 +160,20 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if self.cache is not None:
-            k, v = self.cache.append(k, v)
+            k, v, mask = self.cache.update(k, v, positions)
+        else:
+            mask = _causal_mask(t, t, x.device)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        mask = _causal_mask(t, k.shape[2], x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        probs = None
+        if weights:  # explicit, for the one layer whose probe asks; the output stays SDPA's
+            scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float('-inf'))
+            probs = scores.softmax(-1)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), probs
 
 
 def _causal_mask(q_len: int, kv_len: int, device) -> torch.Tensor | None:
@@ -135,9 +204,15 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor | None = None, probe: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the layer's output and the `probe` asked for (None without one)."""
+        attended, weights = self.self_attn(self.input_layernorm(x), cos, sin, positions,
+                                           weights=probe == 'attention_weights')
+        x = x + attended
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, attended if probe == 'attention_output' else weights
 
 
 class LlamaBody(nn.Module):
@@ -151,19 +226,25 @@ class LlamaBody(nn.Module):
 
 
 class Llama(nn.Module):
-    """`LlamaForCausalLM` as an explicit loop: embed -> layers (with hooks) -> norm -> lm_head."""
+    """`LlamaForCausalLM` as an explicit loop: embed -> planned layers (hooks) -> norm -> head."""
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = LlamaBody(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def setup_cache(self, max_len: int, batch: int = 1) -> None:
-        """Allocate each layer's KV cache once; `reset_cache` empties it between predictions."""
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    def setup_cache(self, max_len: int, batch: int = 1, static: bool = False) -> None:
+        """Allocate each layer's KV cache once (`static`: position slots, one shape)."""
         w = self.lm_head.weight
+        kind = StaticKVCache if static else KVCache
         for layer in self.model.layers:
-            layer.self_attn.cache = KVCache(
+            layer.self_attn.cache = kind(
                 batch, self.cfg.num_key_value_heads, max_len, self.cfg.head_dim, w.dtype, w.device
             )
 
@@ -174,70 +255,77 @@ class Llama(nn.Module):
     def reset_cache(self) -> None:
         for layer in self.model.layers:
             if layer.self_attn.cache is not None:
-                layer.self_attn.cache.length = 0
+                layer.self_attn.cache.reset()
 
     def truncate_cache(self, entries: int) -> None:
         """Forget the last `entries` KV entries of every layer (rejected speculative tokens)."""
         for layer in self.model.layers:
-            cache = layer.self_attn.cache
-            if cache is not None:
-                cache.length -= entries
+            if layer.self_attn.cache is not None:
+                layer.self_attn.cache.forget(entries)
 
     def rotary(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [T, head_dim] for explicit integer positions (computed in fp32)."""
+        """cos/sin tables [T, head_dim] at integer positions, from tables computed once."""
+        needed = int(self.cfg.max_position_embeddings)
+        if self._rope is None or self._rope[0].device != positions.device \
+                or self._rope[0].dtype != dtype:
+            self._rope = self.rotary_tables(needed, dtype, positions.device)
+        cos, sin = self._rope
+        return cos[positions], sin[positions]
+
+    def rotary_tables(self, length: int, dtype: torch.dtype,
+                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [length, head_dim] of positions 0..length-1 (computed in fp32)."""
         d = self.cfg.head_dim
-        inv_freq = 1.0 / (
-            self.cfg.rope_theta
-            ** (torch.arange(0, d, 2, device=positions.device, dtype=torch.float32) / d)
-        )
-        angles = positions.float()[:, None] * inv_freq[None, :]
+        inv_freq = 1.0 / (self.cfg.rope_theta
+                          ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+        angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids)
 
-    def run_layers(
+    def run(
         self,
         hidden: torch.Tensor,
         positions: torch.Tensor,
-        start: int = 0,
-        stop: int | None = None,
-        layer_hook: LayerHook | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan: Sequence[int] | None = None,
+        probes: dict[int, str] | None = None,
+        after_layer: AfterLayer | None = None,
+        tokens_per_layer: dict[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """
-        Run decoder layers `start..stop-1` on `hidden` [B, T, D] at rotary `positions` [T].
+        Run the layers of `plan` (all, in order, by default) on `hidden` [B, T, D].
 
-        Returns the hidden states and positions that leave the last layer (a hook may have
-        dropped tokens); no final norm, so a caller can stop early and continue later.
+        Rotary `positions` [T] travel with the tokens. After each layer, `after_layer` sees
+        the hidden states and that layer's probe (`probes[layer]`: 'attention_output' or
+        'attention_weights'), and may return an index of the tokens to keep (the later
+        layers, and their KV caches, never see the others) or STOP. Returns the hidden
+        states and positions that leave the last layer (no final norm), or None on STOP.
+        `tokens_per_layer` receives the tokens that entered each layer that ran.
         """
+        probes = probes or {}
         cos, sin = self.rotary(positions, hidden.dtype)
-        for i in range(start, len(self.model.layers) if stop is None else stop):
-            hidden = self.model.layers[i](hidden, cos, sin)
-            if layer_hook is not None:
-                changed = layer_hook(i, hidden, positions)
-                if changed is not None:
-                    hidden, positions = changed
-                    cos, sin = self.rotary(positions, hidden.dtype)
+        for i in range(self.num_layers) if plan is None else plan:
+            if tokens_per_layer is not None:
+                tokens_per_layer[i] = hidden.shape[1]
+            hidden, probe = self.model.layers[i](hidden, cos, sin, positions, probes.get(i))
+            outcome = None if after_layer is None else after_layer(i, hidden, probe)
+            if outcome is STOP:
+                return None
+            if outcome is not None:
+                hidden, positions = hidden[:, outcome], positions[outcome]
+                cos, sin = self.rotary(positions, hidden.dtype)
         return hidden, positions
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        positions: torch.Tensor,
-        layer_hook: LayerHook | None = None,
-        last_only: bool = True,
-    ) -> torch.Tensor:
-        """
-        Run embeddings `hidden` [B, T, D] at rotary `positions` [T]; return logits.
-
-        With `last_only` only the last position's logits are computed ([B, vocab]); the
-        full [B, T, vocab] otherwise.
-        """
-        hidden, _ = self.run_layers(hidden, positions, layer_hook=layer_hook)
-        return self.logits(hidden, last_only)
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor,
+                plan: Sequence[int] | None = None, last_only: bool = True) -> torch.Tensor:
+        """Logits of `hidden` [B, T, D] at `positions` [T]: [B, vocab] (last only) or [B, T, V]."""
+        out = self.run(hidden, positions, plan)
+        assert out is not None  # no callback, no STOP
+        return self.logits(out[0], last_only)
 
     def logits(self, hidden: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Apply the final norm and the LM head (to the last token only, by default)."""

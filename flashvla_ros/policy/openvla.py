@@ -13,17 +13,19 @@
 # limitations under the License.
 
 """
-The OpenVLA model (vision -> projector -> Llama) and the policy that turns frames into actions.
+The OpenVLA model (vision -> projector -> Llama) and the policy: one forward with hook points.
 
     policy = load_policy('path/to/openvla-7b', device='cuda', dtype='bfloat16',
                          unnorm_key='bridge_orig')
-    action = policy.predict(rgb, 'pick up the red block')   # action.values: 7 floats
+    chunk = policy.predict(Observation(rgb, 'pick up the red block'))  # chunk.values: 7 floats
+
+Accelerators (`accel/`) plug into `predict` through `Hooks` (see `step.py`); the policy runs
+every layer, and counts what ran in the step's `StepRecord`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 import threading
 import time
 from typing import Any
@@ -35,13 +37,17 @@ from torch import nn
 from .actions import ActionCodec, NormStats
 from .config import OpenVLAConfig
 from .errors import CheckpointError, InputError, NonFiniteOutputError
+from .flops import StepRecord, count_flops, full_flops
 from .instruction import check_instruction
-from .llama import Llama
+from .layout import SequenceLayout
+from .llama import STOP, Llama
 from .preprocess import check_rgb, preprocess
+from .step import ActionChunk, Hooks, Observation, Step, StepInfo
 from .tokenizer import SPACE
 from .vision import FusedProjector, FusedVisionBackbone
 
 PROMPT = 'In: What action should the robot take to {}?\nOut:'
+WARMUP_INSTRUCTION = 'pick up the block'
 
 
 class OpenVLA(nn.Module):
@@ -57,17 +63,6 @@ class OpenVLA(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 6, S, S] -> projected patch embeddings [B, N, llm_dim]."""
         return self.projector(self.vision_backbone(pixels))
-
-
-@dataclass
-class Action:
-    """One policy step: un-normalised action, its tokens, timings, and per-step extras."""
-
-    values: np.ndarray  # [action_dim] float64, in the dataset's units (un-normalised)
-    normalized: np.ndarray  # [action_dim] in [-1, 1], as decoded from the bins
-    token_ids: list[int]
-    timings_ms: dict[str, float]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Stopwatch:
@@ -93,7 +88,13 @@ class Stopwatch:
 
 
 class OpenVLAPolicy:
-    """Greedy OpenVLA inference on one frame at a time, with a preallocated KV cache."""
+    """
+    Greedy OpenVLA inference on one frame at a time: the one forward, with hook points.
+
+    `static_cache` uses position-slot KV caches and keeps the greedy tokens on the device
+    until the action is complete; `compile` also compiles the one-token decode step
+    (torch.compile; CUDA graphs on CUDA). Both give the same tokens as the reference path.
+    """
 
     def __init__(
         self,
@@ -102,6 +103,9 @@ class OpenVLAPolicy:
         unnorm_key: str | None = None,
         center_crop: bool = False,
         max_prompt_tokens: int = 128,
+        hooks: list[Hooks] | None = None,
+        static_cache: bool = False,
+        compile: bool = False,
     ) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
@@ -124,10 +128,47 @@ class OpenVLAPolicy:
             raise CheckpointError(
                 f'{max_len} positions needed, model allows {self.cfg.text.max_position_embeddings}'
             )
-        model.language_model.setup_cache(max_len)
+        self.static_cache = static_cache or compile
+        model.language_model.setup_cache(max_len, static=self.static_cache)
+        self._decode_one = self._decode_step
+        if compile:
+            mode = 'reduce-overhead' if self.device.type == 'cuda' else None
+            self._decode_one = torch.compile(self._decode_step, mode=mode, fullgraph=True)
+        self.hooks: list[Hooks] = []
+        self.plan: list[int] = []
+        self.set_hooks(hooks or [])
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._check_lock = threading.Lock()
         self._check_tokenizer: Any = None  # made on first use
+        self._instruction: str | None = None
+        self._full_flops: dict[int, int] = {}  # prompt length -> the plain model's step FLOPs
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def set_hooks(self, hooks: list[Hooks]) -> None:
+        """Plug accelerators in, in order; raise ValueError when they cannot run together."""
+        depth = self.cfg.text.num_hidden_layers
+        for h in hooks:
+            h.bind(self)
+        for role in ('gates', 'drafts'):
+            takers = [h.name for h in hooks if getattr(h, role)]
+            if len(takers) > 1:
+                raise ValueError(f'accelerators {takers} all {role[:-1]} (a step has one '
+                                 f'{"reuse gate" if role == "gates" else "draft"}); keep one')
+        plan = list(range(depth))
+        for h in hooks:
+            plan = h.plan(plan)
+        for h in hooks:
+            missing = sorted(h.needs_layers() - set(plan))
+            if missing:
+                raise ValueError(f'{h.name} reads decoder layer(s) {missing}, which the layer '
+                                 f'plan {plan} skips; change the order or the options')
+        self.hooks, self.plan = list(hooks), plan
+        self._probes = {layer: kind for h in hooks for layer, kind in h.probes().items()}
+        self.steps = self.reused = 0  # running statistics of this configuration
+        self.flops_done = self.flops_full = 0
+
+    # -- instructions ----------------------------------------------------------------------
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """Token ids of OpenVLA's prompt, BOS first, ending in the empty '▁' token."""
@@ -166,48 +207,93 @@ class OpenVLAPolicy:
             )
         return ids
 
-    def prepare(self, rgb: np.ndarray, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check the inputs; return prompt ids [P] and model pixels [1, 6, S, S]."""
-        check_rgb(rgb)
-        ids = self.prompt_ids(instruction)
-        pixels = preprocess(rgb, self.cfg.image_size, self.crop_area)
-        return ids, pixels.to(self.device, self.dtype)
+    def layout(self, prompt_tokens: int) -> SequenceLayout:
+        return SequenceLayout(self.cfg.num_patches, prompt_tokens, self.action_dim)
 
-    def sequence(self, ids: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Embed the prefill in OpenVLA's order: BOS, the visual tokens, the rest of the prompt."""
-        text = self.model.language_model.embed(ids[None])
-        return torch.cat([text[:, :1], patches, text[:, 1:]], dim=1)
+    # -- the one forward -------------------------------------------------------------------
 
-    def embed_inputs(self, rgb: np.ndarray, instruction: str,
-                     clock: Stopwatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocess, encode the image, embed the prefill (timed); empty the KV caches."""
-        ids, pixels = self.prepare(rgb, instruction)
+    @torch.inference_mode()
+    def predict(self, observation: Observation) -> ActionChunk:
+        """One step: gates, vision, the planned layers with their hooks, the head."""
+        clock = Stopwatch(self.device)
+        check_rgb(observation.rgb)  # bad input is rejected on a reused step too
+        ids = self.prompt_ids(observation.instruction)
+        if observation.instruction != self._instruction:
+            self._instruction = observation.instruction
+            self.reset()
+        layout = self.layout(ids.numel())
+        n = layout.visual
+        record = StepRecord(layout, self.cfg.text.num_hidden_layers, tuple(self.plan))
+        step = Step(observation, layout, record, torch.arange(n, device=self.device))
+        for h in self.hooks:
+            h.before_step(step)
+            if step.reuse is not None:
+                record.stopped = True
+                clock.mark('preprocess')
+                return self._finish_reuse(step, clock)
+
+        pixels = preprocess(observation.rgb, self.cfg.image_size, self.crop_area)
+        pixels = pixels.to(self.device, self.dtype)
         clock.mark('preprocess')
         patches = self.model.encode_image(pixels)
+        record.vision = True
         clock.mark('vision')
-        self.model.language_model.reset_cache()
-        return ids, self.sequence(ids, patches)
+        llm = self.model.language_model
+        llm.reset_cache()
+        seq = layout.assemble(llm.embed(ids[None]), patches)
+        out = llm.run(seq, layout.positions(self.device), self.plan, self._probes,
+                      lambda layer, hidden, probe: self._after_layer(step, layer, hidden, probe),
+                      record.layer_tokens)
+        if out is None:  # a gate ended the step
+            record.stopped = True
+            clock.mark('prefill')
+            return self._finish_reuse(step, clock)
+        first = llm.logits(out[0])
+        record.head_positions += 1
+        clock.mark('prefill')
+        draft = next((d for h in self.hooks if (d := h.draft(step)) is not None), None)
+        tokens = self.decode(first, layout.prefill, draft, record)
+        clock.mark('decode')
+        return self._finish(step, tokens, clock)
 
-    def decode(self, first_token: int, next_position: int,
-               draft: list[int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-        """
-        Greedy-decode the remaining action tokens after the prefill filled the KV cache.
+    def _after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
+                     probe: torch.Tensor | None) -> torch.Tensor | object | None:
+        index = None
+        for h in self.hooks:
+            keep = h.after_layer(step, layer, hidden, probe)
+            if keep is not None:
+                present = step.visual_kept.numel()
+                local = step.layout.keep_visual(present, keep, hidden.shape[1])
+                hidden = hidden[:, local]
+                index = local if index is None else index[local]
+                step.visual_kept = step.visual_kept[keep]
+            if step.reuse is not None:
+                return STOP
+        return index
 
-        With a `draft` (a guess of all the action tokens, e.g. the previous action's) the
-        guesses are verified in one forward pass, speculative-decoding style: every token is
-        still the model's own greedy choice, a wrong guess only costs the tokens after it,
-        which are decoded one by one as without a draft. Returns the tokens and the forward
-        calls made, as (tokens fed, decoded tokens already in the cache), for FLOPs counting.
+    def decode(self, first: torch.Tensor, next_position: int, draft: list[int] | None,
+               record: StepRecord) -> list[int]:
         """
+        Greedy-decode the action tokens after the prefill filled the KV cache.
+
+        `first` holds the prefill's last logits. With a `draft` (a guess of all the action
+        tokens, e.g. the previous action's) the guesses are verified in one forward pass,
+        speculative-decoding style: every token is still the model's own greedy choice, a
+        wrong guess only costs the tokens after it, which are decoded one by one as without
+        a draft. Each forward call is recorded as (tokens fed, decoded tokens already cached).
+        """
+        if self.static_cache:
+            return self._decode_on_device(first, next_position, draft, record)
         llm = self.model.language_model
         n = self.action_dim
-        tokens, calls = [first_token], []
+        tokens = [self.greedy(first)]
         if draft is not None and len(draft) == n and n > 1:
-            fed = [first_token, *draft[1:n - 1]]
+            fed = [tokens[0], *draft[1:n - 1]]
             ids = torch.tensor([fed], device=self.device)
             positions = torch.arange(next_position, next_position + len(fed), device=self.device)
-            predicted = self.greedy_all(llm(llm.embed(ids), positions, last_only=False))
-            calls.append((len(fed), 0))
+            predicted = self.greedy_all(llm(llm.embed(ids), positions, self.plan,
+                                            last_only=False))
+            self._record_call(record, len(fed), 0)
             for i, token in enumerate(predicted, start=1):
                 tokens.append(token)  # right: every input before it was right
                 if i == n - 1 or token != draft[i]:
@@ -216,35 +302,120 @@ class OpenVLAPolicy:
         while len(tokens) < n:
             position = next_position + len(tokens) - 1
             step = llm.embed(torch.tensor([[tokens[-1]]], device=self.device))
-            calls.append((1, len(tokens) - 1))
-            tokens.append(self.greedy(llm(step, torch.tensor([position], device=self.device))))
-        return tokens, calls
+            self._record_call(record, 1, len(tokens) - 1)
+            tokens.append(self.greedy(llm(step, torch.tensor([position], device=self.device),
+                                          self.plan)))
+        return tokens
 
-    def finish(self, tokens: list[int], clock: Stopwatch, info: dict[str, Any]) -> Action:
-        """Bins -> un-normalised action, checked for NaN/inf, with timings and info."""
+    @staticmethod
+    def _record_call(record: StepRecord, fed: int, cached: int) -> None:
+        record.decode_calls.append((fed, cached))
+        record.head_positions += fed
+
+    def _decode_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One token [1, 1] at `position` [1] -> last logits [1, vocab] (what gets compiled)."""
+        llm = self.model.language_model
+        return llm(llm.embed(token), position, self.plan)
+
+    def _decode_on_device(self, first: torch.Tensor, next_position: int,
+                          draft: list[int] | None, record: StepRecord) -> list[int]:
+        """
+        Decode with the static cache: tokens stay on the device until the action is complete.
+
+        One host sync per action (and one more to verify a draft); a NaN/inf anywhere is
+        remembered on the device and raised at the end.
+        """
+        llm = self.model.language_model
+        n = self.action_dim
+        tokens = torch.empty(n, dtype=torch.long, device=self.device)
+        tokens[0] = first[0].argmax()
+        finite = torch.isfinite(first).all()
+        done = 1
+        if draft is not None and len(draft) == n and n > 1:
+            fed = torch.tensor(draft[:n - 1], device=self.device)
+            fed[0] = tokens[0]
+            positions = torch.arange(next_position, next_position + n - 1, device=self.device)
+            logits = llm(llm.embed(fed[None]), positions, self.plan, last_only=False)
+            self._record_call(record, n - 1, 0)
+            finite = finite & torch.isfinite(logits).all()
+            predicted = logits[0].argmax(-1)
+            right = (predicted[:-1] == torch.tensor(draft[1:n - 1], device=self.device))
+            accepted = int(torch.cumprod(right.long(), 0).sum())  # guesses confirmed in a row
+            tokens[1:2 + accepted] = predicted[:1 + accepted]
+            done = 2 + accepted
+        for i in range(done, n):
+            position = torch.tensor([next_position + i - 1], device=self.device)
+            self._record_call(record, 1, i - 1)
+            logits = self._decode_one(tokens[i - 1:i].view(1, 1), position)
+            finite = finite & torch.isfinite(logits).all()
+            tokens[i] = logits[0].argmax()
+        if not bool(finite):
+            raise NonFiniteOutputError('the language model produced NaN/inf logits')
+        return tokens.tolist()
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _finish(self, step: Step, tokens: list[int], clock: Stopwatch) -> ActionChunk:
+        """Bins -> un-normalised action, checked for NaN/inf, with the step's info."""
         normalized = self.codec.decode(np.array(tokens))
         values = self.stats.unnormalize(normalized)
         if not np.isfinite(values).all():
             raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
         clock.mark('head')
-        info['non_action_tokens'] = int((~self.codec.is_action_token(np.array(tokens))).sum())
-        return Action(values=values, normalized=normalized, token_ids=tokens,
-                      timings_ms=clock.timings(), info=info)
+        info = self._info(step, clock, reused=False,
+                          non_action=int((~self.codec.is_action_token(np.array(tokens))).sum()))
+        chunk = ActionChunk(values[None], normalized[None], tokens, info)
+        for h in self.hooks:
+            h.after_step(step, chunk)
+        return chunk
 
-    @torch.inference_mode()
-    def predict(self, rgb: np.ndarray, instruction: str) -> Action:
-        clock = Stopwatch(self.device)
-        ids, seq = self.embed_inputs(rgb, instruction, clock)
-        llm = self.model.language_model
-        first = self.greedy(llm(seq, torch.arange(seq.shape[1], device=self.device)))
-        clock.mark('prefill')
-        tokens, _ = self.decode(first, seq.shape[1])
-        clock.mark('decode')
-        return self.finish(tokens, clock, {'prompt_tokens': int(ids.numel()),
-                                           'visual_tokens': self.cfg.num_patches})
+    def _finish_reuse(self, step: Step, clock: Stopwatch) -> ActionChunk:
+        """Return the chunk a gate chose to reuse, as a copy with this step's info."""
+        last = step.reuse
+        assert last is not None
+        clock.mark('head')
+        info = self._info(step, clock, reused=True, non_action=last.info.non_action_tokens)
+        chunk = ActionChunk(last.actions.copy(), last.normalized.copy(), list(last.token_ids),
+                            info)
+        for h in self.hooks:
+            h.after_step(step, chunk)
+        return chunk
+
+    def _info(self, step: Step, clock: Stopwatch, reused: bool, non_action: int) -> StepInfo:
+        record, layout = step.record, step.layout
+        flops = count_flops(self.cfg, record)
+        if layout.prompt not in self._full_flops:
+            self._full_flops[layout.prompt] = full_flops(self.cfg, layout).total
+        self.steps += 1
+        self.reused += reused
+        self.flops_done += flops.total
+        self.flops_full += self._full_flops[layout.prompt]
+        kept = step.visual_kept.numel()
+        ran = record.layers_run > 0
+        return StepInfo(
+            timings_ms=clock.timings(), record=record, flops=flops,
+            prompt_tokens=layout.prompt, visual_tokens=layout.visual,
+            kept_tokens=kept if ran else 0,
+            kept_indices=tuple(step.visual_kept.tolist()) if ran and kept < layout.visual
+            else None,
+            layers_run=record.layers_run, reused=reused, non_action_tokens=non_action,
+            reuse_rate=self.reused / self.steps,
+            flops_saved=1.0 - self.flops_done / max(1, self.flops_full),
+            extras=dict(step.extras))
 
     def reset(self) -> None:
-        """Forget nothing: the plain policy keeps no memory between frames."""
+        """Forget every accelerator's memory (a new episode or instruction)."""
+        for h in self.hooks:
+            h.reset()
+
+    def warm_up(self, steps: int = 2) -> None:
+        """Run `steps` predictions on a blank frame so the first real step is not the slowest."""
+        size = self.cfg.image_size
+        blank = np.zeros((size, size, 3), np.uint8)
+        for _ in range(steps):
+            self.predict(Observation(blank, WARMUP_INSTRUCTION))
+        self._instruction = None
+        self.reset()
 
     @staticmethod
     def greedy(logits: torch.Tensor) -> int:
@@ -258,19 +429,3 @@ class OpenVLAPolicy:
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError('the language model produced NaN/inf logits')
         return logits[0].argmax(dim=-1).tolist()
-
-
-def load_policy(
-    path: str,
-    device: str = 'cpu',
-    dtype: str = 'float32',
-    unnorm_key: str | None = None,
-    center_crop: bool = False,
-) -> OpenVLAPolicy:
-    """Load a local OpenVLA checkpoint directory and its tokenizer into a ready policy."""
-    from .checkpoint import load_model
-    from .tokenizer import load_tokenizer
-
-    model, _report = load_model(path, device=device, dtype=dtype)
-    tokenizer = load_tokenizer(path)
-    return OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop)

@@ -15,10 +15,13 @@
 """
 policy_node: camera + instruction in, clamped robot commands out, at a fixed control rate.
 
-A lifecycle node: configure loads and warms up the model, activate starts the inference worker
-and the control timer. All real-time logic lives in `control.runner.PolicyRunner`; this file
-only turns messages into calls and results into messages, and makes every way out of
-commanding (deactivate, cleanup, shutdown, SIGINT, SIGTERM) end with exactly one hold.
+A lifecycle node in the usual shape: configure loads and warms up the model and creates the
+topic interface (inputs, lifecycle publishers for the outputs), activate enables the outputs
+and starts the inference worker and the control timer; deactivate and cleanup undo them in
+turn. /diagnostics and ~/reset exist in every state, to say why the node is not commanding.
+All real-time logic lives in `control.runner.PolicyRunner`; this file only turns messages into
+calls and results into messages, and makes every way out of commanding (deactivate, cleanup,
+shutdown, SIGINT, SIGTERM) end with exactly one hold.
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..accel.registry import accelerate
+from ..accel.registry import accelerate, update_options
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..control.throttle import ThrottledLog
-from ..params import PARAMS, NodeConfig, build_config, check_config, check_value
-from ..policy import InputError, PolicyError, load_policy
+from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
+from ..policy import InputError, PolicyError, StepInfo, load_policy
 from ..policy.instruction import check_instruction
 from ..policy.presets import default_model_dir
 from ..viz.debug_view import render_debug
@@ -104,9 +107,13 @@ class PolicyNode(LifecycleNode):
         super().__init__('policy_node', **kwargs)
         for p in PARAMS:
             self.declare_parameter(p.name, p.default, descriptor(p))
-        self.config: NodeConfig = build_config(
-            {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS})
+        self.config: NodeConfig = build_config(self._parameter_values())
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Side effects of a change run once it is stored; Humble's rclpy has no post-set
+        # callback, so there the validator applies an accepted change itself.
+        self._post_set = hasattr(self, 'add_post_set_parameters_callback')
+        if self._post_set:
+            self.add_post_set_parameters_callback(self._on_parameters_set)
         self.policy = None
         self.runner: PolicyRunner | None = None
         self.timer = None
@@ -115,7 +122,9 @@ class PolicyNode(LifecycleNode):
         self.stop_reason = 'not activated yet'  # why the node is not commanding
         self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
-        self._pub: dict[str, Any] = {}
+        self._pub: dict[str, Any] = {}  # lifecycle publishers, while configured
+        self._subs: list[Any] = []  # input subscriptions, while configured
+        self.camera_topic = ''  # resolved camera topic, while configured
         self._debug_frame: np.ndarray | None = None
         self._log = ThrottledLog(period_s=1.0)
         # A tick and a final hold never interleave; after the final hold no tick publishes.
@@ -127,22 +136,10 @@ class PolicyNode(LifecycleNode):
         self._syncing_instruction = False
 
         # One callback group per input: a flood on one input never starves another.
-        camera, instruction, joints, services = (MutuallyExclusiveCallbackGroup()
-                                                 for _ in range(4))
-        camera_qos = qos_profile_sensor_data if self.config.image_reliability == 'best_effort' \
-            else RELIABLE_CAMERA_QOS
-        if self.config.image_transport == 'compressed':
-            self.camera_sub = self.create_subscription(
-                CompressedImage, 'image_raw/compressed', self._on_compressed, camera_qos,
-                callback_group=camera)
-        else:
-            self.camera_sub = self.create_subscription(Image, 'image_raw', self._on_image,
-                                                       camera_qos, callback_group=camera)
-        self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
-                                 callback_group=instruction)
-        self.create_subscription(JointState, 'joint_states', self._on_joint_state,
-                                 qos_profile_sensor_data, callback_group=joints)
+        self.camera_group, self.instruction_group, self.joints_group, services = (
+            MutuallyExclusiveCallbackGroup() for _ in range(4))
         self.control_group = MutuallyExclusiveCallbackGroup()
+        # Plain publisher, timer and service, in every state: they say why nothing moves.
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
@@ -162,8 +159,10 @@ class PolicyNode(LifecycleNode):
         try:
             plain_policy = load_policy(model, device=c.device, dtype=c.dtype,
                                        unnorm_key=c.unnorm_key or None,
-                                       center_crop=c.center_crop)
-            self.policy = accelerate(plain_policy, c.accel.name, c.accel.options)
+                                       center_crop=c.center_crop, static_cache=c.static_cache,
+                                       compile=c.compile)
+            self.policy = accelerate(plain_policy, c.accel.names, c.accel.options)
+            self.policy.warm_up()  # the first real step as fast as the tenth
         except (PolicyError, ValueError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
             self.stop_reason = f'configure failed: {exc}'
@@ -181,49 +180,88 @@ class PolicyNode(LifecycleNode):
         }
         for name in c.outputs:
             msg_type, topic = outputs[name]
-            self._pub[name] = self.create_publisher(msg_type, topic, 10)
+            self._pub[name] = self.create_lifecycle_publisher(msg_type, topic, 10)
         if c.debug_image:
-            self._pub['debug'] = self.create_publisher(Image, '~/debug_image', 1)
+            self._pub['debug'] = self.create_lifecycle_publisher(Image, '~/debug_image', 1)
+        self._create_inputs()
         if c.instruction:  # the parameter's text passed the text rule; now the token limit
             self._follow(c.instruction)
         self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
         self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
-                               f'accel {c.accel.name} {c.accel.options}); '
+                               f'accel {list(c.accel.names)} {c.accel.options}); '
                                f'outputs: {list(c.outputs)}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # outputs enabled before the first tick
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
         self.runner.start()
         with self._output_lock:
             self._commanding = True
             self.timer = self.create_timer(self.config.control_period_s, self._on_control_tick,
                                            callback_group=self.control_group)
         self.state_label, self.stop_reason = 'active', ''
-        return super().on_activate(state)
+        return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._final_hold('deactivated')
+        self._final_hold('deactivated')  # first: a deactivated publisher drops what it is given
         self.state_label = 'inactive'
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._final_hold('cleaned up')
-        for pub in self._pub.values():
-            self.destroy_publisher(pub)
-        self._pub.clear()
-        self.policy = self.runner = None
+        self._release()
         self.state_label = 'unconfigured'
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._final_hold(self.exit_reason or 'shut down')
+        self._release()
         self.state_label = 'finalized'
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._final_hold('lifecycle error')
+        self._release()  # error processing ends unconfigured: nothing configured is left
         self.state_label = 'unconfigured'
         return TransitionCallbackReturn.SUCCESS
+
+    def _create_inputs(self) -> None:
+        """Subscribe to the camera, the instruction and the joint states (configure)."""
+        c = self.config
+        camera_qos = qos_profile_sensor_data if c.image_reliability == 'best_effort' \
+            else RELIABLE_CAMERA_QOS
+        if c.image_transport == 'compressed':
+            camera = self.create_subscription(CompressedImage, 'image_raw/compressed',
+                                              self._on_compressed, camera_qos,
+                                              callback_group=self.camera_group)
+        else:
+            camera = self.create_subscription(Image, 'image_raw', self._on_image, camera_qos,
+                                              callback_group=self.camera_group)
+        self.camera_topic = camera.topic_name  # with remappings applied, for the diagnostics
+        # The instruction topic, like every input, exists only while configured; before
+        # configure, the `instruction` parameter sets the task (configure follows it).
+        instruction = self.create_subscription(String, 'instruction', self._on_instruction,
+                                               INSTRUCTION_QOS,
+                                               callback_group=self.instruction_group)
+        joints = self.create_subscription(JointState, 'joint_states', self._on_joint_state,
+                                          qos_profile_sensor_data,
+                                          callback_group=self.joints_group)
+        self._subs = [camera, instruction, joints]
+
+    def _release(self) -> None:
+        """Destroy what configure made, once reliable subscribers have the last hold."""
+        wait_for_acks(self._pub.values())
+        for pub in self._pub.values():
+            self.destroy_lifecycle_publisher(pub)
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._pub.clear()
+        self._subs.clear()
+        self.camera_topic = ''
+        self.policy = self.runner = None
+        self.joint_state = self._debug_frame = None
 
     def _final_hold(self, reason: str) -> None:
         """Stop the tick and the worker, after exactly one hold that says why."""
@@ -233,7 +271,14 @@ class PolicyNode(LifecycleNode):
                 self.destroy_timer(self.timer)
                 self.timer = None
             if self.runner is not None and self._pub:
+                # From inactive (cleanup, shutdown) the outputs are disabled: the hold still
+                # goes out, through outputs enabled for that one message.
+                disabled = [p for p in self._pub.values() if not p.is_activated]
+                for pub in disabled:
+                    pub.on_activate(None)
                 self._publish(Tick('hold', command=self.runner.final_hold(), fault=reason))
+                for pub in disabled:
+                    pub.on_deactivate(None)
                 self.get_logger().info(f'final hold: {reason}')
         self.stop_reason = reason
         if self.runner is not None:
@@ -244,14 +289,15 @@ class PolicyNode(LifecycleNode):
         Stop for good before the process ends.
 
         The shutdown transition sends the one hold; diagnostics say why; both are
-        acknowledged by reliable subscribers first (a sample still in flight dies with us).
+        acknowledged by reliable subscribers first (a sample still in flight dies with us):
+        the hold before the shutdown transition destroys its publishers, the diagnostics here.
         """
         self.exit_reason = reason
         if self.state_label != 'finalized':
             self.trigger_shutdown()
         self.stop_reason = reason
         self._publish_diagnostics()
-        wait_for_acks([*self._pub.values(), self.diagnostics])
+        wait_for_acks([self.diagnostics])
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -317,7 +363,7 @@ class PolicyNode(LifecycleNode):
 
     def _check_instruction(self, text: str) -> str:
         """Apply the one instruction rule (text, then the policy's token limit when loaded)."""
-        return self.policy.check_instruction(text) if self.policy is not None \
+        return self.runner.check_instruction(text) if self.runner is not None \
             else check_instruction(text)
 
     def _on_reset(self, request, response):
@@ -333,34 +379,49 @@ class PolicyNode(LifecycleNode):
     def _on_joint_state(self, msg: JointState) -> None:
         self.joint_state = msg
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        with self._instruction_lock:
-            return self._apply_parameters(params)
+    def _parameter_values(self) -> dict[str, Any]:
+        return {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
 
-    def _apply_parameters(self, params) -> SetParametersResult:
-        values = {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Accept or refuse a change, saying why; its side effects come once it is stored."""
+        with self._instruction_lock:
+            values = self._parameter_values()
+            reason = self._check_parameters(params, values)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if not self._post_set:  # Humble: no post-set callback, apply once accepted
+                self._apply_parameters(params, values)
+            return SetParametersResult(successful=True)
+
+    def _on_parameters_set(self, params) -> None:
+        """Apply a stored change (post-set callback): the config, the runner, the task."""
+        with self._instruction_lock:
+            self._apply_parameters(params, self._parameter_values())
+
+    def _check_parameters(self, params, values: dict[str, Any]) -> str:
+        """Return why the change is refused ('' when accepted); `values` gets the new values."""
         for p in params:
             if p.name == 'use_sim_time':
-                return SetParametersResult(successful=False, reason=(
-                    'use_sim_time is fixed at start-up (--ros-args -p use_sim_time:=true): '
-                    'switching clocks while running would invalidate every age and timeout'))
+                return ('use_sim_time is fixed at start-up (--ros-args -p use_sim_time:=true): '
+                        'switching clocks while running would invalidate every age and timeout')
             value = plain(p.value)
             reason = check_value(p.name, value)
             if reason:
-                return SetParametersResult(successful=False, reason=reason)
+                return reason
             values[p.name] = value
         reason = check_config(values)
-        changes_instruction = any(p.name == 'instruction' for p in params)
-        if not reason and changes_instruction and not self._syncing_instruction \
-                and values['instruction']:
+        if not reason and any(p.name == 'instruction' for p in params) \
+                and not self._syncing_instruction and values['instruction']:
             try:
                 self._check_instruction(values['instruction'])
             except InputError as exc:
                 reason = f'instruction rejected: {exc}'
-        if reason:
-            return SetParametersResult(successful=False, reason=reason)
+        return reason or ''
+
+    def _apply_parameters(self, params, values: dict[str, Any]) -> None:
         self.config = build_config(values)
         c = self.config
+        changes_instruction = any(p.name == 'instruction' for p in params)
         if self.runner is not None:
             self.runner.limits = SafetyLimits.from_lists(c.action_scale, c.action_lower,
                                                          c.action_upper)
@@ -370,7 +431,9 @@ class PolicyNode(LifecycleNode):
             if changes_instruction and not self._syncing_instruction \
                     and self.runner.set_instruction(c.instruction):
                 self.get_logger().info(f'new episode: {c.instruction!r}')
-        return SetParametersResult(successful=True)
+            if any(p.name in ACCEL_PARAMS for p in params):  # live options, at the next step
+                policy, accel = self.policy, c.accel
+                self.runner.update_policy(lambda: update_options(policy, accel.options))
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -421,8 +484,9 @@ class PolicyNode(LifecycleNode):
             return
         info = tick.info
         image = render_debug(self._debug_frame, tick.command, kind=tick.kind,
-                             reused=bool(info.get('reused')), kept=info.get('kept_indices'),
-                             tokens=int(info.get('visual_tokens', 0)),
+                             reused=bool(info and info.reused),
+                             kept=info.kept_indices if info else None,
+                             tokens=info.visual_tokens if info else 0,
                              max_step=float(np.max(np.abs(self.config.action_upper[:2]))))
         self._pub['debug'].publish(rgb_to_image(image, stamp))
 
@@ -442,16 +506,18 @@ class PolicyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
         accel = self.config.accel
-        camera_publishers = self.count_publishers(self.camera_sub.topic_name)
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
                                   'device': self.config.device, 'dtype': self.config.dtype,
-                                  'accel': accel.name, 'accel_options': accel.options,
-                                  'stop_reason': self.stop_reason,
-                                  'camera_publishers': camera_publishers}
+                                  'accel': '+'.join(accel.names) or 'none',
+                                  'accel_options': accel.options,
+                                  'stop_reason': self.stop_reason}
         warnings = {}  # reason -> text
-        if camera_publishers > 1:
-            warnings['camera publishers'] = \
-                f'{camera_publishers} publishers on {self.camera_sub.topic_name}'
+        camera_topic = self.camera_topic
+        if camera_topic:  # configured: the camera subscription exists
+            camera_publishers = values['camera_publishers'] = self.count_publishers(camera_topic)
+            if camera_publishers > 1:
+                warnings['camera publishers'] = \
+                    f'{camera_publishers} publishers on {camera_topic}'
         runner = self.runner
         if runner is not None:
             s = runner.status()
@@ -482,12 +548,13 @@ class PolicyNode(LifecycleNode):
         self.diagnostics.publish(msg)
 
 
-def policy_values(info: dict[str, Any]) -> dict[str, Any]:
+def policy_values(info: StepInfo | None) -> dict[str, Any]:
     """Report the last prediction's info: scalars as they are, FLOPs in GFLOPs."""
-    values = {f'policy_{k}': v for k, v in info.items()
+    if info is None:
+        return {}
+    values = {f'policy_{k}': v for k, v in info.scalars().items()
               if v is None or isinstance(v, (bool, int, float, str))}
-    if 'flops' in info:
-        values['policy_gflops_step'] = info['flops'].total / 1e9
+    values['policy_gflops_step'] = values.pop('policy_flops_step') / 1e9
     return values
 
 

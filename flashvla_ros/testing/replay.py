@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from ..policy.step import Observation
+
 MOTION = slice(0, 6)  # dx, dy, dz, droll, dpitch, dyaw; index 6 is the gripper
 
 
@@ -138,7 +140,8 @@ def golden_from_bag(policy, bag: str | Path, instruction: str, limits,
 
     raw, commands = [], []
     for _, _, _, data in read_messages(Path(bag).expanduser(), [topic]):
-        values = policy.predict(image_to_rgb(deserialize_message(data, Image)), instruction).values
+        rgb = image_to_rgb(deserialize_message(data, Image))
+        values = policy.predict(Observation(rgb, instruction)).values
         raw.append(values.tolist())
         commands.append(limits.apply(values)[0].tolist())
     return {'instruction': instruction, 'raw_actions': raw, 'commands': commands}

@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 
+from ..policy.step import Observation
 from ..sim.tasks import FAMILIES, Episode
 from ..sim.world import MAX_STEP, Block, WorldState, Zone, render
 
@@ -76,7 +77,8 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
             label = ep.expert_action()
             executed = label.copy()
             if policy is not None:
-                executed = np.asarray(policy.predict(ep.observe(), ep.instruction).values)
+                chunk = policy.predict(Observation(ep.observe(), ep.instruction))
+                executed = np.asarray(chunk.values)
             elif rng.random() < noise_p:
                 executed[:2] = rng.uniform(-MAX_STEP, MAX_STEP, size=2)
                 if rng.random() < 0.1:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from ..policy.actions import ActionCodec, NormStats
 from ..policy.checkpoint import expand_path, load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
+from ..policy.layout import SequenceLayout
 from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
 from ..policy.preprocess import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD
@@ -194,14 +195,15 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     llm = model.language_model
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
-    seq = torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
-    positions = torch.arange(seq.shape[1], device=seq.device)
+    layout = SequenceLayout(visual=patches.shape[1], prompt=emb.shape[1])  # actions in the text
+    seq = layout.assemble(emb, patches)
+    positions = layout.positions(seq.device)
     cos, sin = llm.rotary(positions, seq.dtype)
     hidden, focus_loss = seq, seq.new_zeros(())
     for i, layer in enumerate(llm.model.layers):
         if i == FOCUS_LAYER:
-            focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch)
-        hidden = layer(hidden, cos, sin)
+            focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch, layout)
+        hidden, _ = layer(hidden, cos, sin)
     hidden = llm.model.norm(hidden)
     steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1],
                                                        device=seq.device)  # [B, 7]
@@ -221,7 +223,7 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
 FOCUS_LAYER = 1  # layer 0 can bring the instruction's words to the query position first
 
 
-def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
+def attention_focus_loss(layer, hidden, cos, sin, batch, layout: SequenceLayout) -> torch.Tensor:
     """
     Supervise where three heads of one layer look from the first-action position.
 
@@ -240,7 +242,7 @@ def attention_focus_loss(layer, hidden, cos, sin, batch) -> torch.Tensor:
     scores = torch.einsum('bhd,bthd->bht', q[:, :3], k[:, :, :3]) / math.sqrt(attn.head_dim)
     visible = torch.arange(x.shape[1], device=x.device)[None, :] <= batch['first'][:, None]
     scores = scores.masked_fill(~visible[:, None, :], float('-inf'))
-    log_p = scores.log_softmax(-1)[:, :, 1:1 + batch['focus'].shape[-1]]  # the patches
+    log_p = scores.log_softmax(-1)[:, :, layout.visual_span]  # the patches
     target = batch['focus'] > 0  # [B, 3, patches]
     mass = torch.logsumexp(log_p.masked_fill(~target, float('-inf')), dim=-1)
     used = target.any(-1)

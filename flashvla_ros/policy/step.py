@@ -1,0 +1,147 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""
+The policy interface (observation in, action chunk out) and the hook points of its one forward.
+
+A step runs: gates (`before_step`) -> vision -> the planned decoder layers, each followed by
+`after_layer` (keep a subset of tokens, or end the step with a reused chunk) -> the head
+(autoregressive decode, given a `draft` to verify) -> `after_step` (memories). Accelerators
+implement `Hooks`; they never run layers themselves. Several compose in a declared order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .flops import Flops, StepRecord
+from .layout import SequenceLayout
+
+
+@dataclass(frozen=True)
+class Observation:
+    rgb: np.ndarray  # [H, W, 3] uint8
+    instruction: str
+
+
+@dataclass
+class StepInfo:
+    """What one step did; the bench, the node's diagnostics and the tests read it."""
+
+    timings_ms: dict[str, float]
+    record: StepRecord  # what ran (FLOPs are counted from it)
+    flops: Flops
+    prompt_tokens: int
+    visual_tokens: int
+    kept_tokens: int  # visual tokens that reached the last layer
+    kept_indices: tuple[int, ...] | None  # which ones (None: every token, or nothing ran)
+    layers_run: int
+    reused: bool = False
+    non_action_tokens: int = 0
+    reuse_rate: float = 0.0  # running, since the policy was made
+    flops_saved: float = 0.0  # running share of the plain model's FLOPs not spent
+    extras: dict[str, Any] = field(default_factory=dict)  # accelerator values (gate angles...)
+
+    @property
+    def decode_calls(self) -> list[tuple[int, int]]:
+        return self.record.decode_calls
+
+    def scalars(self) -> dict[str, Any]:
+        """Flat values for diagnostics and JSON (FLOPs as a number, no index lists)."""
+        return {'reused': self.reused, 'prompt_tokens': self.prompt_tokens,
+                'visual_tokens': self.visual_tokens, 'kept_tokens': self.kept_tokens,
+                'layers_run': self.layers_run, 'non_action_tokens': self.non_action_tokens,
+                'reuse_rate': self.reuse_rate, 'flops_saved': self.flops_saved,
+                'flops_step': self.flops.total, **self.extras}
+
+
+@dataclass
+class ActionChunk:
+    """One or more actions (an autoregressive model gives one), with the step's info."""
+
+    actions: np.ndarray  # [H, action_dim] float64, un-normalised (dataset units)
+    normalized: np.ndarray  # [H, action_dim] in [-1, 1]
+    token_ids: list[int]
+    info: StepInfo
+
+    @property
+    def values(self) -> np.ndarray:
+        """Return the first action of the chunk (the one to execute now)."""
+        return self.actions[0]
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        return self.info.timings_ms
+
+
+@dataclass
+class Step:
+    """One step in progress: what hooks read, and the few things they may set."""
+
+    observation: Observation
+    layout: SequenceLayout
+    record: StepRecord
+    visual_kept: torch.Tensor  # original indices of the visual tokens still in the sequence
+    reuse: ActionChunk | None = None  # set by a gate: end the step with this chunk
+    extras: dict[str, Any] = field(default_factory=dict)  # hooks' values for StepInfo.extras
+
+    def visual_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return the visual tokens still present in `hidden` [B, T, D]: [B, n, D]."""
+        return hidden[:, 1:1 + self.visual_kept.numel()]
+
+
+class Hooks:
+    """Hook points of the one forward: an accelerator overrides those it needs (defaults: none)."""
+
+    name = 'hooks'
+    gates = False  # it may end steps early (at most one reuse gate per composition)
+    drafts = False  # it proposes drafts for the head (at most one per composition)
+
+    def bind(self, policy: Any) -> None:
+        """Read what it needs of the policy (shapes, statistics); raise ValueError if unfit."""
+
+    def reset(self) -> None:
+        """Forget memories: a new episode or instruction."""
+
+    def plan(self, layers: list[int]) -> list[int]:
+        """Return the decoder layers to run, given the plan so far (pruning makes holes)."""
+        return layers
+
+    def probes(self) -> dict[int, str]:
+        """Layer -> 'attention_output' or 'attention_weights', only where it needs one."""
+        return {}
+
+    def needs_layers(self) -> set[int]:
+        """Layers whose output it reads: a plan that skips one is refused."""
+        return set(self.probes())
+
+    def before_step(self, step: Step) -> None:
+        """Before vision: may set `step.reuse` (a memory-only gate)."""
+
+    def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
+                    probe: torch.Tensor | None) -> torch.Tensor | None:
+        """After `layer`: indices of the present visual tokens to keep (ascending), or None."""
+        return None
+
+    def draft(self, step: Step) -> list[int] | None:
+        """Propose action tokens to verify in one pass instead of decoding them one by one."""
+        return None
+
+    def after_step(self, step: Step, chunk: ActionChunk) -> None:
+        """See the step's chunk (inferred or reused): update memories and counters."""
