@@ -15,10 +15,12 @@
 
 """One options declaration per accelerator: parameters, YAML, README and parser agree with it."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from flashvla_ros.accel.base import Accelerator, option
 from flashvla_ros.accel.docs import markdown_rows, yaml_block
 from flashvla_ros.accel.registry import ACCELERATORS, accelerate, parse_accel, update_options
 from flashvla_ros.params import PARAM_BY_NAME, build_config, load_yaml
@@ -79,3 +81,32 @@ def test_live_options_apply_at_the_next_step_and_read_only_ones_refuse(tiny_dir)
     with pytest.raises(ValueError, match=r"\['gate'\] are read-only while running"):
         update_options(policy, options)
     assert policy.hooks[0].options.max_reuse == 3 and policy.hooks[0].options.gate == 'past'
+
+
+class SkipLast(Accelerator):
+    """A test accelerator: a layer plan that drops the last decoder layer."""
+
+    name = 'skip_last'
+
+    @dataclass(frozen=True)
+    class Options:
+        layers: int = option(1, 'layers dropped from the end', low=0)
+
+    def plan(self, layers: list[int]) -> list[int]:
+        return layers[:len(layers) - self.options.layers]
+
+
+def test_accelerators_compose_in_order_and_incompatible_ones_are_refused(tiny_dir, monkeypatch):
+    monkeypatch.setitem(ACCELERATORS, 'skip_last', SkipLast)
+    names, options = parse_accel('skip_last+flashvla:keep_tokens=100,reuse=false,draft=false')
+    policy = accelerate(load_policy(str(tiny_dir)), names, options)
+    ep = Episode(3)
+    info = policy.predict(Observation(ep.observe(), ep.instruction)).info
+    layout = info.record.layout
+    # Layer 3 never ran; FlashVLA kept 100 visual tokens after layer 1 (its L_p = 2).
+    assert info.record.layer_tokens == {0: layout.prefill, 1: layout.prefill,
+                                        2: layout.prompt + 100}
+    assert info.layers_run == 3 and info.kept_tokens == 100
+    # A plan that skips the layer FlashVLA reads is refused, with the reason.
+    with pytest.raises(ValueError, match=r'flashvla reads decoder layer\(s\) \[1\]'):
+        accelerate(policy, *parse_accel('skip_last:layers=3+flashvla'))

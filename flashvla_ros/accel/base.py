@@ -101,7 +101,8 @@ def option_specs(options_type: type) -> list[OptionSpec]:
     for f in fields(options_type):
         meta = f.metadata['option']
         assert f.default is not MISSING
-        specs.append(OptionSpec(f.name, kinds[str(f.type)], f.default, **meta))
+        kind = f.type if isinstance(f.type, type) else kinds[f.type]  # postponed annotations
+        specs.append(OptionSpec(f.name, kind, f.default, **meta))
     return specs
 
 
