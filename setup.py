@@ -68,6 +68,7 @@ setup(
         'console_scripts': [
             'flashvla-make-tiny = flashvla_ros.tools.make_tiny:main',
             'flashvla-predict = flashvla_ros.tools.predict:main',
+            'flashvla-convert = flashvla_ros.tools.convert:main',
             'flashvla-demo = flashvla_ros.ros.demo:main',
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',

@@ -96,7 +96,9 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
         'control_rate_hz:=20.0', 'outputs:=[array, raw]', 'image_reliability:=reliable',
         'accel:=[none]'))  # the golden file is the plain model's
     wait_active(probe, procs)
-    player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw')
+    # A loaded machine can take seconds to match the player with the node: wait for it.
+    player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw',
+                         '--wait-subscribers', '20')
     probe.wait_for(lambda: player.poll() is not None, 30, 'the bag to finish', procs)
     assert player.returncode == 0
     n = len(golden['raw_actions'])

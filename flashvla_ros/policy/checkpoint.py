@@ -84,13 +84,20 @@ def read_config(path: str | Path) -> OpenVLAConfig:
     file = path / CONFIG
     if not file.is_file():
         raise CheckpointError(f'{path}: missing {CONFIG} (the Hugging Face OpenVLA layout)')
+    return OpenVLAConfig.from_dict(read_json(file), source=str(file))
+
+
+def read_json(file: Path) -> dict:
+    """Read a JSON object from `file`; CheckpointError names the file when it is not one."""
+    if not file.is_file():
+        raise CheckpointError(f'{file}: missing')
     try:
         raw = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f'{file}: not valid JSON: {exc}') from exc
     if not isinstance(raw, dict):
         raise CheckpointError(f'{file}: must hold a JSON object')
-    return OpenVLAConfig.from_dict(raw, source=str(file))
+    return raw
 
 
 def weight_files(path: str | Path) -> list[Path]:
@@ -129,7 +136,7 @@ def _checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
-def _known_unused(cfg: OpenVLAConfig) -> tuple[str, ...]:
+def known_unused(cfg: OpenVLAConfig) -> tuple[str, ...]:
     """Checkpoint keys inference never reads: ViT tails and heads, cached rotary tables."""
     prefixes = []
     for name, tower in zip(('featurizer', 'fused_featurizer'), cfg.vision, strict=True):
@@ -158,7 +165,7 @@ def load_model(
         model = OpenVLA(cfg)
     model = model.to(dtype=dtype).to_empty(device=device)
     targets = model.state_dict()
-    unused = _known_unused(cfg)
+    unused = known_unused(cfg)
     report = LoadReport(files=[str(f) for f in files])
     filled: set[str] = set()
     # safetensors reads straight to the GPU when asked; the copy casts to the target dtype.

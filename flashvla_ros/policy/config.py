@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .dit import DiTConfig
 from .errors import CheckpointError
 
 
@@ -110,6 +111,8 @@ class OpenVLAConfig:
     image_resize_strategy: str = 'resize-naive'
     arch_specifier: str = 'no-align+fused-gelu-mlp'
     timm_model_ids: tuple[str, ...] = ()
+    # A CogACT-style diffusion action head (None: OpenVLA's action tokens).
+    action_model: DiTConfig | None = None
 
     @property
     def image_size(self) -> int:
@@ -185,6 +188,7 @@ class OpenVLAConfig:
         n_bins = int(raw.get('n_action_bins', 256))
         if not 2 <= n_bins <= text.vocab_size:
             raise CheckpointError(f'{source}: "n_action_bins" = {n_bins} is out of range')
+        head = raw.get('action_model')
         return cls(
             vision=tuple(towers),
             text=text,
@@ -193,14 +197,18 @@ class OpenVLAConfig:
             image_resize_strategy=resize,
             arch_specifier=arch,
             timm_model_ids=timm_ids,
+            action_model=None if head is None else DiTConfig.from_dict(head, source),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the `config.json` content for this model, in OpenVLA's schema."""
         text = asdict(self.text)
         text['model_type'] = 'llama'
+        head = {} if self.action_model is None else {'action_model': self.action_model.to_dict()}
         return {
-            'architectures': ['OpenVLAForActionPrediction'],
+            **head,
+            'architectures': ['OpenVLAForActionPrediction' if self.action_model is None
+                              else 'CogACT'],
             'model_type': 'openvla',
             'arch_specifier': self.arch_specifier,
             'image_resize_strategy': self.image_resize_strategy,

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, field, fields, replace
 
 from .config import OpenVLAConfig, TextConfig, ViTConfig
+from .dit import FREQUENCY_SIZE, DiTConfig
 from .layout import SequenceLayout
 
 OVERSAMPLE = 8  # extra sketch columns of the randomised SVD (Halko et al. suggest 5-10)
@@ -72,19 +73,26 @@ class StepRecord:
     decode_calls: list[tuple[int, int]] = field(default_factory=list)  # (fed, decoded cached)
     head_positions: int = 0  # positions whose LM-head logits were computed
     scoring: list[tuple[str, int, int]] = field(default_factory=list)  # (method, tokens, rank)
+    dit_passes: int = 0  # diffusion head: DiT forward rows (denoising steps x CFG batch)
+    dit_parts: dict[str, int] = field(default_factory=dict)  # 'attn'/'mlp' -> rows computed
 
     @property
     def layers_run(self) -> int:
         return len(self.layer_tokens)
 
     @classmethod
-    def full(cls, layout: SequenceLayout, layers: int) -> StepRecord:
-        """Record the plain model's step: every layer on every token, decoding one by one."""
+    def full(cls, layout: SequenceLayout, layers: int,
+             head: DiTConfig | None = None) -> StepRecord:
+        """Record the plain model's step: every layer on every token, then its whole head."""
         calls = [(1, k) for k in range(layout.actions - 1)]
+        passes = 0 if head is None else head.ddim_steps * (2 if head.cfg_scale > 1 else 1)
         return cls(layout, layers, plan=tuple(range(layers)), vision=True,
                    layer_tokens={i: layout.prefill for i in range(layers)},
                    decode_calls=calls,
-                   head_positions=1 + len(calls) if layout.actions else 0)
+                   head_positions=1 + len(calls) if layout.actions else 0,
+                   dit_passes=passes,
+                   dit_parts={} if head is None else {'attn': passes * head.depth,
+                                                      'mlp': passes * head.depth})
 
 
 def vit_flops(t: ViTConfig) -> int:
@@ -142,6 +150,18 @@ def scoring_flops(method: str, tokens: int, dim: int, rank: int) -> int:
     return svd_flops(n, d)
 
 
+def dit_flops(head: DiTConfig, passes: int, parts: dict[str, int]) -> int:
+    """Count a DiT head: `passes` rows through embeddings and final layer, and each part run."""
+    n, h, a = head.chunk + 1, head.hidden_size, head.action_dim
+    per_pass = (2 * head.chunk * a * h  # action embedding
+                + 2 * (FREQUENCY_SIZE * h + h * h)  # timestep MLP
+                + 2 * head.token_size * h  # condition
+                + 2 * n * h * a)  # final layer (the condition row too)
+    attn = 2 * n * h * 3 * h + 2 * 2 * n * n * h + 2 * n * h * h  # qkv, scores+sum, proj
+    mlp = 2 * 2 * n * h * int(h * head.mlp_ratio)
+    return passes * per_pass + parts.get('attn', 0) * attn + parts.get('mlp', 0) * mlp
+
+
 def count_flops(cfg: OpenVLAConfig, record: StepRecord) -> Flops:
     """Count the FLOPs of what `record` says ran, on a model of shape `cfg`."""
     text = cfg.text
@@ -150,13 +170,17 @@ def count_flops(cfg: OpenVLAConfig, record: StepRecord) -> Flops:
                  for fed, cached in record.decode_calls for past in record.layer_tokens.values())
     select = sum(scoring_flops(method, tokens, text.hidden_size, rank)
                  for method, tokens, rank in record.scoring)
+    head = head_flops(text, record.head_positions)
+    if cfg.action_model is not None:
+        head += dit_flops(cfg.action_model, record.dit_passes, record.dit_parts)
     return Flops(vision=vision_flops(cfg) if record.vision else 0, prefill=prefill,
-                 decode=decode, head=head_flops(text, record.head_positions), select=select)
+                 decode=decode, head=head, select=select)
 
 
 def full_flops(cfg: OpenVLAConfig, layout: SequenceLayout) -> Flops:
     """Count the plain model's FLOPs for one step of this layout."""
-    return count_flops(cfg, StepRecord.full(layout, cfg.text.num_hidden_layers))
+    return count_flops(cfg, StepRecord.full(layout, cfg.text.num_hidden_layers,
+                                            cfg.action_model))
 
 
 def project(record: StepRecord, cfg: OpenVLAConfig) -> StepRecord:
@@ -188,4 +212,5 @@ def project(record: StepRecord, cfg: OpenVLAConfig) -> StepRecord:
         layers[j] = scaled(ran[source])
     scoring = [(m, round(n * layout.visual / max(1, src.visual)), r) for m, n, r in record.scoring]
     return StepRecord(layout, depth, plan, record.stopped, record.vision, layers,
-                      list(record.decode_calls), record.head_positions, scoring)
+                      list(record.decode_calls), record.head_positions, scoring,
+                      record.dit_passes, dict(record.dit_parts))

@@ -36,6 +36,7 @@ from torch import nn
 
 from .actions import ActionCodec, NormStats
 from .config import OpenVLAConfig
+from .dit import ActionModel, compute_all, ddim_sample
 from .errors import CheckpointError, InputError, NonFiniteOutputError
 from .flops import StepRecord, count_flops, full_flops
 from .instruction import check_instruction
@@ -59,6 +60,8 @@ class OpenVLA(nn.Module):
         self.vision_backbone = FusedVisionBackbone(cfg)
         self.projector = FusedProjector(cfg.vision_dim, cfg.text.hidden_size)
         self.language_model = Llama(cfg.text)
+        if cfg.action_model is not None:  # CogACT-style: a diffusion head instead of tokens
+            self.action_model = ActionModel(cfg.action_model)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 6, S, S] -> projected patch embeddings [B, N, llm_dim]."""
@@ -121,6 +124,11 @@ class OpenVLAPolicy:
                 f'tokenizer has {self.codec.vocab_size} tokens but the model embeds only '
                 f'{self.cfg.text.vocab_size}'
             )
+        self.head = self.cfg.action_model  # None: OpenVLA's action tokens
+        if self.head is not None and self.head.action_dim != self.action_dim:
+            raise CheckpointError(f'the action head predicts {self.head.action_dim}-D actions '
+                                  f'but the statistics have {self.action_dim} dimensions')
+        self.noise_seed = 0  # diffusion: every step starts from the same seeded noise
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         max_len = 1 + self.cfg.num_patches + max_prompt_tokens + self.action_dim
@@ -200,6 +208,8 @@ class OpenVLAPolicy:
         ids = list(tokenizer(PROMPT.format(text.lower()))['input_ids'])
         if ids[-1] != self.space_id:
             ids.append(self.space_id)
+        if self.head is not None:  # CogACT: the EOS after it is the cognition token
+            ids.append(tokenizer.eos_token_id)
         if len(ids) > self.max_prompt_tokens:
             raise InputError(
                 f'instruction makes a {len(ids)}-token prompt; '
@@ -208,7 +218,8 @@ class OpenVLAPolicy:
         return ids
 
     def layout(self, prompt_tokens: int) -> SequenceLayout:
-        return SequenceLayout(self.cfg.num_patches, prompt_tokens, self.action_dim)
+        actions = 0 if self.head is not None else self.action_dim  # tokens decoded
+        return SequenceLayout(self.cfg.num_patches, prompt_tokens, actions)
 
     # -- the one forward -------------------------------------------------------------------
 
@@ -248,6 +259,8 @@ class OpenVLAPolicy:
             record.stopped = True
             clock.mark('prefill')
             return self._finish_reuse(step, clock)
+        if self.head is not None:
+            return self._diffuse(step, out[0], clock)
         first = llm.logits(out[0])
         record.head_positions += 1
         clock.mark('prefill')
@@ -352,6 +365,48 @@ class OpenVLAPolicy:
         if not bool(finite):
             raise NonFiniteOutputError('the language model produced NaN/inf logits')
         return tokens.tolist()
+
+    def _diffuse(self, step: Step, hidden: torch.Tensor, clock: Stopwatch) -> ActionChunk:
+        """
+        Run the diffusion head: DDIM conditioned on the cognition token's final hidden state.
+
+        Seeded noise makes a step reproducible; the chunk is clipped to [-1, 1], the gripper
+        (last dimension) binarised at 0.5, then un-normalised.
+        """
+        cfg, net = self.head, self.model.action_model.net
+        clock.mark('prefill')
+        cognition = self.model.language_model.model.norm(hidden[:, -1:])  # [1, 1, D]
+        w = net.x_embedder.linear.weight
+        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+        noise = torch.randn((1, cfg.chunk, cfg.action_dim), generator=generator,
+                            device=self.device).to(w.dtype)
+        caches = [h.block_cache for h in self.hooks if h.block_cache is not Hooks.block_cache]
+        rows = 2 if cfg.cfg_scale > 1 else 1
+        record = step.record
+
+        def counted(k: int):
+            inner = caches[0](step, k) if caches else compute_all
+
+            def cache(block: int, part: str, compute):
+                def run() -> torch.Tensor:
+                    record.dit_parts[part] = record.dit_parts.get(part, 0) + rows
+                    return compute()
+                return inner(block, part, run)
+            return cache
+
+        x = ddim_sample(net, cognition.to(w.dtype), noise, counted)
+        record.dit_passes = cfg.ddim_steps * rows
+        normalized = x[0].float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        normalized[:, -1] = np.where(normalized[:, -1] >= 0.5, 1.0, 0.0)  # the gripper
+        values = self.stats.unnormalize(normalized)
+        if not np.isfinite(values).all() or not np.isfinite(normalized).all():
+            raise NonFiniteOutputError('the action head produced NaN/inf actions')
+        clock.mark('head')
+        info = self._info(step, clock, reused=False, non_action=0)
+        chunk = ActionChunk(values, normalized, [], info)
+        for h in self.hooks:
+            h.after_step(step, chunk)
+        return chunk
 
     # -- results ---------------------------------------------------------------------------
 

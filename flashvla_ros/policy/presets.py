@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
 from .config import OpenVLAConfig, TextConfig, ViTConfig
+from .dit import DiTConfig
 
 # A 7-D action (xyz, rpy deltas, gripper), gripper not normalised: OpenVLA's layout.
 TINY_NORM_STATS = {
@@ -60,6 +62,18 @@ def openvla_7b_config() -> OpenVLAConfig:
         'text_config': {'model_type': 'llama', 'pad_token_id': 32000, 'vocab_size': 32064},
         'norm_stats': TINY_NORM_STATS,
     }, source='openvla-7b shapes')
+
+
+def tiny_cogact_config(size: str = 'DiT-S', **head) -> OpenVLAConfig:
+    """Return the tiny VLM with a CogACT head conditioned on its 128-wide cognition feature."""
+    cfg = tiny_config()
+    return replace(cfg, action_model=DiTConfig.sized(size, token_size=cfg.text.hidden_size,
+                                                     **head))
+
+
+def cogact_7b_config() -> OpenVLAConfig:
+    """Return CogACT's shapes: OpenVLA-7B's VLM and a DiT-B head (for FLOPs projections)."""
+    return replace(openvla_7b_config(), action_model=DiTConfig.sized('DiT-B'))
 
 
 def default_model_dir() -> Path:

@@ -139,6 +139,16 @@ class Hooks:
         """After `layer`: indices of the present visual tokens to keep (ascending), or None."""
         return None
 
+    def block_cache(self, step: Step, denoising_step: int):
+        """
+        Diffusion head: return the block-cache hook of one denoising step.
+
+        `block_cache(block, part, compute)` returns a DiT block part's output ('attn' or 'mlp');
+        calling `compute()` computes it, anything else reuses (feature caching). Overriding
+        this method plugs it in; the default computes every part.
+        """
+        return lambda block, part, compute: compute()
+
     def draft(self, step: Step) -> list[int] | None:
         """Propose action tokens to verify in one pass instead of decoding them one by one."""
         return None

@@ -175,7 +175,9 @@ def play(path: str, rate: float, topics: list[str] | None, loop: bool,
     sent = 0
     try:
         player = Player(node, path, topics)
-        player.wait_for_subscribers(wait_subscribers_s)
+        if not player.wait_for_subscribers(wait_subscribers_s):
+            print(f'flashvla-bag: no subscriber on every topic after {wait_subscribers_s:g} s; '
+                  'playing anyway (early messages may be lost)', file=sys.stderr)
         while True:
             sent += player.play(rate)
             if not loop:

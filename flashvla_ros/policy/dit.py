@@ -1,0 +1,277 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""
+CogACT's diffusion action head: a DiT over the noisy action chunk, conditioned by one token.
+
+Parameter names and shapes follow microsoft/CogACT's `action_model.net.*` (DiT-S/B/L), so its
+published head loads unchanged. The condition token is the timestep embedding (sinusoid of 256,
+cos first, then an MLP) plus a linear map of the LLM's cognition feature; it is prepended to the
+chunk's action tokens, learned positions cover all 1 + chunk rows, the pre-LayerNorm blocks
+(no affine, eps 1e-6, GELU tanh, bidirectional attention) run, and the condition row is dropped
+at the output: the predicted noise of every action.
+
+`DiT.forward(..., block_cache=...)` is the head's hook point: a callable that decides, per
+denoising step, block and part ('attn' or 'mlp'), whether to compute that output or return a
+cached one (DiT feature caching). The default computes everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+import math
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import CheckpointError
+
+# (depth, hidden, heads) of CogACT's sizes.
+DIT_SIZES = {'DiT-S': (6, 384, 4), 'DiT-B': (12, 768, 12), 'DiT-L': (24, 1024, 16)}
+FREQUENCY_SIZE = 256  # sinusoid width of the timestep embedding
+
+# block_cache(block, part, compute) -> the part's output (compute() when not cached).
+BlockCache = Callable[[int, str, Callable[[], torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    action_dim: int = 7
+    chunk: int = 16  # actions per prediction: the current step and 15 future ones
+    token_size: int = 4096  # width of the cognition feature (the LLM's hidden size)
+    train_steps: int = 100  # diffusion steps of the squared-cosine schedule
+    ddim_steps: int = 10
+    cfg_scale: float = 1.5  # classifier-free guidance; 1 disables it (no doubled batch)
+    class_dropout: float = 0.1  # training: the condition replaced by `uncondition`
+
+    @classmethod
+    def sized(cls, name: str, **kw: Any) -> DiTConfig:
+        depth, hidden, heads = DIT_SIZES[name]
+        return cls(hidden_size=hidden, depth=depth, num_heads=heads, **kw)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> DiTConfig:
+        if not isinstance(raw, dict):
+            raise CheckpointError(f'{source}: "action_model" must be a mapping')
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CheckpointError(f'{source}: unknown "action_model" keys {unknown}')
+        cfg = cls(**raw)
+        if cfg.hidden_size % cfg.num_heads or min(cfg.depth, cfg.chunk, cfg.action_dim) < 1:
+            raise CheckpointError(f'{source}: "action_model" has inconsistent sizes {raw}')
+        if not 1 <= cfg.ddim_steps <= cfg.train_steps or cfg.train_steps % cfg.ddim_steps:
+            raise CheckpointError(f'{source}: "action_model" ddim_steps {cfg.ddim_steps} must '
+                                  f'divide train_steps {cfg.train_steps}')
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timestep_embedding(t: torch.Tensor, size: int = FREQUENCY_SIZE) -> torch.Tensor:
+    """Sinusoids of the timesteps t [N]: [N, size], cos first, then sin (as CogACT)."""
+    half = size // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32,
+                                                        device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(FREQUENCY_SIZE, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t).to(self.mlp[0].weight.dtype))
+
+
+class LinearEmbedder(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class ConditionEmbedder(nn.Module):
+    """The cognition feature -> one condition row; `uncondition` is the learned null one."""
+
+    def __init__(self, token_size: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(token_size, hidden)
+        self.uncondition = nn.Parameter(torch.zeros(1, token_size))
+
+    def forward(self, z: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed z [N, 1, C]; `drop` [N] (training) puts the null condition in those rows."""
+        if drop is not None:
+            z = torch.where(drop[:, None, None], self.uncondition.expand_as(z), z)
+        return self.linear(z)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional: no mask
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, hidden: int, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate='tanh'))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden, int(hidden * mlp_ratio))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm_final(x))
+
+
+def compute_all(block: int, part: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return compute()
+
+
+class DiT(nn.Module):
+    """`action_model.net` of CogACT: noisy chunk [N, H, A], timesteps [N], condition [N, 1, C]."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden_size
+        # Unused by CogACT's forward, but present in its checkpoints (past actions, window 0).
+        self.history_embedder = LinearEmbedder(cfg.action_dim, h)
+        self.x_embedder = LinearEmbedder(cfg.action_dim, h)
+        self.t_embedder = TimestepEmbedder(h)
+        self.z_embedder = ConditionEmbedder(cfg.token_size, h)
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.chunk + 1, h))
+        self.blocks = nn.ModuleList(DiTBlock(h, cfg.num_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(h, cfg.action_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                drop: torch.Tensor | None = None,
+                block_cache: BlockCache = compute_all) -> torch.Tensor:
+        """Predict the noise of every action of `x` [N, H, A]."""
+        condition = self.t_embedder(t)[:, None] + self.z_embedder(z, drop)
+        h = torch.cat([condition, self.x_embedder(x)], dim=1) + self.positional_embedding
+        for i, block in enumerate(self.blocks):
+            h = h + block_cache(i, 'attn', lambda b=block, h=h: b.attn(b.norm1(h)))
+            h = h + block_cache(i, 'mlp', lambda b=block, h=h: b.mlp(b.norm2(h)))
+        return self.final_layer(h)[:, 1:]
+
+
+class ActionModel(nn.Module):
+    """CogACT's `action_model`: the DiT under `net` (the diffusion itself has no parameters)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.net = DiT(cfg)
+
+
+# -- the diffusion ----------------------------------------------------------------------------
+
+
+def squaredcos_alphas_cumprod(steps: int) -> torch.Tensor:
+    """Cumulative products of 1 - beta for the squared-cosine schedule (betas capped at 0.999)."""
+
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999)
+                          for i in range(steps)], dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def diffusion_loss(net: DiT, actions: torch.Tensor, condition: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise-prediction MSE at random timesteps; conditions dropped at `class_dropout`."""
+    cfg = net.cfg
+    n = actions.shape[0]
+    alphas = squaredcos_alphas_cumprod(cfg.train_steps).to(actions.device)
+    t = torch.randint(0, cfg.train_steps, (n,), device=actions.device, generator=generator)
+    noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+    a = alphas[t].float()[:, None, None]
+    noisy = a.sqrt() * actions + (1 - a).sqrt() * noise
+    drop = torch.rand(n, device=actions.device, generator=generator) < cfg.class_dropout
+    return F.mse_loss(net(noisy, t, condition, drop), noise)
+
+
+def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,
+                block_cache: Callable[[int], BlockCache] | None = None) -> torch.Tensor:
+    """
+    DDIM (eta 0) from `noise` [N, H, A] at the original timesteps T-s, ..., s, 0 (s = T/steps).
+
+    With `cfg_scale` > 1 the batch doubles with the null condition and the noise estimate is
+    uncond + scale (cond - uncond). `block_cache(step_index)` gives each denoising step's
+    block-cache hook. Returns the final x0 [N, H, A] (not clipped; the caller clips).
+    """
+    cfg = net.cfg
+    alphas = squaredcos_alphas_cumprod(cfg.train_steps)
+    stride = cfg.train_steps // cfg.ddim_steps
+    timesteps = list(range(cfg.train_steps - stride, -1, -stride))
+    guided = cfg.cfg_scale > 1.0
+    n = noise.shape[0]
+    z = condition
+    if guided:
+        z = torch.cat([condition, net.z_embedder.uncondition.expand_as(condition)], dim=0)
+    x = noise
+    for k, t in enumerate(timesteps):
+        inputs = torch.cat([x, x], dim=0) if guided else x
+        steps = torch.full((inputs.shape[0],), t, device=x.device, dtype=torch.long)
+        hook = compute_all if block_cache is None else block_cache(k)
+        eps = net(inputs, steps, z, block_cache=hook)
+        if guided:
+            eps = eps[n:] + cfg.cfg_scale * (eps[:n] - eps[n:])
+        a_t = float(alphas[t])
+        a_prev = float(alphas[t - stride]) if t - stride >= 0 else 1.0
+        x0 = math.sqrt(1 / a_t) * x - math.sqrt(1 / a_t - 1) * eps
+        eps = (math.sqrt(1 / a_t) * x - x0) / math.sqrt(1 / a_t - 1)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+    return x

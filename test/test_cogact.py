@@ -1,0 +1,199 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""The CogACT-style diffusion head: CogACT's names and shapes, DDIM, the policy, checkpoints."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flashvla_ros.accel.registry import accelerate
+from flashvla_ros.policy import CheckpointError, Observation, load_policy
+from flashvla_ros.policy.cogact_checkpoint import PREFIXES, convert_cogact
+from flashvla_ros.policy.dit import (
+    DiT,
+    DiTConfig,
+    ddim_sample,
+    squaredcos_alphas_cumprod,
+    timestep_embedding,
+)
+from flashvla_ros.policy.flops import count_flops, full_flops
+from flashvla_ros.policy.openvla import OpenVLA, OpenVLAPolicy
+from flashvla_ros.policy.presets import tiny_cogact_config
+from flashvla_ros.policy.tokenizer import load_tokenizer
+from flashvla_ros.sim.tasks import Episode
+from flashvla_ros.tools.make_tiny import random_model
+
+
+def test_dit_b_has_cogacts_parameter_names_and_shapes():
+    with torch.device('meta'):
+        net = DiT(DiTConfig.sized('DiT-B'))
+    shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
+    assert shapes['x_embedder.linear.weight'] == [768, 7]
+    assert shapes['history_embedder.linear.weight'] == [768, 7]
+    assert shapes['t_embedder.mlp.0.weight'] == [768, 256]
+    assert shapes['t_embedder.mlp.2.weight'] == [768, 768]
+    assert shapes['z_embedder.linear.weight'] == [768, 4096]
+    assert shapes['z_embedder.uncondition'] == [1, 4096]
+    assert shapes['positional_embedding'] == [17, 768]
+    assert shapes['blocks.11.attn.qkv.weight'] == [2304, 768]
+    assert shapes['blocks.11.attn.proj.weight'] == [768, 768]
+    assert shapes['blocks.11.mlp.fc1.weight'] == [3072, 768]
+    assert shapes['blocks.11.mlp.fc2.weight'] == [768, 3072]
+    assert shapes['final_layer.linear.weight'] == [7, 768]
+    assert 'blocks.12.attn.qkv.weight' not in shapes and not any('norm' in k for k in shapes)
+    assert round(sum(v.numel() for v in net.state_dict().values()) / 1e6, 2) == 88.99
+
+
+def test_timestep_embedding_is_cos_then_sin():
+    emb = timestep_embedding(torch.tensor([0.0, 3.0]))
+    assert emb.shape == (2, 256)
+    assert emb[0, :128].tolist() == [1.0] * 128 and emb[0, 128:].tolist() == [0.0] * 128
+    assert emb[1, 0].item() == pytest.approx(math.cos(3.0)) and \
+        emb[1, 128].item() == pytest.approx(math.sin(3.0))
+
+
+def test_squared_cosine_schedule():
+    a = squaredcos_alphas_cumprod(100).double()
+
+    def alpha_bar(s):
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    assert a[0].item() == pytest.approx(alpha_bar(0.01) / alpha_bar(0.0))
+    assert (a[1:] < a[:-1]).all() and a[-1].item() == pytest.approx(a[-2].item() * 0.001)
+
+
+@torch.no_grad()
+def test_ddim_with_a_zero_noise_estimate_rescales_the_noise_exactly():
+    # With eps = 0 every DDIM step is x <- sqrt(a_prev / a_t) x: from t = 90 to 0 it
+    # telescopes to noise / sqrt(a_90), with or without guidance (uncond + s * 0 = 0).
+    for scale in (1.0, 1.5):
+        net = DiT(DiTConfig.sized('DiT-S', token_size=8, cfg_scale=scale)).eval()
+        torch.nn.init.zeros_(net.final_layer.linear.weight)
+        torch.nn.init.zeros_(net.final_layer.linear.bias)
+        noise = torch.randn(1, 16, 7)
+        out = ddim_sample(net, torch.randn(1, 1, 8), noise)
+        alphas = squaredcos_alphas_cumprod(100)
+        assert torch.allclose(out, noise / math.sqrt(float(alphas[90])), atol=1e-5)
+
+
+def tiny_cogact(tiny_dir, seed: int = 0) -> OpenVLAPolicy:
+    """Make a random tiny VLM with a random DiT-S head (make_tiny's init) and tokenizer."""
+    torch.manual_seed(seed)
+    model = random_model(tiny_cogact_config(), seed)
+    for p in model.action_model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return OpenVLAPolicy(model, load_tokenizer(str(tiny_dir)))
+
+
+@pytest.fixture(scope='module')
+def cogact(tiny_dir):
+    return tiny_cogact(tiny_dir)
+
+
+def test_the_policy_returns_a_reproducible_chunk(cogact):
+    ep = Episode(3)
+    obs = Observation(ep.observe(), ep.instruction)
+    a, b = cogact.predict(obs), cogact.predict(obs)
+    assert a.actions.shape == (16, 7) and a.normalized.shape == (16, 7)
+    assert np.array_equal(a.actions, b.actions)  # seeded noise: the same step, the same chunk
+    assert set(np.unique(a.normalized[:, 6])) <= {0.0, 1.0}  # the gripper is binarised
+    assert np.all(np.abs(a.normalized) <= 1.0) and a.token_ids == []
+    assert np.array_equal(a.values, a.actions[0])
+    # The prompt ends in the cognition token (EOS after the space), as CogACT's does.
+    ids = cogact.prompt_ids(ep.instruction).tolist()
+    assert ids[-2:] == [cogact.space_id, cogact.tokenizer.eos_token_id]
+    record = a.info.record
+    assert record.decode_calls == [] and record.head_positions == 0
+    assert record.dit_passes == 20 and record.dit_parts == {'attn': 120, 'mlp': 120}
+    assert a.info.flops == full_flops(cogact.cfg, record.layout)
+    assert count_flops(cogact.cfg, record).head > 0
+
+
+def test_flashvla_hooks_plug_into_the_diffusion_model(tiny_dir):
+    policy = accelerate(tiny_cogact(tiny_dir), ['flashvla'], {'flashvla': {
+        'keep_tokens': 100, 'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0}})
+    ep = Episode(3)
+    obs = Observation(ep.observe(), ep.instruction)
+    steps = [policy.predict(obs) for _ in range(3)]
+    assert steps[0].info.kept_tokens == 100
+    assert [s.info.reused for s in steps] == [False, False, True]
+    assert np.array_equal(steps[2].actions, steps[1].actions)
+
+
+def cogact_run_dir(tmp_path, policy: OpenVLAPolicy, extra: dict | None = None,
+                   drop: str | None = None):
+    """Write `policy`'s weights as CogACT publishes them: checkpoints/*.pt + two JSON files."""
+    parts: dict[str, dict] = {}
+    for key, value in policy.model.state_dict().items():
+        theirs, ours = next((t, o) for t, o in PREFIXES if key.startswith(o))
+        name = theirs + key[len(ours):]
+        part, _, inner = name.partition('.')
+        if name != drop:
+            parts.setdefault(part, {})[inner] = value.clone()
+    for name, value in (extra or {}).items():
+        part, _, inner = name.partition('.')
+        parts.setdefault(part, {})[inner] = value
+    run = tmp_path / 'cogact-run'
+    (run / 'checkpoints').mkdir(parents=True)
+    torch.save({'model': parts}, run / 'checkpoints' / 'step-010000-epoch-01-loss=0.1.pt')
+    (run / 'config.json').write_text(json.dumps({'vla': {'base_vlm': 'tiny'}}))
+    (run / 'dataset_statistics.json').write_text(json.dumps(policy.cfg.norm_stats))
+    base = tmp_path / 'base.json'
+    base.write_text(json.dumps(policy.cfg.to_dict()))
+    return run, base
+
+
+def test_a_cogact_checkpoint_converts_and_predicts_the_same_chunk(tmp_path, tiny_dir, cogact):
+    run, base = cogact_run_dir(tmp_path, cogact)
+    assert set(torch.load(next((run / 'checkpoints').glob('*.pt')), weights_only=True)['model']) \
+        == {'vision_backbone', 'projector', 'llm_backbone', 'action_model'}
+    out = convert_cogact(run, tmp_path / 'ours', tokenizer_dir=tiny_dir, base_config=base,
+                         size='DiT-S', dtype='float32')
+    loaded = load_policy(str(out))
+    assert loaded.cfg.action_model == cogact.cfg.action_model
+    ep = Episode(5)
+    obs = Observation(ep.observe(), ep.instruction)
+    assert np.array_equal(loaded.predict(obs).actions, cogact.predict(obs).actions)
+
+
+def test_conversion_names_missing_and_unexpected_keys(tmp_path, cogact):
+    missing = 'action_model.net.blocks.3.mlp.fc1.weight'
+    run, base = cogact_run_dir(tmp_path / 'a', cogact, drop=missing,
+                               extra={'action_model.net.bonus.weight': torch.zeros(2)})
+    with pytest.raises(CheckpointError) as err:
+        convert_cogact(run, tmp_path / 'out', base_config=base, size='DiT-S')
+    assert f"missing: ['{missing}']" in str(err.value)
+    assert "unexpected: ['action_model.net.bonus.weight']" in str(err.value)
+    with pytest.raises(CheckpointError, match='does not match DiT-B'):
+        convert_cogact(cogact_run_dir(tmp_path / 'b', cogact)[0], tmp_path / 'out',
+                       base_config=base, size='DiT-B')
+
+
+def test_only_tensors_are_unpickled(tmp_path, cogact):
+    run, base = cogact_run_dir(tmp_path, cogact)
+    pt = next((run / 'checkpoints').glob('*.pt'))
+    torch.save({'model': {'action_model': {'x': object()}}}, pt)  # arbitrary pickle
+    with pytest.raises(CheckpointError, match='not a tensor-only PyTorch checkpoint'):
+        convert_cogact(run, tmp_path / 'out', base_config=base, size='DiT-S')
+
+
+def test_model_builds_the_head_from_config():
+    with torch.device('meta'):
+        model = OpenVLA(tiny_cogact_config())
+    assert model.action_model.net.cfg.token_size == 128
