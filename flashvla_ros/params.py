@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from .accel.registry import ACCELERATORS, NONE, check_accel
+from .control.runner import ChunkExecution
 from .control.safety import hold_outside_limits
 from .policy.checkpoint import expand_path
 from .policy.errors import InputError
@@ -110,6 +111,19 @@ PARAMS: tuple[Param, ...] = (
           'reuse or hold marked.', read_only=True),
     Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
           'action dimension).', read_only=True),
+    Param('chunk_mode', 'execute', 'How action chunks become commands: execute (the first '
+          'chunk_steps actions of each chunk, one per tick) or ensemble (a prediction every '
+          "tick, blended with the previous ones by CogACT's adaptive weights).",
+          choices=('execute', 'ensemble')),
+    Param('chunk_steps', 0, 'execute: actions of each chunk to run before the next one (0: the '
+          'whole chunk; an autoregressive model gives chunks of one).', low=0, high=1024),
+    Param('ensemble_horizon', 2, 'ensemble: the last K predictions blended (CogACT: 2 on the '
+          'Google robot, 7 on WidowX).', low=1, high=64),
+    Param('ensemble_alpha', 0.1, 'ensemble: weight exp(alpha * cos(prediction, newest)).',
+          low=-10.0, high=10.0),
+    Param('inference_timing', 'just_in_time', 'just_in_time: start each inference from the '
+          'measured latency so it finishes just before the tick that uses it, on the newest '
+          'frame; asap: as soon as the queue runs dry.', choices=('just_in_time', 'asap')),
     Param('accel', ['flashvla'], 'Accelerators, in the order their hooks run: [none] for the '
           f'plain model, or any of {sorted(ACCELERATORS)}.', read_only=True,
           choices=(NONE, *ACCELERATORS)),
@@ -157,11 +171,22 @@ class NodeConfig:
     action_upper: tuple[float, ...]
     debug_image: bool
     joint_names: tuple[str, ...]
+    chunk_mode: str
+    chunk_steps: int
+    ensemble_horizon: int
+    ensemble_alpha: float
+    inference_timing: str
     accel: AccelConfig
 
     @property
     def control_period_s(self) -> float:
         return 1.0 / self.control_rate_hz
+
+    @property
+    def chunks(self) -> ChunkExecution:
+        return ChunkExecution(mode=self.chunk_mode, steps=self.chunk_steps,
+                              horizon=self.ensemble_horizon, alpha=self.ensemble_alpha,
+                              just_in_time=self.inference_timing == 'just_in_time')
 
 
 assert [f.name for f in fields(NodeConfig)] == [

@@ -94,11 +94,14 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
         tiny_dir, f'instruction:={golden["instruction"]}', 'max_image_age_s:=2.0',
         'max_command_gap_s:=2.0',  # the bag's camera runs at 2 Hz
         'control_rate_hz:=20.0', 'outputs:=[array, raw]', 'image_reliability:=reliable',
-        'accel:=[none]'))  # the golden file is the plain model's
+        'accel:=[none]'),  # the golden file is the plain model's
+        '-r', 'image_raw:=/golden/image_raw')
     wait_active(probe, procs)
-    # A loaded machine can take seconds to match the player with the node: wait for it.
+    # The camera on a topic of its own: a node of the test before (killed) is still known
+    # to discovery for a while on /image_raw, and the player would start for that ghost.
     player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw',
-                         '--wait-subscribers', '20')
+                         '--wait-subscribers', '20', '--ros-args', '-r',
+                         '/image_raw:=/golden/image_raw')
     probe.wait_for(lambda: player.poll() is not None, 30, 'the bag to finish', procs)
     assert player.returncode == 0
     n = len(golden['raw_actions'])

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from flashvla_ros.control.runner import PolicyRunner
+from flashvla_ros.control.runner import ChunkExecution, PolicyRunner
 from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.policy import Observation
 from flashvla_ros.policy.errors import InputError
@@ -377,3 +377,92 @@ def test_warning_when_actions_expire_before_inference_ends(make_runner):
     runner.max_action_age_s = 0.1
     assert runner.warning() == ('max_action_age_s 0.1 s is below the inference latency '
                                 '180 ms: actions expire before they are used')
+
+
+# -- chunks ----------------------------------------------------------------------------------
+
+
+def chunk(first: float, rows: int = 16, gripper: float = 1.0) -> np.ndarray:
+    """Rows whose x grows by 0.001 per step from `first`: each row says which it is."""
+    out = np.zeros((rows, 7))
+    out[:, 0] = first + 0.001 * np.arange(rows)
+    out[:, 6] = gripper
+    return out
+
+
+def make_chunk_runner(policy, chunks, clock=None, period=None):
+    runner = PolicyRunner(policy, LIMITS, max_image_age_s=5.0, max_action_age_s=5.0,
+                          max_command_gap_s=60.0, clock=clock or Clock(), chunks=chunks,
+                          control_period_s=period)
+    runner.start()
+    return runner
+
+
+def test_execute_mode_runs_n_actions_of_each_chunk_and_counts_boundary_stalls():
+    policy = ScriptedPolicy(chunk(0.01), chunk(0.02))
+    policy.gate.clear()
+    runner = make_chunk_runner(policy, ChunkExecution(mode='execute', steps=3))
+    try:
+        runner.set_instruction('push the cup')
+        assert runner.tick().kind == 'hold'  # no frame yet
+        runner.submit_frame(FRAME)
+        assert runner.tick().kind == 'starved' and runner.counters.boundary_stalls == 0
+        policy.gate.set()
+        wait_for(lambda: runner.status()['queue'] == 3)
+        ticks = [runner.tick() for _ in range(3)]
+        assert [t.command[0] for t in ticks] == pytest.approx([0.010, 0.011, 0.012])
+        assert [len(t.remaining) for t in ticks] == [2, 1, 0]  # the rest of what will run
+        assert runner.tick().kind == 'starved'  # no frame: the chunk seam stalls
+        assert runner.counters.boundary_stalls == 1 and runner.counters.starved_ticks == 2
+        runner.submit_frame(FRAME)
+        assert next_action(runner).command[0] == pytest.approx(0.020)
+    finally:
+        runner.stop()
+
+
+def test_ensemble_blends_the_last_chunks_with_cogacts_weights():
+    first, second = chunk(0.01), chunk(0.03)
+    second[:, 1] = 0.02  # a different direction: cos < 1
+    policy = ScriptedPolicy(first, second, second)
+    runner = make_chunk_runner(policy, ChunkExecution(mode='ensemble', horizon=2, alpha=0.1))
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)
+        wait_for(lambda: policy.calls == 1)
+        wait_for(lambda: runner.status()['inferences'] == 1)
+        tick = runner.tick()  # one prediction: its first row
+        assert tick.command[0] == pytest.approx(0.010) and len(tick.remaining) == 15
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['inferences'] == 2)
+        tick = runner.tick()  # first[1] and second[0], weighted by cos to second[0]
+        a = np.stack([first[1], second[0]])
+        w = np.exp(0.1 * (a @ second[0]) / (np.linalg.norm(a, axis=1)
+                                            * np.linalg.norm(second[0])))
+        expected = (w / w.sum()) @ a
+        assert np.allclose(tick.raw[:6], expected[:6]) and tick.raw[6] == 1.0
+        assert w[1] > w[0]  # the newest agrees with itself most
+    finally:
+        runner.stop()
+
+
+def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
+    clock = Clock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = make_chunk_runner(policy, ChunkExecution(just_in_time=True), clock, period=0.1)
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)
+        assert next_action(runner).kind == 'action'  # no latency measured yet: at once
+        assert policy.calls == 1
+        # Queue empty right after a tick at t = 100.0; the next tick is at 100.1 and the
+        # measured latency is a few ms: the worker waits (in clock time) until about 100.09.
+        newest = np.full((32, 32, 3), 7, np.uint8)
+        runner.submit_frame(FRAME)
+        time.sleep(0.3)
+        assert policy.calls == 1  # not yet: the clock has not moved
+        clock.t = 100.099
+        runner.submit_frame(newest)  # arrives before the start: this is the one inferred
+        wait_for(lambda: policy.calls == 2)
+        assert runner.counters.dropped_frames == 1  # the older frame was replaced, unread
+    finally:
+        runner.stop()

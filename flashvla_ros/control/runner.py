@@ -50,6 +50,26 @@ from ..policy.step import ActionChunk, Observation, StepInfo
 from .safety import GRIPPER, SafetyLimits
 
 
+@dataclass(frozen=True)
+class ChunkExecution:
+    """
+    How action chunks become commands, and when the next inference starts.
+
+    `execute`: the first `steps` actions of each chunk (0: all) are queued and run one per
+    tick. `ensemble` (CogACT's adaptive ensembling): a prediction every tick, and the command
+    for a tick blends what the last `horizon` chunks predicted for it with weights
+    exp(alpha * cos(a_k, a_newest)). `just_in_time`: the next inference starts from the
+    measured latency so that it finishes just before the tick that needs it, on the newest
+    frame (instead of as soon as the queue runs dry).
+    """
+
+    mode: str = 'execute'
+    steps: int = 0
+    horizon: int = 2
+    alpha: float = 0.1
+    just_in_time: bool = False
+
+
 class Policy(Protocol):
     """What the runner needs of a policy (`OpenVLAPolicy` with any accelerators)."""
 
@@ -100,6 +120,7 @@ class Counters:
     holds: int = 0
     watchdog_holds: int = 0
     starved_ticks: int = 0
+    boundary_stalls: int = 0  # starved ticks after an episode's first command (chunk seams)
 
 
 class RateMeter:
@@ -134,6 +155,8 @@ class PolicyRunner:
         max_command_gap_s: float = 0.5,
         check_frame: Callable[[np.ndarray], object] = check_rgb,
         clock: Callable[[], float] = time.monotonic,
+        chunks: ChunkExecution = ChunkExecution(),
+        control_period_s: float | None = None,
     ) -> None:
         self.policy = policy
         self.limits = limits
@@ -142,6 +165,8 @@ class PolicyRunner:
         self.max_command_gap_s = max_command_gap_s
         self.check_frame = check_frame  # raises InputError for a frame the policy cannot use
         self.clock = clock
+        self.chunks = chunks
+        self.control_period_s = control_period_s  # the tick's period, for just-in-time starts
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=500)
         self.e2e_ms: deque[float] = deque(maxlen=500)  # frame capture -> command
@@ -156,7 +181,13 @@ class PolicyRunner:
         self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
         self._instruction = ''
         self._episode = 0
-        self._queue: deque[QueuedAction] = deque()
+        self._queue: deque[QueuedAction] = deque()  # execute mode: actions to run, in order
+        self._predictions: deque[tuple[int, list[QueuedAction]]] = deque()  # ensemble mode:
+        # (tick index of the chunk's first action, its actions), newest last
+        self._tick_index = 0  # ticks so far
+        self._last_tick: float | None = None  # clock of the last tick
+        self._predicted_for = -1  # ensemble: the tick the newest prediction starts at
+        self._commanded = False  # the episode has sent a command (stalls count from then)
         self._busy_since: float | None = None
         self._error = ''  # set by the worker on failure, cleared by its next success
         self._fault = ''  # the fault being held for ('' while healthy)
@@ -227,6 +258,8 @@ class PolicyRunner:
         # gripper's last command is not: the robot still holds what it grasped.
         self._episode += 1
         self._queue.clear()
+        self._predictions.clear()
+        self._commanded = False
         self._reset_policy()
         self._lock.notify_all()
 
@@ -271,14 +304,41 @@ class PolicyRunner:
     def worker_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _wanted(self) -> bool:
-        return bool(self._frame is not None and self._instruction and not self._queue)
+    def _due(self, now: float) -> float | None:
+        """
+        Seconds until the next inference should start (0: now; None: not wanted yet).
+
+        As soon as possible: when the queue is empty (ensemble: once per tick). Just in time:
+        the first tick that will need a new action, less the measured latency (the largest of
+        the last 50 inferences, plus 5 ms: a late result starves a tick), so the result is
+        fresh when that tick comes.
+        """
+        if self._frame is None or not self._instruction:
+            return None
+        c = self.chunks
+        ensemble = c.mode == 'ensemble'
+        if ensemble and self._predicted_for > self._tick_index:
+            return None  # the next tick already has its prediction
+        ready = ensemble or not self._queue
+        if not c.just_in_time or not self.control_period_s or self._last_tick is None \
+                or not self.latencies_ms:
+            return 0.0 if ready else None
+        period = self.control_period_s
+        next_tick = self._last_tick + period
+        if next_tick < now:  # ticks late: count from now
+            next_tick = now
+        needed = next_tick + (0 if ensemble else len(self._queue)) * period
+        latency = max(list(self.latencies_ms)[-50:]) / 1e3 + 0.005
+        return max(0.0, needed - latency - now)
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while self._running and not self._wanted():
-                    self._lock.wait(0.1)
+                while self._running:
+                    wait = self._due(self.clock())
+                    if wait == 0.0:
+                        break
+                    self._lock.wait(0.1 if wait is None else min(wait, 0.1))
                 if not self._running:
                     return
                 (rgb, frame_time, capture_time), self._frame = self._frame, None
@@ -329,8 +389,14 @@ class PolicyRunner:
             if episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return
-            info = self.last_info
-            self._queue.extend(QueuedAction(v, *times, episode, info, rgb) for v in values)
+            actions = [QueuedAction(v, *times, episode, chunk.info, rgb) for v in values]
+            if self.chunks.mode == 'ensemble':
+                self._predicted_for = self._tick_index + 1  # its first action: the next tick
+                self._predictions.append((self._predicted_for, actions))
+                while len(self._predictions) > self.chunks.horizon:
+                    self._predictions.popleft()
+            else:
+                self._queue.extend(actions[:self.chunks.steps or None])
 
     # -- control tick (timer thread; never blocks on inference) ---------------------------
 
@@ -354,9 +420,12 @@ class PolicyRunner:
         now = self.clock()
         self.tick_rate.mark(time.monotonic())
         with self._lock:
+            self._tick_index += 1
+            self._last_tick = now
             fault = self.fault(now)
             if fault:
                 self._queue.clear()
+                self._predictions.clear()
                 holding = bool(self._fault or self._stall)  # already stopped: stay silent
                 self._stall, self._gap_start = '', None
                 self._fault = fault
@@ -364,11 +433,14 @@ class PolicyRunner:
             if self._fault or self._gap_start is None:  # healthy (again): the watchdog starts
                 self._fault = ''
                 self._restart_watchdog(now)
+            if self.chunks.mode == 'ensemble':
+                self._queue = self._ensembled(now)
             while self._queue and now - self._queue[0].frame_time > self.max_action_age_s:
                 self._expired_age_s = now - self._queue.popleft().frame_time
                 self.counters.stale_actions += 1
             if not self._queue:
                 self.counters.starved_ticks += 1
+                self.counters.boundary_stalls += self._commanded
                 self._lock.notify_all()
                 if self._stall:
                     return Tick('idle', fault=self._stall)
@@ -387,10 +459,43 @@ class PolicyRunner:
             self._last_gripper = float(command[GRIPPER])
             self.counters.clamped_values += clamped
             self.counters.commands += 1
+            self._commanded = True
+            if self.chunks.mode == 'ensemble':
+                self._queue.clear()  # the rest of the newest chunk was only for the trajectory
         self.control_rate.mark(time.monotonic())
         self.e2e_ms.append((now - item.capture_time) * 1e3)
         return Tick('action', command=command, raw=item.values, remaining=remaining,
                     frame=item.frame, info=item.info)
+
+    def _ensembled(self, now: float) -> deque[QueuedAction]:
+        """
+        Blend the last chunks' predictions for this tick (CogACT's adaptive ensemble).
+
+        Weights exp(alpha * cos(a_k, a_newest)), normalised; a binary gripper is re-binarised
+        at 0.5, as CogACT deploys it. Returns the blended action followed by the rest of the
+        newest chunk (for the trajectory), or nothing. Chunks from stale frames are dropped.
+        """
+        while self._predictions and \
+                now - self._predictions[0][1][0].frame_time > self.max_action_age_s:
+            self._expired_age_s = now - self._predictions.popleft()[1][0].frame_time
+            self.counters.stale_actions += 1
+        s = self._tick_index
+        rows = [(start, actions) for start, actions in self._predictions
+                if 0 <= s - start < len(actions)]
+        if not rows:
+            return deque()
+        start, newest = rows[-1]
+        current = newest[s - start]
+        a = np.stack([actions[s - k].values for k, actions in rows])
+        cos = a @ current.values / (np.linalg.norm(a, axis=1)
+                                    * np.linalg.norm(current.values) + 1e-7)
+        w = np.exp(self.chunks.alpha * cos)
+        blended = (w / w.sum()) @ a
+        if np.isin(a[:, GRIPPER], (0.0, 1.0)).all():
+            blended[GRIPPER] = float(blended[GRIPPER] > 0.5)
+        item = QueuedAction(blended, current.frame_time, current.capture_time, current.episode,
+                            current.info, current.frame)
+        return deque([item, *newest[s - start + 1:]])
 
     def _restart_watchdog(self, now: float) -> None:
         self._gap_start, self._stale_mark = now, self.counters.stale_actions

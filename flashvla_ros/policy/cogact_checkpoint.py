@@ -158,4 +158,3 @@ def convert_cogact(run_dir: str | Path, out_dir: str | Path, *,
         raise CheckpointError(f'{pt}: ' + '; '.join(p for p in problems if p))
     return save_checkpoint(expand_path(out_dir), state, cfg, tokenizer_dir=tokenizer_dir,
                            dtype=dtype)
-

@@ -167,10 +167,10 @@ class Player:
 
 
 def play(path: str, rate: float, topics: list[str] | None, loop: bool,
-         wait_subscribers_s: float = 3.0) -> int:
+         wait_subscribers_s: float = 3.0, ros_args: list[str] | None = None) -> int:
     if rate <= 0:
         raise ValueError('--rate must be positive')
-    rclpy.init()
+    rclpy.init(args=['flashvla-bag', *(ros_args or [])])  # `--ros-args -r a:=b` remaps
     node = Node('flashvla_bag_player')
     sent = 0
     try:
@@ -218,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                      help='wait up to S seconds for a subscriber on every topic first')
     inf = sub.add_parser('info', help='topics, types, counts, duration')
     inf.add_argument('bag')
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    ros_args = argv[argv.index('--ros-args'):] if '--ros-args' in argv else []
+    args = parser.parse_args(argv[:len(argv) - len(ros_args)])
     if args.command == 'record':
         return record(args.out, args.topic, args.duration, args.format)
     if args.command == 'play':
-        return play(args.bag, args.rate, args.topic, args.loop, args.wait_subscribers)
+        return play(args.bag, args.rate, args.topic, args.loop, args.wait_subscribers, ros_args)
     return info(args.bag)
 
 

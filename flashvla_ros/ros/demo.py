@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
     parser.add_argument('--max-steps', type=int, default=80, help='commands per episode')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='a policy_node parameter, e.g. -p inference_timing:=asap')
     parser.add_argument('--view', action='store_true',
                         help='show the camera frames in a window (needs a display)')
     parser.add_argument('--record', metavar='FILE',
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                           '-r', 'commands:=/policy_node/commands'],
                          stdout=(logs / 'mock_world.log').open('w'), stderr=subprocess.STDOUT),
         subprocess.Popen([tool('policy_node'), '--ros-args', '-p', f'model:={model}',
-                          '-p', f'device:={args.device}'],
+                          '-p', f'device:={args.device}',
+                          *[x for p in args.param for x in ('-p', p)]],
                          stdout=(logs / 'policy_node.log').open('w'), stderr=subprocess.STDOUT),
     ]
     rclpy.init()
@@ -239,7 +242,8 @@ def summarize(results: list[dict], status: dict[str, str]) -> None:
                 'policy_flops_saved', 'command_hz', 'tick_jitter_std_ms', 'tick_jitter_max_ms',
                 'latency_p50_ms',
                 'latency_p99_ms', 'frame_to_command_p50_ms', 'frame_to_command_p99_ms',
-                'inferences', 'dropped_frames', 'starved_ticks', 'holds', 'clamped_values',
+                'inferences', 'dropped_frames', 'starved_ticks', 'boundary_stalls', 'holds',
+                'clamped_values',
                 'rejected_inputs'):
         if key in status:
             print(f'  {key}: {status[key]}')

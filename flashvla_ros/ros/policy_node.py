@@ -170,7 +170,8 @@ class PolicyNode(LifecycleNode):
         self.model_label = c.model or 'default'
         self.runner = PolicyRunner(
             self.policy, SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-            c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now)
+            c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now,
+            chunks=c.chunks, control_period_s=c.control_period_s)
         outputs = {
             'twist': (TwistStamped, '~/delta_twist_cmds'),
             'array': (Float64MultiArray, '~/commands'),
@@ -428,6 +429,7 @@ class PolicyNode(LifecycleNode):
             self.runner.max_image_age_s = c.max_image_age_s
             self.runner.max_action_age_s = c.max_action_age_s
             self.runner.max_command_gap_s = c.max_command_gap_s
+            self.runner.chunks = c.chunks
             if changes_instruction and not self._syncing_instruction \
                     and self.runner.set_instruction(c.instruction):
                 self.get_logger().info(f'new episode: {c.instruction!r}')
