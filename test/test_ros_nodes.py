@@ -99,8 +99,8 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     wait_active(probe, procs)
     # The camera on a topic of its own: a node of the test before (killed) is still known
     # to discovery for a while on /image_raw, and the player would start for that ghost.
-    player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw',
-                         '--wait-subscribers', '20', '--ros-args', '-r',
+    player = procs.start('flashvla-bag', 'play', str(BAG), '--topic', '/image_raw', '--rate',
+                         '2', '--wait-subscribers', '20', '--ros-args', '-r',
                          '/image_raw:=/golden/image_raw')
     probe.wait_for(lambda: player.poll() is not None, 30, 'the bag to finish', procs)
     assert player.returncode == 0
@@ -169,6 +169,7 @@ def test_bad_inputs_are_rejected_and_counted(probe, procs, tiny_dir):
     probe.node.destroy_publisher(instructions)
 
 
+@pytest.mark.slow  # the default tier sends these in test_safety_ros's compressed-frame test
 def test_corrupt_compressed_images_are_rejected(probe, procs, tiny_dir):
     import cv2
 

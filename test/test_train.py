@@ -85,3 +85,44 @@ def test_short_training_run_learns_and_saves_a_loadable_checkpoint(data_dir, tmp
           log=lambda *a, **k: None)
     b, c = (load_file(str(tmp_path / x / 'model.safetensors')) for x in 'bc')
     assert all(np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
+
+
+def test_diffusion_chunks_follow_the_episode_and_pad_with_a_wait(data_dir):
+    from flashvla_ros.policy.actions import NormStats
+    from flashvla_ros.train.trainer import chunk_targets
+
+    data = ds.load(data_dir)
+    norm = json.loads((data_dir / 'norm_stats.json').read_text())
+    _, stats = NormStats.select(norm, 'mock_world')
+    long = next(e for e in range(24) if (data['episode'] == e).sum() >= 16)
+    start = int(np.flatnonzero(data['episode'] == long)[0])
+    last = int(np.flatnonzero(data['episode'] == long)[-1])
+    chunks = chunk_targets(data, stats, np.array([start, last]), 16)
+    assert chunks.shape == (2, 16, 7)
+    assert np.allclose(chunks[0], np.clip(stats.normalize(data['action'][start:start + 16]),
+                                          -1, 1))
+    # The episode's last step: its own label, then zero motion holding the gripper.
+    assert np.allclose(chunks[1, 0], np.clip(stats.normalize(data['action'][last]), -1, 1))
+    assert np.allclose(chunks[1, 1:, :6], stats.normalize(np.zeros((1, 7)))[:, :6])
+    assert (chunks[1, 1:, 6] == data['action'][last, 6]).all()
+
+
+@pytest.mark.slow  # about 40 s on 2 idle cores
+def test_a_diffusion_run_learns_resumes_exactly_and_predicts_chunks(data_dir, tmp_path):
+    cfg = TrainConfig(steps=30, batch=8, warmup=5, lr=1e-3, head='diffusion', layers=2,
+                      noise_draws=4, save_every=10)
+    whole = train(data_dir, tmp_path / 'whole', cfg, log=lambda *a, **k: None)
+    losses = [h['action_loss'] for h in whole['history']]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    # Interrupted after step 20 (its saved state), then continued: the same weights.
+    part = tmp_path / 'part'
+    train(data_dir, part, cfg, log=lambda *a, **k: None, stop_after=20)
+    assert (part / 'train_state.pt').is_file()
+    train(data_dir, part, cfg, log=lambda *a, **k: None)
+    assert not (part / 'train_state.pt').exists()
+    a, b = (load_file(str(p / 'model.safetensors')) for p in (tmp_path / 'whole', part))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    policy = load_policy(str(part))
+    ep = Episode(ds.HELDOUT_SEED_START)
+    chunk = policy.predict(Observation(ep.observe(), ep.instruction))
+    assert chunk.actions.shape == (16, 7) and policy.cfg.action_model.depth == 2

@@ -463,7 +463,7 @@ class OpenVLAPolicy:
         for h in self.hooks:
             h.reset()
 
-    def warm_up(self, steps: int = 2) -> None:
+    def warm_up(self, steps: int = 1) -> None:
         """Run `steps` predictions on a blank frame so the first real step is not the slowest."""
         size = self.cfg.image_size
         blank = np.zeros((size, size, 3), np.uint8)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from ..policy.actions import ActionCodec, NormStats
 from ..policy.checkpoint import expand_path, load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
+from ..policy.dit import DiTConfig, diffusion_loss
 from ..policy.layout import SequenceLayout
 from ..policy.llama import rotate_half
 from ..policy.openvla import PROMPT, OpenVLA
@@ -72,6 +73,16 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     device: str = 'auto'  # cuda when present, else cpu
+    # The model: 'tokens' (OpenVLA's action tokens) or 'diffusion' (a CogACT-style DiT head).
+    head: str = 'tokens'
+    layers: int = 4  # decoder layers
+    intermediate: int = 344  # decoder MLP width
+    dit_hidden: int = 64
+    dit_depth: int = 2
+    dit_heads: int = 4
+    noise_draws: int = 8  # diffusion: noise draws per VLM forward (CogACT's repeated steps)
+    init_vision: str = ''  # copy the vision towers and projector from this checkpoint
+    save_every: int = 250  # steps between resumable training states (train_state.pt)
 
 
 def instruction_corpus() -> list[str]:
@@ -85,17 +96,23 @@ def instruction_corpus() -> list[str]:
 PATCH = 28  # 224 px / 28 = 8 x 8 = 64 visual tokens: 2 CPU cores can train it in an hour
 
 
-def model_config(base_vocab: int, norm_stats: dict) -> OpenVLAConfig:
+def model_config(base_vocab: int, norm_stats: dict, cfg: TrainConfig | None = None
+                 ) -> OpenVLAConfig:
     dino = ViTConfig(embed_dim=64, depth=3, num_heads=4, mlp_dim=256, reg_tokens=4,
                      layer_scale=True, patch_size=PATCH)
     siglip = ViTConfig(embed_dim=64, depth=3, num_heads=4, mlp_dim=256, class_token=False,
                        attn_pool=True, patch_size=PATCH)
     padded = math.ceil((base_vocab + 1) / 64) * 64  # + <PAD>, padded as OpenVLA does
-    text = TextConfig(vocab_size=padded, hidden_size=128, intermediate_size=344,
-                      num_hidden_layers=4, num_attention_heads=8, max_position_embeddings=512,
-                      pad_token_id=base_vocab)
+    cfg = cfg or TrainConfig()
+    text = TextConfig(vocab_size=padded, hidden_size=128, intermediate_size=cfg.intermediate,
+                      num_hidden_layers=cfg.layers, num_attention_heads=8,
+                      max_position_embeddings=512, pad_token_id=base_vocab)
+    head = None if cfg.head == 'tokens' else DiTConfig(
+        hidden_size=cfg.dit_hidden, depth=cfg.dit_depth, num_heads=cfg.dit_heads,
+        action_dim=len(norm_stats['mock_world']['action']['q01']), token_size=128)
     return OpenVLAConfig(vision=(dino, siglip), text=text, norm_stats=norm_stats,
-                         timm_model_ids=('flashvla_mock_dinov2_reg4', 'flashvla_mock_siglip'))
+                         timm_model_ids=('flashvla_mock_dinov2_reg4', 'flashvla_mock_siglip'),
+                         action_model=head)
 
 
 class AuxHeads(nn.Module):
@@ -111,8 +128,11 @@ class AuxHeads(nn.Module):
 class Batcher:
     """Renders frames and labels for dataset steps and tokenizes prompts and actions."""
 
-    def __init__(self, data: dict, tokenizer, codec: ActionCodec, stats: NormStats) -> None:
+    def __init__(self, data: dict, tokenizer, codec: ActionCodec, stats: NormStats,
+                 chunk: int = 0) -> None:
         self.data, self.tok, self.codec, self.stats = data, tokenizer, codec, stats
+        self.chunk = chunk  # diffusion: actions per target chunk (0: action tokens)
+        self.eos = tokenizer.token_to_id('</s>')
         self.space_id = tokenizer.token_to_id(SPACE)
         self.pad = tokenizer.token_to_id('<PAD>')
         self.prompts: dict[str, list[int]] = {}
@@ -152,14 +172,19 @@ class Batcher:
         instructions = d['ep_instruction'][d['episode'][idx]]
         prompts = [self.prompt_ids(str(s)) for s in instructions]
         actions = self.codec.encode(self.stats.normalize(d['action'][idx]))  # [B, 7]
-        length = max(len(p) for p in prompts) + actions.shape[1] - 1
+        # Tokens: the prompt then the action tokens (teacher forcing); diffusion: the prompt
+        # then the cognition token (EOS), whose hidden state conditions the head.
+        tail = [[self.eos]] * len(idx) if self.chunk else actions[:, :-1].tolist()
+        length = max(len(p) for p in prompts) + len(tail[0])
         text = np.full((len(idx), length), self.pad, dtype=np.int64)
         first = np.zeros(len(idx), dtype=np.int64)  # sequence index predicting action 0
         for b, p in enumerate(prompts):
-            row = [*p, *actions[b, :-1]]
+            row = [*p, *tail[b]]
             text[b, :len(row)] = row
-            first[b] = self.grid ** 2 + len(p) - 1
-        return {'pixels': pixels, 'text': torch.from_numpy(text),
+            first[b] = self.grid ** 2 + len(p) - (0 if self.chunk else 1)
+        extra = {'chunks': torch.from_numpy(chunk_targets(d, self.stats, idx, self.chunk)).float()
+                 } if self.chunk else {}
+        return {**extra, 'pixels': pixels, 'text': torch.from_numpy(text),
                 'first': torch.from_numpy(first), 'actions': torch.from_numpy(actions),
                 'patch_labels': torch.from_numpy(np.stack(patch_labels)),
                 'positions': torch.from_numpy(np.stack(positions)).float(),
@@ -170,6 +195,24 @@ class Batcher:
     # Table coordinates of the patch centres, row-major from the image's top-left.
     _c = (np.arange(grid) + 0.5) / grid * TABLE_SIZE
     centres = np.stack([np.tile(_c, grid), np.repeat(TABLE_SIZE - _c, grid)], axis=1)
+
+
+def chunk_targets(data: dict, stats: NormStats, idx: np.ndarray, chunk: int) -> np.ndarray:
+    """
+    Normalised expert labels of steps i .. i + chunk - 1 of i's episode [B, chunk, 7].
+
+    Past the episode's end: zero motion with the last gripper label (the robot waits).
+    """
+    out = []
+    for i in idx:
+        e = data['episode'][i]
+        rows = [j for j in range(i, i + chunk) if j < len(data['episode'])
+                and data['episode'][j] == e]
+        labels = stats.normalize(data['action'][rows])
+        pad = np.repeat(labels[-1:], chunk - len(rows), axis=0)
+        pad[:, :-1] = stats.normalize(np.zeros((1, labels.shape[1])))[:, :-1]
+        out.append(np.concatenate([labels, pad]))
+    return np.clip(np.stack(out), -1.0, 1.0)
 
 
 def patch_objects(labels: np.ndarray) -> np.ndarray:
@@ -191,7 +234,9 @@ def soft_targets(tokens: torch.Tensor, codec: ActionCodec, vocab: int, sigma: fl
     return out
 
 
-def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma: float):
+def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma: float,
+           noise_draws: int = 8):
+    """Return the action, vision (+ attention focus) and state losses, and token accuracy."""
     llm = model.language_model
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
@@ -205,18 +250,26 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
             focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch, layout)
         hidden, _ = layer(hidden, cos, sin)
     hidden = llm.model.norm(hidden)
-    steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1],
-                                                       device=seq.device)  # [B, 7]
-    h = hidden.gather(1, steps.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    logits = llm.lm_head(h)
-    target = soft_targets(batch['actions'], codec, logits.shape[-1], sigma)
-    action_loss = -(target * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+    if 'chunks' in batch:  # diffusion: the cognition token's state conditions the head
+        b = torch.arange(hidden.shape[0], device=seq.device)
+        h = hidden[b, batch['first']][:, None]  # [B, 1, D]
+        action_loss = diffusion_loss(model.action_model.net,
+                                     batch['chunks'].repeat_interleave(noise_draws, 0),
+                                     h.repeat_interleave(noise_draws, 0))
+        accuracy = torch.tensor(float('nan'))
+    else:
+        steps = batch['first'].unsqueeze(1) + torch.arange(batch['actions'].shape[1],
+                                                           device=seq.device)  # [B, 7]
+        h = hidden.gather(1, steps.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = llm.lm_head(h)
+        target = soft_targets(batch['actions'], codec, logits.shape[-1], sigma)
+        action_loss = -(target * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+        accuracy = (logits.argmax(-1) == batch['actions']).float().mean()
     vision_loss = F.binary_cross_entropy_with_logits(aux.patch_objects(patches),
                                                      batch['patch_labels'])
     vision_loss = vision_loss + 10 * F.mse_loss(aux.patch_offsets(patches),
                                                 batch['patch_offsets'])
     state_loss = F.mse_loss(aux.positions(h[:, 0]), batch['positions'])
-    accuracy = (logits.argmax(-1) == batch['actions']).float().mean()
     return action_loss, vision_loss + focus_loss, state_loss, accuracy
 
 
@@ -253,7 +306,13 @@ AUX_FILE = 'aux_heads.pt'  # training state beside the checkpoint; never part of
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
-          init: Path | None = None) -> dict:
+          init: Path | None = None, stop_after: int | None = None) -> dict | None:
+    """
+    Train (or continue an interrupted run in `out`) and save the checkpoint there.
+
+    `stop_after` ends the run after that step with its state saved, as an interruption would
+    (for tests of resumption); it returns None then.
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -261,7 +320,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     norm = json.loads((data_dir / 'norm_stats.json').read_text())
     tok = build_llama_tokenizer(instruction_corpus(), merges=300)
     base_vocab = tok.get_vocab_size(with_added_tokens=False)
-    config = model_config(base_vocab, norm)
+    config = model_config(base_vocab, norm, cfg)
     codec = ActionCodec(vocab_size=base_vocab, n_bins=config.n_action_bins)
     _, stats = NormStats.select(norm, 'mock_world')
     model = OpenVLA(config)
@@ -271,23 +330,34 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         model.load_state_dict(load_model(init)[0].state_dict())
         if (Path(init) / AUX_FILE).is_file():
             aux.load_state_dict(torch.load(Path(init) / AUX_FILE, weights_only=True))
+    elif cfg.init_vision:  # vision towers and projector from a trained model (same shapes)
+        trained = load_model(expand_path(cfg.init_vision))[0].state_dict()
+        model.load_state_dict({k: v for k, v in trained.items()
+                               if k.startswith(('vision_backbone.', 'projector.'))},
+                              strict=False)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
                           if cfg.device == 'auto' else cfg.device)
     model.to(device)
     aux.to(device)
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    batcher = Batcher(data, tok, codec, stats)
+    chunk = config.action_model.chunk if config.action_model is not None else 0
+    batcher = Batcher(data, tok, codec, stats, chunk=chunk)
     history: list[dict] = []
-    start = time.perf_counter()
+    done, before = 0, 0.0  # steps and seconds of an interrupted run, when resuming
+    state_file = out / STATE_FILE
+    if state_file.is_file():
+        done, before, history = resume(state_file, cfg, model, aux, opt, rng)
+        log(f'resuming {state_file} after step {done}')
+    start = time.perf_counter() - before
     n = len(data['action'])
-    for step in range(1, cfg.steps + 1):
+    for step in range(done + 1, cfg.steps + 1):
         cosine = 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         lr = cfg.lr * min(1.0, step / cfg.warmup) * cosine
         for g in opt.param_groups:
             g['lr'] = lr
         batch = {k: v.to(device) for k, v in batcher(rng.integers(0, n, cfg.batch)).items()}
-        a, v, s, acc = losses(model, aux, batch, codec, cfg.soft_sigma_bins)
+        a, v, s, acc = losses(model, aux, batch, codec, cfg.soft_sigma_bins, cfg.noise_draws)
         loss = a + cfg.aux_vision * v + cfg.aux_state * s
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -296,6 +366,11 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         history.append({'step': step, 'loss': loss.item(), 'action_loss': a.item(),
                         'vision_loss': v.item(),
                         'state_loss': s.item(), 'token_accuracy': acc.item(), 'lr': lr})
+        if step % cfg.save_every == 0 and step < cfg.steps:
+            save_state(state_file, cfg, model, aux, opt, rng, step,
+                       time.perf_counter() - start, history)
+            if step == stop_after:
+                return None
         if step % 25 == 0 or step == cfg.steps:
             el = time.perf_counter() - start
             recent = history[-25:]
@@ -315,6 +390,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
                'episodes': len(data['ep_seed']), 'device': str(device),
                'history': compact(history)}
     (out / 'train_log.json').write_text(json.dumps(summary) + '\n')
+    state_file.unlink(missing_ok=True)  # finished: the checkpoint is the result
     try:  # the curves are a picture of train_log.json: never lose a run for want of them
         plot_losses(summary['history'], out / 'loss.png', title=run_title(summary))
     except ImportError as exc:
@@ -324,12 +400,50 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
 
 
 def init_model(model: OpenVLA) -> None:
-    """Initialise: normal 0.02 weights, 2-D sin-cos patch coordinates as position embeddings."""
+    """
+    Initialise: normal 0.02 weights, 2-D sin-cos patch coordinates as position embeddings.
+
+    A diffusion head's output layer starts at zero, as CogACT's does.
+    """
     init_weights(model, lambda name: None if name.endswith('pos_embed') else 0.02)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith('pos_embed'):
                 p.copy_(sincos_2d(int(math.isqrt(p.shape[1])), p.shape[2]).unsqueeze(0))
+            elif name.startswith('action_model.net.final_layer.'):
+                p.zero_()
+
+
+STATE_FILE = 'train_state.pt'  # a run's resumable state, beside its checkpoint until it ends
+
+
+def save_state(path: Path, cfg: TrainConfig, model: OpenVLA, aux: AuxHeads, opt, rng,
+               step: int, seconds: float, history: list[dict]) -> None:
+    """Write everything a run needs to continue (atomically: an interrupted write is no state)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')
+    torch.save({'config': asdict(cfg), 'step': step, 'seconds': seconds,
+                'history': compact(history), 'model': model.state_dict(),
+                'aux': aux.state_dict(), 'optimizer': opt.state_dict(),
+                'numpy_rng': json.dumps(rng.bit_generator.state),
+                'torch_rng': torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def resume(path: Path, cfg: TrainConfig, model: OpenVLA, aux: AuxHeads, opt, rng
+           ) -> tuple[int, float, list[dict]]:
+    """Load a saved state into the run; refuse one written with other settings."""
+    state = torch.load(path, weights_only=True)
+    if state['config'] != asdict(cfg):
+        changed = sorted(k for k in state['config'] if state['config'][k] != asdict(cfg)[k])
+        raise ValueError(f'{path} was written with other settings ({changed}); continue with '
+                         'the same options, or delete it to start again')
+    model.load_state_dict(state['model'])
+    aux.load_state_dict(state['aux'])
+    opt.load_state_dict(state['optimizer'])
+    rng.bit_generator.state = json.loads(state['numpy_rng'])
+    torch.set_rng_state(state['torch_rng'])
+    return state['step'], state['seconds'], list(state['history'])
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
