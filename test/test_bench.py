@@ -97,3 +97,34 @@ def test_accelerator_specs_and_parameter_files_read_alike(tmp_path):
     top = tmp_path / 'fast.yaml'
     top.write_text('accel: [flashvla]\nflashvla: {preset: fast, eps2: 0.7}\n')
     assert read_accel(str(top)) == (['flashvla'], {'flashvla': {'preset': 'fast', 'eps2': 0.7}})
+
+
+@pytest.mark.slow  # ~6 s on idle cores; the default tier is near its 5-minute budget
+def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
+    from dataclasses import replace
+
+    import torch
+
+    from flashvla_ros.control.runner import ChunkExecution
+    from flashvla_ros.policy.checkpoint import save_checkpoint
+    from flashvla_ros.policy.dit import DiTConfig
+    from flashvla_ros.policy.presets import tiny_config
+    from flashvla_ros.tools.make_tiny import random_model
+
+    head = DiTConfig(hidden_size=32, depth=1, num_heads=2, token_size=128)
+    model = random_model(replace(tiny_config(), action_model=head), 0)
+    for p in model.action_model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    path = save_checkpoint(tmp_path / 'dit', model.state_dict(), model.cfg,
+                           tokenizer_dir=tiny_dir, dtype='float32')
+    quiet = {'log': lambda *a, **k: None, 'episodes': 2, 'seed': 1_000_000, 'max_steps': 8}
+    four = benchmark(str(path), ['none'], chunks=ChunkExecution(steps=4), **quiet)
+    run = four['configs'][0]
+    assert four['chunks']['steps'] == 4
+    assert run['control_steps'] == 16 and run['steps'] == 4  # two chunks per 8-step episode
+    whole = benchmark(str(path), ['none'], **quiet)['configs'][0]
+    assert whole['steps'] == 2  # one 16-action chunk covers an 8-step episode
+    # FLOPs are per control step: a chunk's work spread over the steps it drove.
+    assert run['flops_per_step']['total'] == pytest.approx(2 * whole['flops_per_step']['total'])
+    blend = benchmark(str(path), ['none'], chunks=ChunkExecution(mode='ensemble'), **quiet)
+    assert blend['configs'][0]['steps'] == blend['configs'][0]['control_steps'] == 16

@@ -23,6 +23,7 @@ held-out episodes (seeds from --seed on, families in turn), interleaved episode 
 in-process with the mock-world simulator. JSON schema (one object):
 
   {"model": str, "episodes": int, "seed": int, "max_steps": int, "command": str,
+   "chunks": {"mode": str, "steps": int, "horizon": int, "alpha": float},
    "expert": {"success": float, "per_family": {family: float}},
    "configs": [{"name": str, "options": {...},
      "success": float, "per_family": {family: float},
@@ -30,7 +31,8 @@ in-process with the mock-world simulator. JSON schema (one object):
      "latency_ms": {part: {"median", "mean", "p99": float}},   # part: vision (with
                                                     # preprocessing), prefill, decode, head, total
      "flops_per_step": {"vision", "prefill", "decode", "head", "select", "total": float},
-     "reuse_rate": float, "steps": int,
+     "reuse_rate": float, "steps": int,   # inferences
+     "control_steps": int,   # actions executed (a chunk drives several; FLOPs are per one)
      "flops_vs_full_7b_shapes": float,   # the same steps counted on OpenVLA-7B's shapes
      "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs --accel none
 
@@ -40,6 +42,7 @@ in-process with the mock-world simulator. JSON schema (one object):
 from __future__ import annotations
 
 import argparse
+from collections import deque
 from dataclasses import dataclass, field
 import hashlib
 import json
@@ -53,10 +56,12 @@ import numpy as np
 import yaml
 
 from ..accel.registry import accelerate, parse_accel
+from ..control.chunks import adaptive_ensemble
+from ..control.runner import EXECUTE_CHUNKS, ChunkExecution
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
-from ..policy.presets import default_model_dir, openvla_7b_config
+from ..policy.presets import cogact_7b_config, default_model_dir, openvla_7b_config
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
@@ -76,7 +81,8 @@ class ConfigRun:
     records: list[StepRecord] = field(default_factory=list)
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
-    digests: list[list[str]] = field(default_factory=list)  # per episode, per step
+    digests: list[list[str]] = field(default_factory=list)  # per episode, per inference
+    executed: list[int] = field(default_factory=list)  # control steps each inference drove
 
 
 def read_accel(spec: str) -> tuple[list[str], dict]:
@@ -97,10 +103,16 @@ def read_accel(spec: str) -> tuple[list[str], dict]:
 
 
 def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
-                baseline: OpenVLAPolicy | None) -> None:
+                baseline: OpenVLAPolicy | None, chunks: ChunkExecution = EXECUTE_CHUNKS
+                ) -> None:
+    """
+    One closed-loop episode; chunks run as the node runs them (`execute`: the first
+    `steps` actions of each chunk, 1 by default; `ensemble`: a prediction every step, blended).
+    """
     ep = Episode(seed, family, max_steps=max_steps)
     run.policy.reset()
     run.digests.append([])
+    predictions: deque[tuple[int, np.ndarray]] = deque(maxlen=chunks.horizon)
     while not ep.done:
         frame = ep.observe()
         action = run.policy.predict(Observation(frame, ep.instruction))
@@ -114,13 +126,27 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
         run.digests[-1].append(action_digest(action))
         if baseline is not None:
             ref = baseline.predict(Observation(frame, ep.instruction))
-            run.token_match.append(float(np.mean(np.array(ref.token_ids)
-                                                 == np.array(action.token_ids))))
+            same = np.array_equal(ref.token_ids, action.token_ids) if not action.token_ids \
+                else np.mean(np.array(ref.token_ids) == np.array(action.token_ids))
+            run.token_match.append(float(same))  # a chunk without tokens: identical or not
             run.abs_diff.append(float(np.abs(ref.values - action.values).mean()))
         else:
             run.token_match.append(1.0)
             run.abs_diff.append(0.0)
-        ep.step(action.values)
+        if chunks.mode == 'ensemble':
+            step = ep.state.steps
+            predictions.append((step, action.actions))
+            ep.step(adaptive_ensemble(np.stack([a[step - s] for s, a in predictions
+                                                if step - s < len(a)]), chunks.alpha))
+            run.executed.append(1)
+            continue
+        done = 0
+        for row in action.actions[:chunks.steps or None]:
+            ep.step(row)
+            done += 1
+            if ep.done:
+                break
+        run.executed.append(done)
     run.successes.append(ep.success())
     run.families.append(family)
 
@@ -155,7 +181,8 @@ def projected_7b(run: ConfigRun) -> float:
     Each step's record (what ran: layers, tokens per layer, decode calls, token scoring)
     re-counted on the 7B configuration: where the FLOPs targets would land on the real model.
     """
-    cfg = openvla_7b_config()
+    cfg = cogact_7b_config() if run.policy.cfg.action_model is not None \
+        else openvla_7b_config()  # a diffusion head projects onto CogACT's DiT-B
     projected = [project(r, cfg) for r in run.records]
     done = sum(count_flops(cfg, r).total for r in projected)
     full = sum(full_flops(cfg, r.layout).total for r in projected)
@@ -164,7 +191,7 @@ def projected_7b(run: ConfigRun) -> float:
 
 def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     flops = sum(run.flops, Flops())
-    n = max(1, len(run.flops))
+    n = max(1, sum(run.executed))  # per control step: a chunk's FLOPs over the steps it drove
     return {
         'name': run.name, 'options': run.options,
         'success': float(np.mean(run.successes)),
@@ -176,7 +203,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
         'flops_per_step': {k: v / n for k, v in flops.as_dict().items()},
         'reuse_rate': float(np.mean(run.reused)) if run.reused else 0.0,
         'flops_vs_full_7b_shapes': projected_7b(run),
-        'steps': len(run.flops),
+        'steps': len(run.flops), 'control_steps': sum(run.executed),
         'fidelity': {'token_match': float(np.mean(run.token_match)),
                      'mean_abs_diff': float(np.mean(run.abs_diff))},
         'step_digests': run.digests,
@@ -184,7 +211,8 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
-              device: str = 'cpu', log=print) -> dict:
+              device: str = 'cpu', log=print, chunks: ChunkExecution = EXECUTE_CHUNKS
+              ) -> dict:
     specs = [(spec, *read_accel(spec)) for spec in accels]
     base = load_policy(model, device=device)
     runs = []
@@ -200,13 +228,16 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         s, family = seed + i, FAMILIES[i % len(FAMILIES)]
         expert.append(run_expert(s, family)[0])
         for r in runs:
-            run_episode(r, s, family, max_steps, baseline if r.policy is not base else None)
+            run_episode(r, s, family, max_steps, baseline if r.policy is not base else None,
+                        chunks)
         if (i + 1) % 10 == 0 or i + 1 == episodes:
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{episodes} | {rates} | '
                 f'{time.perf_counter() - start:.0f} s', file=sys.stderr)
     return {
         'model': model, 'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
+        'chunks': {'mode': chunks.mode, 'steps': chunks.steps, 'horizon': chunks.horizon,
+                   'alpha': chunks.alpha},
         'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
         'expert': {'success': float(np.mean(expert)),
                    'per_family': per_family(expert, runs[0].families)},
@@ -407,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
                              f'{HELDOUT_SEED_START} on)')
     parser.add_argument('--max-steps', type=int, default=80)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--chunk-mode', default='execute', choices=('execute', 'ensemble'),
+                        help="how chunks drive the robot, as the node's chunk_mode")
+    parser.add_argument('--chunk-steps', type=int, default=0,
+                        help='execute: actions of each chunk to run (0: all)')
+    parser.add_argument('--ensemble-horizon', type=int, default=2)
+    parser.add_argument('--ensemble-alpha', type=float, default=0.1)
     parser.add_argument('--json', type=expand_path, help='write the report here')
     parser.add_argument('--plot', type=expand_path,
                         help='write the figure (success with 95%% CIs, FLOPs, latency) here')
@@ -428,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.report.read_text())
     else:
         model = str(args.model or default_model_dir())
+        chunks = ChunkExecution(mode=args.chunk_mode, steps=args.chunk_steps,
+                                horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
-                           args.max_steps, args.device, log=print)
+                           args.max_steps, args.device, log=print, chunks=chunks)
         if args.model is None:
             report['model'] = 'flashvla_ros/models/default (the embedded default)'
     print(table(report))

@@ -47,6 +47,7 @@ import numpy as np
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
 from ..policy.step import ActionChunk, Observation, StepInfo
+from .chunks import adaptive_ensemble
 from .safety import GRIPPER, SafetyLimits
 
 
@@ -68,6 +69,9 @@ class ChunkExecution:
     horizon: int = 2
     alpha: float = 0.1
     just_in_time: bool = False
+
+
+EXECUTE_CHUNKS = ChunkExecution()  # the default: every action of each chunk, as soon as due
 
 
 class Policy(Protocol):
@@ -155,7 +159,7 @@ class PolicyRunner:
         max_command_gap_s: float = 0.5,
         check_frame: Callable[[np.ndarray], object] = check_rgb,
         clock: Callable[[], float] = time.monotonic,
-        chunks: ChunkExecution = ChunkExecution(),
+        chunks: ChunkExecution = EXECUTE_CHUNKS,
         control_period_s: float | None = None,
     ) -> None:
         self.policy = policy
@@ -469,11 +473,10 @@ class PolicyRunner:
 
     def _ensembled(self, now: float) -> deque[QueuedAction]:
         """
-        Blend the last chunks' predictions for this tick (CogACT's adaptive ensemble).
+        Blend the last chunks' predictions for this tick (`adaptive_ensemble`).
 
-        Weights exp(alpha * cos(a_k, a_newest)), normalised; a binary gripper is re-binarised
-        at 0.5, as CogACT deploys it. Returns the blended action followed by the rest of the
-        newest chunk (for the trajectory), or nothing. Chunks from stale frames are dropped.
+        Returns the blended action followed by the rest of the newest chunk (for the
+        trajectory), or nothing. Chunks from stale frames are dropped.
         """
         while self._predictions and \
                 now - self._predictions[0][1][0].frame_time > self.max_action_age_s:
@@ -486,13 +489,8 @@ class PolicyRunner:
             return deque()
         start, newest = rows[-1]
         current = newest[s - start]
-        a = np.stack([actions[s - k].values for k, actions in rows])
-        cos = a @ current.values / (np.linalg.norm(a, axis=1)
-                                    * np.linalg.norm(current.values) + 1e-7)
-        w = np.exp(self.chunks.alpha * cos)
-        blended = (w / w.sum()) @ a
-        if np.isin(a[:, GRIPPER], (0.0, 1.0)).all():
-            blended[GRIPPER] = float(blended[GRIPPER] > 0.5)
+        blended = adaptive_ensemble(np.stack([actions[s - k].values for k, actions in rows]),
+                                    self.chunks.alpha)
         item = QueuedAction(blended, current.frame_time, current.capture_time, current.episode,
                             current.info, current.frame)
         return deque([item, *newest[s - start + 1:]])
