@@ -106,8 +106,10 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
                 baseline: OpenVLAPolicy | None, chunks: ChunkExecution = EXECUTE_CHUNKS
                 ) -> None:
     """
-    One closed-loop episode; chunks run as the node runs them (`execute`: the first
-    `steps` actions of each chunk, 1 by default; `ensemble`: a prediction every step, blended).
+    Run one closed-loop episode, executing chunks as the node does.
+
+    `execute`: the first `steps` actions of each chunk (0: all); `ensemble`: a prediction
+    every step, blended with the last ones.
     """
     ep = Episode(seed, family, max_steps=max_steps)
     run.policy.reset()
