@@ -380,7 +380,9 @@ class OpenVLAPolicy:
         generator = torch.Generator(device=self.device).manual_seed(self.noise_seed)
         noise = torch.randn((1, cfg.chunk, cfg.action_dim), generator=generator,
                             device=self.device).to(w.dtype)
-        caches = [h.block_cache for h in self.hooks if h.block_cache is not Hooks.block_cache]
+        # Only hooks that override block_cache (a bound method is never the base function).
+        caches = [h.block_cache for h in self.hooks
+                  if type(h).block_cache is not Hooks.block_cache]
         rows = 2 if cfg.cfg_scale > 1 else 1
         record = step.record
 
