@@ -69,6 +69,7 @@ setup(
             'flashvla-make-tiny = flashvla_ros.tools.make_tiny:main',
             'flashvla-predict = flashvla_ros.tools.predict:main',
             'flashvla-convert = flashvla_ros.tools.convert:main',
+            'flashvla-calibrate = flashvla_ros.tools.calibrate:main',
             'flashvla-demo = flashvla_ros.ros.demo:main',
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',

@@ -53,10 +53,12 @@ def test_every_option_is_a_parameter_and_parses_from_the_bench(accel):
 def test_node_config_carries_the_declared_options():
     config = load_yaml(ROOT / 'config' / 'policy.yaml')
     assert config.accel.names == ('flashvla',)
-    assert config.accel.options == {'flashvla': {'preset': 'conservative'}}
+    assert config.accel.options == {'flashvla': {'preset': 'conservative'},
+                                    'efficientvla': {'preset': 'default'}}  # unused: not named
     config = build_config({'accel': ['flashvla'], 'flashvla.preset': 'fast',
                            'flashvla.keep_tokens': 20})
-    assert config.accel.options == {'flashvla': {'preset': 'fast', 'keep_tokens': 20}}
+    assert config.accel.options == {'flashvla': {'preset': 'fast', 'keep_tokens': 20},
+                                    'efficientvla': {'preset': 'default'}}
     assert build_config({'accel': ['none'], 'flashvla.eps2': 0.5}).accel.names == ()
     for values, reason in (({'accel': ['none', 'flashvla']}, 'combines with nothing'),
                            ({'accel': ['warp']}, r"accel has \['warp'\]; allowed"),

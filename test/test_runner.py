@@ -14,9 +14,10 @@
 
 """The control core: worker + tick, faults, holds, limits, counters (no ROS)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -41,7 +42,14 @@ class Clock:
 @dataclass
 class Result:
     actions: np.ndarray  # [H, 7]: a chunk
-    info: object = None
+    info: object = field(default_factory=lambda: SimpleNamespace(reused=False))
+
+
+@dataclass
+class Reused:
+    """A scripted outcome: the gate returned this (the last inferred) chunk again."""
+
+    actions: list
 
 
 class ScriptedPolicy:
@@ -62,6 +70,9 @@ class ScriptedPolicy:
         out = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(out, Exception):
             raise out
+        if isinstance(out, Reused):
+            return Result(np.atleast_2d(np.asarray(out.actions, dtype=float)),
+                          SimpleNamespace(reused=True))
         return Result(np.atleast_2d(np.asarray(out, dtype=float)))
 
     def reset(self):
@@ -416,6 +427,52 @@ def test_execute_mode_runs_n_actions_of_each_chunk_and_counts_boundary_stalls():
         assert runner.counters.boundary_stalls == 1 and runner.counters.starved_ticks == 2
         runner.submit_frame(FRAME)
         assert next_action(runner).command[0] == pytest.approx(0.020)
+    finally:
+        runner.stop()
+
+
+def commands_of(runner, ticks: int) -> list[float]:
+    """Command x of `ticks` ticks, a new frame before each (the worker infers on demand)."""
+    runner.set_instruction('push the cup')
+    commands = []
+    for _ in range(ticks):
+        runner.submit_frame(FRAME)
+        commands.append(next_action(runner).command[0])
+    return commands
+
+
+def test_a_reused_chunk_continues_where_execution_stopped():
+    plan = chunk(0.01)
+    policy = ScriptedPolicy(plan, Reused(plan), chunk(0.05))
+    runner = make_chunk_runner(policy, ChunkExecution(mode='execute', steps=2))
+    try:
+        commands = commands_of(runner, 5)
+        # Rows 0-1 inferred, rows 2-3 of the same plan on reuse (not rows 0-1 again), then
+        # the next inference.
+        assert commands == pytest.approx([0.010, 0.011, 0.012, 0.013, 0.050])
+    finally:
+        runner.stop()
+
+
+def test_a_reused_one_action_chunk_repeats_and_ensembles_add_nothing_on_reuse():
+    policy = ScriptedPolicy([0.01] + [0.0] * 6, Reused([0.01] + [0.0] * 6), [0.03] + [0.0] * 6)
+    runner = make_chunk_runner(policy, ChunkExecution(mode='execute', steps=1))
+    try:
+        commands = commands_of(runner, 3)
+        assert commands == pytest.approx([0.01, 0.01, 0.03])  # FlashVLA's reuse: the action
+    finally:
+        runner.stop()
+    first = chunk(0.01)
+    policy = ScriptedPolicy(first, Reused(first))
+    runner = make_chunk_runner(policy, ChunkExecution(mode='ensemble', horizon=2))
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['inferences'] == 1)
+        assert runner.tick().command[0] == pytest.approx(0.010)
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['inferences'] == 2)
+        assert runner.tick().command[0] == pytest.approx(0.011)  # first[1] alone, not first[0]
     finally:
         runner.stop()
 

@@ -31,9 +31,10 @@ from typing import Any
 import yaml
 
 from .base import Accelerator
+from .efficientvla import EfficientVLA
 from .flashvla import FlashVLA
 
-ACCELERATORS: dict[str, type[Accelerator]] = {cls.name: cls for cls in (FlashVLA,)}
+ACCELERATORS: dict[str, type[Accelerator]] = {cls.name: cls for cls in (FlashVLA, EfficientVLA)}
 NONE = 'none'
 
 
@@ -104,7 +105,7 @@ def parse_accel(spec: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
         for item in filter(None, rest.split(',')):
             key, eq, value = item.partition('=')
             if eq:
-                opts[key.strip()] = yaml.safe_load(value)
+                opts[key.strip()] = yaml.safe_load(value) if value.strip() else ''
             elif 'preset' not in opts:
                 opts['preset'] = key.strip()
             else:

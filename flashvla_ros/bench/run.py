@@ -56,7 +56,7 @@ import numpy as np
 import yaml
 
 from ..accel.registry import accelerate, parse_accel
-from ..control.chunks import adaptive_ensemble
+from ..control.chunks import ChunkProgress, adaptive_ensemble
 from ..control.runner import EXECUTE_CHUNKS, ChunkExecution
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
@@ -115,6 +115,7 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
     run.policy.reset()
     run.digests.append([])
     predictions: deque[tuple[int, np.ndarray]] = deque(maxlen=chunks.horizon)
+    progress = ChunkProgress()  # what a reused chunk continues
     while not ep.done:
         frame = ep.observe()
         action = run.policy.predict(Observation(frame, ep.instruction))
@@ -137,13 +138,15 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
             run.abs_diff.append(0.0)
         if chunks.mode == 'ensemble':
             step = ep.state.steps
-            predictions.append((step, action.actions))
+            if not (action.info.reused and len(action.actions) > 1):  # else: nothing new
+                predictions.append((step, action.actions))
             ep.step(adaptive_ensemble(np.stack([a[step - s] for s, a in predictions
                                                 if step - s < len(a)]), chunks.alpha))
             run.executed.append(1)
             continue
         done = 0
-        for row in action.actions[:chunks.steps or None]:
+        for row in action.actions[progress.rows(len(action.actions), action.info.reused,
+                                                chunks.steps)]:
             ep.step(row)
             done += 1
             if ep.done:

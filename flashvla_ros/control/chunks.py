@@ -37,3 +37,31 @@ def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
     if np.isin(a[:, GRIPPER], (0.0, 1.0)).all():
         blended[GRIPPER] = float(blended[GRIPPER] > 0.5)
     return blended
+
+
+class ChunkProgress:
+    """
+    How far execution got into the last inferred chunk: what a reused step continues.
+
+    A reuse gate (FlashVLA) returns the last inferred chunk again when the scene and the motion
+    are stable. Replaying it from its first action would repeat motion the robot has already
+    made, so a reused chunk continues where execution of the inferred one stopped; a one-action
+    model's chunk is its whole plan, and is repeated.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.length = self.done = 0
+
+    def rows(self, length: int, reused: bool, steps: int) -> slice:
+        """Return the rows of this step's chunk to execute (`steps` per step, 0: all)."""
+        if reused and self.length == 1:
+            return slice(0, 1)
+        if not reused or not self.length:
+            self.length, self.done = length, 0
+        end = self.length if not steps else min(self.length, self.done + steps)
+        taken = slice(self.done, end)
+        self.done = end
+        return taken

@@ -47,7 +47,7 @@ import numpy as np
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
 from ..policy.step import ActionChunk, Observation, StepInfo
-from .chunks import adaptive_ensemble
+from .chunks import ChunkProgress, adaptive_ensemble
 from .safety import GRIPPER, SafetyLimits
 
 
@@ -186,6 +186,7 @@ class PolicyRunner:
         self._instruction = ''
         self._episode = 0
         self._queue: deque[QueuedAction] = deque()  # execute mode: actions to run, in order
+        self._progress = ChunkProgress()  # execute mode: what a reused chunk continues
         self._predictions: deque[tuple[int, list[QueuedAction]]] = deque()  # ensemble mode:
         # (tick index of the chunk's first action, its actions), newest last
         self._tick_index = 0  # ticks so far
@@ -263,6 +264,7 @@ class PolicyRunner:
         self._episode += 1
         self._queue.clear()
         self._predictions.clear()
+        self._progress.reset()
         self._commanded = False
         self._reset_policy()
         self._lock.notify_all()
@@ -395,12 +397,15 @@ class PolicyRunner:
                 return
             actions = [QueuedAction(v, *times, episode, chunk.info, rgb) for v in values]
             if self.chunks.mode == 'ensemble':
+                if chunk.info.reused and len(actions) > 1:
+                    return  # nothing new to blend: the last predictions still cover the ticks
                 self._predicted_for = self._tick_index + 1  # its first action: the next tick
                 self._predictions.append((self._predicted_for, actions))
                 while len(self._predictions) > self.chunks.horizon:
                     self._predictions.popleft()
             else:
-                self._queue.extend(actions[:self.chunks.steps or None])
+                self._queue.extend(actions[self._progress.rows(len(actions), chunk.info.reused,
+                                                               self.chunks.steps)])
 
     # -- control tick (timer thread; never blocks on inference) ---------------------------
 
@@ -430,6 +435,7 @@ class PolicyRunner:
             if fault:
                 self._queue.clear()
                 self._predictions.clear()
+                self._progress.reset()
                 holding = bool(self._fault or self._stall)  # already stopped: stay silent
                 self._stall, self._gap_start = '', None
                 self._fault = fault

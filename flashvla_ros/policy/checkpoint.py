@@ -25,6 +25,7 @@ loads in bf16 without an fp32 copy).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 import json
 from pathlib import Path
 import shutil
@@ -261,5 +262,22 @@ def load_policy(
     """Load a local OpenVLA checkpoint directory and its tokenizer into a ready policy."""
     model, _report = load_model(path, device=device, dtype=dtype)
     tokenizer = load_tokenizer(path)
-    return OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop,
-                         static_cache=static_cache, compile=compile)
+    policy = OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop,
+                           static_cache=static_cache, compile=compile)
+    policy.checkpoint_dir = _checkpoint_dir(path)
+    return policy
+
+
+def weights_digest(path: str | Path) -> str:
+    """
+    Name a checkpoint's weights: sha256 over its weight files' bytes, in file-name order.
+
+    What a calibration file records to say which model it belongs to (the same bytes in any
+    directory, under any dtype they are loaded in).
+    """
+    digest = hashlib.sha256()
+    for file in sorted(weight_files(path), key=lambda f: f.name):
+        with open(file, 'rb') as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()

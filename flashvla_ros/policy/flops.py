@@ -140,8 +140,11 @@ def svd_flops(rows: int, cols: int) -> int:
 
 
 def scoring_flops(method: str, tokens: int, dim: int, rank: int) -> int:
-    """Operation-count estimate of FlashVLA's token scoring (textbook counts, as svd_flops)."""
+    """Operation-count estimate of an accelerator's token scoring (textbook counts)."""
     n, d, q = tokens, dim, min(rank + OVERSAMPLE, tokens, dim)
+    if method == 'diverse':  # EfficientVLA: `rank` holds the other tokens of the sequence
+        length = n + rank  # explicit attention weights of one layer, then token cosines
+        return 2 * length * length * d + 2 * n * n * d
     if method == 'gram':
         return 2 * n * n * d + 9 * n ** 3  # T T^T, then the symmetric QR algorithm with vectors
     if method == 'lowrank':

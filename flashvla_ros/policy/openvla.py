@@ -26,6 +26,7 @@ every layer, and counts what ran in the step's `StepRecord`.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import threading
 import time
 from typing import Any
@@ -129,6 +130,7 @@ class OpenVLAPolicy:
             raise CheckpointError(f'the action head predicts {self.head.action_dim}-D actions '
                                   f'but the statistics have {self.action_dim} dimensions')
         self.noise_seed = 0  # diffusion: every step starts from the same seeded noise
+        self.checkpoint_dir: Path | None = None  # set by load_policy: where the weights live
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         max_len = 1 + self.cfg.num_patches + max_prompt_tokens + self.action_dim
@@ -171,8 +173,16 @@ class OpenVLAPolicy:
             if missing:
                 raise ValueError(f'{h.name} reads decoder layer(s) {missing}, which the layer '
                                  f'plan {plan} skips; change the order or the options')
+        probes: dict[int, tuple[str, str]] = {}  # layer -> (kind, who asked)
+        for h in hooks:
+            for layer, kind in h.probes().items():
+                other = probes.setdefault(layer, (kind, h.name))
+                if other[0] != kind:  # a layer computes one probe
+                    raise ValueError(f'{other[1]} reads the {other[0]} of decoder layer '
+                                     f'{layer} and {h.name} its {kind}; move one to another '
+                                     'layer')
         self.hooks, self.plan = list(hooks), plan
-        self._probes = {layer: kind for h in hooks for layer, kind in h.probes().items()}
+        self._probes = {layer: kind for layer, (kind, _) in probes.items()}
         self.steps = self.reused = 0  # running statistics of this configuration
         self.flops_done = self.flops_full = 0
 
@@ -252,6 +262,7 @@ class OpenVLAPolicy:
         llm = self.model.language_model
         llm.reset_cache()
         seq = layout.assemble(llm.embed(ids[None]), patches)
+        step.decoder_input = seq
         out = llm.run(seq, layout.positions(self.device), self.plan, self._probes,
                       lambda layer, hidden, probe: self._after_layer(step, layer, hidden, probe),
                       record.layer_tokens)

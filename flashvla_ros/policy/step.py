@@ -99,6 +99,7 @@ class Step:
     record: StepRecord
     visual_kept: torch.Tensor  # original indices of the visual tokens still in the sequence
     reuse: ActionChunk | None = None  # set by a gate: end the step with this chunk
+    decoder_input: torch.Tensor | None = None  # [B, T, D] entering the first planned layer
     extras: dict[str, Any] = field(default_factory=dict)  # hooks' values for StepInfo.extras
 
     def visual_hidden(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,310 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""
+EfficientVLA (arXiv 2506.10100) as hooks of the one forward.
+
+Calibrated layer pruning, task-aware diverse visual tokens and DiT feature caching.
+
+    policy = accelerate(load_policy(path), ['efficientvla'], {})  # the default preset
+
+Layer pruning (a layer plan): `flashvla-calibrate` measures each decoder layer's importance
+I(l) = 1 - mean cos(x_l, x_{l+1}) (its input and output states, over every token of a
+calibration set) and writes a calibration file naming the model's weights (sha256). With
+`prune_layers` n, the n least important layers never run. A missing calibration, or one
+written for other weights, is refused with the reason: it is never silently recomputed.
+
+Task-aware diverse tokens (an after-layer hook): after the first `token_layer` layers that run,
+whose last alone computes explicit attention weights (every other layer keeps fused SDPA), a
+visual token's relevance is the head-averaged attention the prompt's tokens pay it, min-max
+normalised. The `key_tokens` most relevant stay; `relevance_share` of the rest of the budget is
+filled by relevance, the remainder greedily by diversity (1 - the largest cosine similarity of a
+token's state to those already kept). `selection: random` keeps as many tokens at random (the
+paper's control).
+
+DiT feature caching (a head hook): each DiT block's attention and MLP outputs are computed only
+at denoising steps k with k mod `cache_interval` == 0 and reused at the others; interval 1 is
+the exact model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..policy.checkpoint import expand_path, weights_digest
+from ..policy.step import Hooks, Step
+from .base import Accelerator, option
+
+CALIBRATION_FILE = 'calibration.json'  # beside the weights, when `calibration` is empty
+CALIBRATION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EfficientVLAOptions:
+    prune_layers: int = option(0, 'decoder layers never run, least important first (needs a '
+                               'calibration)', low=0)
+    calibration: str = option('', 'calibration file of flashvla-calibrate (empty: '
+                              'calibration.json beside the weights)')
+    token_layer: int = option(2, 'decoder layers that run on every visual token', low=1)
+    keep_fraction: float = option(1.0, 'share of the visual tokens kept after token_layer',
+                                  low=0.0, high=1.0, low_open=True)
+    keep_tokens: int = option(0, 'visual tokens kept, as a count (0: use keep_fraction)',
+                              low=0)
+    key_tokens: int = option(4, 'most task-relevant tokens always kept (K_key)', low=0,
+                             live=True)
+    relevance_share: float = option(0.5, 'share of the rest of the budget filled by '
+                                    'relevance (alpha); the remainder by diversity', low=0.0,
+                                    high=1.0, live=True)
+    selection: str = option('diverse', 'token selection: diverse (task-aware) or random (a '
+                            'control)', choices=('diverse', 'random'))
+    cache_interval: int = option(1, 'DiT features recomputed every N denoising steps (1: '
+                                 'exact)', low=1, live=True)
+
+    def kept_tokens(self, visual_tokens: int) -> int:
+        k = self.keep_tokens or round(self.keep_fraction * visual_tokens)
+        return max(1, min(visual_tokens, k))
+
+
+# -- calibration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Layer importances of one model's weights, and where the samples came from."""
+
+    weights_sha256: str
+    model: str  # the checkpoint directory it was measured on (for people; the hash decides)
+    samples: dict[str, Any]  # source, count, and the seeds or the bag and topics
+    importance: list[float]  # I(l) per decoder layer
+
+    def least_important(self, n: int) -> list[int]:
+        """Return the `n` least important layers (ties: the later layer first), ascending."""
+        order = sorted(range(len(self.importance)), key=lambda i: (self.importance[i], -i))
+        return sorted(order[:n])
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({'version': CALIBRATION_VERSION, **asdict(self)}, indent=1)
+                        + '\n')
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        try:
+            raw = json.loads(path.read_text())
+            if raw.pop('version', None) != CALIBRATION_VERSION:
+                raise ValueError(f'version must be {CALIBRATION_VERSION}')
+            return cls(**raw)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f'{path}: not a readable calibration file ({exc})') from exc
+
+
+class LayerSimilarity(Hooks):
+    """Record, per decoder layer, the mean cosine similarity of its input and output states."""
+
+    name = 'layer_similarity'
+
+    def __init__(self) -> None:
+        self.sums: dict[int, float] = {}
+        self.counts: dict[int, int] = {}
+        self._previous: torch.Tensor | None = None
+
+    def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
+                    probe: torch.Tensor | None) -> None:
+        before = step.decoder_input if layer == 0 else self._previous
+        assert before is not None and before.shape == hidden.shape  # every layer, every token
+        cos = F.cosine_similarity(before.float(), hidden.float(), dim=-1)  # [B, T]
+        self.sums[layer] = self.sums.get(layer, 0.0) + float(cos.sum())
+        self.counts[layer] = self.counts.get(layer, 0) + cos.numel()
+        self._previous = hidden
+        return None
+
+    def importance(self) -> list[float]:
+        """I(l) = 1 - mean cos(x_l, x_{l+1}) for every layer seen."""
+        return [1.0 - self.sums[layer] / self.counts[layer] for layer in sorted(self.sums)]
+
+
+def calibrate(policy: Any, observations, samples: dict[str, Any]) -> Calibration:
+    """Run the plain model on `observations` and return its layer importances."""
+    if policy.checkpoint_dir is None:
+        raise ValueError('calibration needs a policy loaded from a checkpoint directory')
+    probe = LayerSimilarity()
+    policy.set_hooks([probe])
+    count = 0
+    for observation in observations:
+        policy.predict(observation)
+        count += 1
+    policy.set_hooks([])
+    if not count:
+        raise ValueError('no calibration samples')
+    return Calibration(weights_digest(policy.checkpoint_dir), str(policy.checkpoint_dir),
+                       {**samples, 'count': count}, probe.importance())
+
+
+def read_calibration(options: EfficientVLAOptions, policy: Any) -> Calibration:
+    """Return the calibration `options` name, checked against the policy's weights."""
+    if options.calibration:
+        path = expand_path(options.calibration)
+    elif policy.checkpoint_dir is not None:
+        path = policy.checkpoint_dir / CALIBRATION_FILE
+    else:
+        raise ValueError('efficientvla prune_layers needs a calibration file (option '
+                         'calibration), and this policy was not loaded from a directory')
+    if not path.is_file():
+        raise ValueError(f'efficientvla prune_layers={options.prune_layers} needs a calibration: '
+                         f'{path} does not exist; write it with flashvla-calibrate --model '
+                         f'{policy.checkpoint_dir or "MODEL"} --out {path}')
+    calibration = Calibration.load(path)
+    digest = weights_digest(policy.checkpoint_dir) if policy.checkpoint_dir else None
+    if calibration.weights_sha256 != digest:
+        raise ValueError(f'{path} was calibrated on other weights ({calibration.model}, sha256 '
+                         f'{calibration.weights_sha256[:12]}...), not these '
+                         f'({policy.checkpoint_dir}, {str(digest)[:12]}...); calibrate this '
+                         'model with flashvla-calibrate')
+    depth = policy.cfg.text.num_hidden_layers
+    if len(calibration.importance) != depth:
+        raise ValueError(f'{path} scores {len(calibration.importance)} layers; the model has '
+                         f'{depth}')
+    return calibration
+
+
+# -- token selection -----------------------------------------------------------------------
+
+
+def task_relevance(weights: torch.Tensor, visual: slice, prompt: slice) -> torch.Tensor:
+    """Head-averaged attention of the prompt's tokens to each visual token, min-max normalised."""
+    scores = weights[0, :, prompt, visual].float().mean(dim=(0, 1))  # [n]
+    low, high = scores.min(), scores.max()
+    return (scores - low) / (high - low).clamp_min(1e-12)
+
+
+def diverse_selection(relevance: torch.Tensor, features: torch.Tensor, budget: int,
+                      key_tokens: int, relevance_share: float) -> torch.Tensor:
+    """
+    Keep `budget` tokens; return their indices in ascending (original) order.
+
+    First the `key_tokens` most relevant, then `relevance_share` of the rest of the budget by
+    relevance, then greedily the token least similar (cosine) to any already kept.
+    """
+    n = relevance.numel()
+    order = torch.argsort(relevance, descending=True, stable=True)
+    key = min(key_tokens, budget)
+    by_relevance = key + round(relevance_share * (budget - key))
+    kept = order[:by_relevance].tolist()
+    if len(kept) < budget:
+        unit = F.normalize(features.float(), dim=-1)
+        similarity = unit @ unit.T  # [n, n]
+        closest = similarity[:, kept].max(dim=1).values if kept \
+            else torch.full((n,), -1.0, device=features.device)
+        closest[kept] = float('inf')
+        for _ in range(budget - len(kept)):
+            pick = int(torch.argmin(closest))  # the most diverse: 1 - max cos is largest
+            kept.append(pick)
+            closest = torch.maximum(closest, similarity[:, pick])
+            closest[pick] = float('inf')
+    return torch.sort(torch.tensor(kept, device=relevance.device)).values
+
+
+# -- the accelerator ---------------------------------------------------------------------------
+
+
+class EfficientVLA(Accelerator):
+    """Calibrated layer pruning, task-aware diverse tokens and DiT feature caching, as hooks."""
+
+    name = 'efficientvla'
+    Options = EfficientVLAOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # The paper's proportions on CogACT (22 of 32 layers, 56 of 256 tokens, interval 5),
+        # adjusted by measurement on the embedded defaults (docs/BENCHMARKS.md).
+        'default': {'prune_layers': 3, 'keep_fraction': 0.25, 'cache_interval': 5},
+    }
+    DEFAULT_PRESET = 'default'
+
+    def __init__(self, options: EfficientVLAOptions) -> None:
+        super().__init__(options)
+        self.pruned: list[int] = []
+        self._token_layer = -1  # the decoder layer after which tokens are selected
+        self._features: dict[tuple[int, str], torch.Tensor] = {}
+        self._steps = 0  # random selection: a new, reproducible draw every step
+        self._selects = False  # whether steps select tokens (the budget is below every token)
+
+    def bind(self, policy: Any) -> None:
+        o = self.options
+        depth = policy.cfg.text.num_hidden_layers
+        self.pruned = []
+        if o.prune_layers:
+            if o.prune_layers >= depth:
+                raise ValueError(f'efficientvla prune_layers={o.prune_layers}: the model has '
+                                 f'{depth} decoder layers')
+            self.pruned = read_calibration(o, policy).least_important(o.prune_layers)
+        running = depth - len(self.pruned)
+        if o.token_layer >= running:
+            raise ValueError(f'efficientvla token_layer={o.token_layer}: {running} decoder '
+                             'layers run, so token_layer must be smaller')
+        self._selects = o.kept_tokens(policy.cfg.num_patches) < policy.cfg.num_patches
+
+    def reset(self) -> None:
+        self._steps = 0
+
+    def plan(self, layers: list[int]) -> list[int]:
+        kept = [layer for layer in layers if layer not in self.pruned]
+        self._token_layer = kept[min(self.options.token_layer, len(kept)) - 1]
+        return kept
+
+    def probes(self) -> dict[int, str]:
+        diverse = self._selects and self.options.selection == 'diverse'
+        return {self._token_layer: 'attention_weights'} if diverse else {}
+
+    def needs_layers(self) -> set[int]:
+        return {self._token_layer} if self._selects else set()
+
+    def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
+                    probe: torch.Tensor | None) -> torch.Tensor | None:
+        o = self.options
+        n = step.visual_kept.numel()
+        if layer != self._token_layer or not self._selects:
+            return None
+        budget = o.kept_tokens(n)
+        if o.selection == 'random':
+            gen = torch.Generator().manual_seed(self._steps)
+            self._steps += 1
+            keep = torch.sort(torch.randperm(n, generator=gen)[:budget]).values
+            return keep.to(hidden.device)
+        if probe is None:
+            raise ValueError('efficientvla needs the attention weights of its token layer: '
+                             'another accelerator changed the layer plan after it')
+        visual = slice(1, 1 + n)
+        relevance = task_relevance(probe, visual, slice(1 + n, hidden.shape[1]))
+        step.record.scoring.append(('diverse', n, hidden.shape[1] - n))
+        return diverse_selection(relevance, hidden[0, visual], budget, o.key_tokens,
+                                 o.relevance_share)
+
+    def block_cache(self, step: Step, denoising_step: int):
+        interval = self.options.cache_interval
+        if interval == 1:
+            return lambda block, part, compute: compute()
+        fresh = denoising_step % interval == 0
+        if denoising_step == 0:
+            self._features = {}
+
+        def cache(block: int, part: str, compute):
+            if fresh or (block, part) not in self._features:
+                self._features[(block, part)] = compute()
+            return self._features[(block, part)]
+        return cache
