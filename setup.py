@@ -24,7 +24,7 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
     # The embedded default policy travels inside the Python package.
-    package_data={package_name: ['models/default/*']},
+    package_data={package_name: ['models/default/*', 'models/default-dit/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

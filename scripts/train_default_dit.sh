@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the embedded diffusion-head default (flashvla_ros/models/default-dit) from scratch
-# on 2 CPU cores: expert data with noise injection, the base run (vision towers initialised
-# from the autoregressive default), one DAgger round on the harder families, then the
+# on 2 CPU cores: expert data with noise injection, the base run (vision towers copied from
+# the autoregressive default, its 4 decoder layers grown to 12: each repeated 3 times), one
+# DAgger round on the harder families, then the
 # held-out closed-loop benchmark. Every training stage is resumable: run the script again
 # after an interruption and each finished stage is skipped, an unfinished one continues from
 # its last train_state.pt.
@@ -16,7 +17,8 @@ done_stage() { [[ -f "$1/model.safetensors" && ! -f "$1/train_state.pt" ]]; }
 [[ -f "$OUT/data/episodes.npz" ]] || \
   $BIN/flashvla-dataset --out "$OUT/data" --episodes 4000 --seed 0
 done_stage "$OUT/base" || $BIN/flashvla-train --data "$OUT/data" --out "$OUT/base" "${MODEL[@]}" \
-  --init-vision flashvla_ros/models/default --lr 0.002 --steps 3000
+  --init-vision flashvla_ros/models/default --grow-llm flashvla_ros/models/default \
+  --lr 0.001 --steps 2000
 if ! done_stage "$OUT/model"; then
   [[ -f "$OUT/dagger1.done" ]] || {
     $BIN/flashvla-dataset --out "$OUT/data" --episodes 400 --seed 4000 \

@@ -57,7 +57,7 @@ def test_prune_layers_drops_the_least_important_and_counts_exactly(calibrated):
     cal = Calibration.load(calibrated / 'calibration.json')
     dropped = cal.least_important(1)
     policy = accelerate(load_policy(str(calibrated)), ['efficientvla'],
-                        {'efficientvla': {'prune_layers': 1, 'token_layer': 1}})
+                        {'efficientvla': {'preset': '', 'prune_layers': 1, 'token_layer': 1}})
     chunk = policy.predict(observation())
     depth = policy.cfg.text.num_hidden_layers
     assert policy.plan == [i for i in range(depth) if i not in dropped]
@@ -73,7 +73,7 @@ def test_prune_layers_drops_the_least_important_and_counts_exactly(calibrated):
 def test_a_missing_or_foreign_calibration_is_refused(tiny_dir, calibrated, tmp_path):
     with pytest.raises(ValueError, match=r'needs a calibration: .* does not exist'):
         accelerate(load_policy(str(tiny_dir)), ['efficientvla'],
-                   {'efficientvla': {'prune_layers': 1}})
+                   {'efficientvla': {'preset': '', 'prune_layers': 1}})
     other = tmp_path / 'other'
     shutil.copytree(calibrated, other)
     with open(other / 'model.safetensors', 'r+b') as f:  # other weights: one byte changed
@@ -83,10 +83,10 @@ def test_a_missing_or_foreign_calibration_is_refused(tiny_dir, calibrated, tmp_p
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(ValueError, match='calibrated on other weights'):
         accelerate(load_policy(str(other)), ['efficientvla'],
-                   {'efficientvla': {'prune_layers': 1}})
+                   {'efficientvla': {'preset': '', 'prune_layers': 1}})
     # The same bytes in another directory are the same model: the hash decides, not the path.
     same = accelerate(load_policy(str(tiny_dir)), ['efficientvla'], {'efficientvla': {
-        'prune_layers': 1, 'calibration': str(calibrated / 'calibration.json')}})
+        'preset': '', 'prune_layers': 1, 'calibration': str(calibrated / 'calibration.json')}})
     assert len(same.plan) == same.cfg.text.num_hidden_layers - 1
 
 
@@ -115,7 +115,7 @@ def test_relevance_is_the_prompts_head_averaged_attention_min_max_normalised():
 
 def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control(tiny_dir):
     policy = accelerate(load_policy(str(tiny_dir)), ['efficientvla'],
-                        {'efficientvla': {'keep_tokens': 64, 'token_layer': 2}})
+                        {'efficientvla': {'preset': '', 'keep_tokens': 64, 'token_layer': 2}})
     assert policy._probes == {1: 'attention_weights'}
     obs = observation()
     diverse = policy.predict(obs)
@@ -126,7 +126,7 @@ def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control
     assert record.layer_tokens[1] == record.layout.prefill
     assert record.layer_tokens[2] == record.layout.prefill - n + 64
     accelerate(policy, ['efficientvla'], {'efficientvla': {
-        'keep_tokens': 64, 'selection': 'random'}})
+        'preset': '', 'keep_tokens': 64, 'selection': 'random'}})
     assert policy._probes == {}
     first = policy.predict(obs).info.kept_indices
     again = policy.predict(obs).info.kept_indices
@@ -158,17 +158,18 @@ def test_efficientvla_composes_with_flashvla_and_refuses_what_cannot_run(calibra
     policy = load_policy(str(calibrated))
     plan = [i for i in range(policy.cfg.text.num_hidden_layers) if i != dropped]
     accelerate(policy, ['efficientvla', 'flashvla'], {
-        'efficientvla': {'prune_layers': 1, 'keep_tokens': 128, 'token_layer': 1},
+        'efficientvla': {'preset': '', 'prune_layers': 1, 'keep_tokens': 128, 'token_layer': 1},
         'flashvla': {'layer': plan[1] + 1, 'keep_fraction': 0.5}})
     chunk = policy.predict(observation())
     assert chunk.info.kept_tokens == 64 and dropped not in chunk.info.record.layer_tokens
     assert [method for method, *_ in chunk.info.record.scoring] == ['diverse', 'gram']
     with pytest.raises(ValueError, match='move one to another layer'):
         accelerate(policy, ['efficientvla', 'flashvla'], {
-            'efficientvla': {'prune_layers': 1, 'keep_tokens': 128, 'token_layer': 1},
+            'efficientvla': {'preset': '', 'prune_layers': 1, 'keep_tokens': 128,
+                             'token_layer': 1},
             'flashvla': {'layer': plan[0] + 1}})
     if 1 <= dropped < policy.cfg.text.num_hidden_layers - 1:
         with pytest.raises(ValueError, match=rf'reads decoder layer.*{dropped}'):
             accelerate(policy, ['efficientvla', 'flashvla'], {
-                'efficientvla': {'prune_layers': 1},
+                'efficientvla': {'preset': '', 'prune_layers': 1},
                 'flashvla': {'layer': dropped + 1}})

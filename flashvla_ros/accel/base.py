@@ -124,13 +124,14 @@ class Accelerator(Hooks):
     @classmethod
     def build_options(cls, values: dict[str, Any] | None) -> Any:
         """
-        Options from `preset` (a name, or '' for the built-in defaults) plus overrides.
+        Options from `preset` (a name, '' for the built-in defaults; not given: the default
+        preset) plus overrides.
 
         Raise ValueError with the reason: unknown names, wrong types, out-of-range values and
         combinations `check` refuses.
         """
         values = dict(values or {})
-        preset = values.pop('preset', None)
+        preset = values.pop('preset', cls.DEFAULT_PRESET)  # as the node's parameter defaults
         if preset and preset not in cls.PRESETS:
             raise ValueError(f'unknown {cls.name} preset {preset!r}; known: {sorted(cls.PRESETS)}')
         specs = {s.name: s for s in cls.specs()}

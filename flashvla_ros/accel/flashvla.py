@@ -231,6 +231,10 @@ class FlashVLA(Accelerator):
                          'eps2': 0.8, 'max_reuse': 1, 'draft': True},
         'fast': {'gate': 'past', 'keep_fraction': 0.5, 'eps1_deg': 15.0, 'eps2': 0.8,
                  'max_reuse': 2, 'draft': True},
+        # After efficientvla (accel: [efficientvla, flashvla]): no token pruning of its own,
+        # the reuse gate compares efficientvla's selections one layer after it selects.
+        'reuse': {'layer': 3, 'gate': 'past', 'keep_fraction': 1.0, 'eps1_deg': 15.0,
+                  'eps2': 0.8, 'max_reuse': 2, 'draft': True},
     }
     DEFAULT_PRESET = 'conservative'
     gates = True

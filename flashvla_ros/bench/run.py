@@ -61,7 +61,7 @@ from ..control.runner import EXECUTE_CHUNKS, ChunkExecution
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
-from ..policy.presets import cogact_7b_config, default_model_dir, openvla_7b_config
+from ..policy.presets import EMBEDDED_MODELS, cogact_7b_config, model_path, openvla_7b_config
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
@@ -82,6 +82,8 @@ class ConfigRun:
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
     digests: list[list[str]] = field(default_factory=list)  # per episode, per inference
+    model: str = ''  # its checkpoint
+    baseline: Any = None  # the same model without accelerators (fidelity), if accelerated
     executed: list[int] = field(default_factory=list)  # control steps each inference drove
 
 
@@ -198,7 +200,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     flops = sum(run.flops, Flops())
     n = max(1, sum(run.executed))  # per control step: a chunk's FLOPs over the steps it drove
     return {
-        'name': run.name, 'options': run.options,
+        'name': run.name, 'options': run.options, 'model': run.model,
         'success': float(np.mean(run.successes)),
         'per_family': per_family(run.successes, run.families),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
@@ -218,23 +220,37 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print, chunks: ChunkExecution = EXECUTE_CHUNKS
               ) -> dict:
-    specs = [(spec, *read_accel(spec)) for spec in accels]
-    base = load_policy(model, device=device)
+    """
+    Run every configuration on the same held-out episodes.
+
+    A configuration is `[MODEL@]ACCEL`: MODEL (a path or an embedded name) runs instead of
+    `model`, so two models compare side by side, paired on the same seeds.
+    """
+    plain: dict[str, OpenVLAPolicy] = {}
+
+    def plain_policy(path: str) -> OpenVLAPolicy:
+        if path not in plain:
+            plain[path] = load_policy(path, device=device)
+        return plain[path]
+
     runs = []
-    for spec, names, options in specs:
-        plain = names in ([], ['none'])
-        policy = base if plain else accelerate(load_policy(model, device=device), names, options)
-        label = '+'.join(names) if spec.endswith(('.yaml', '.yml')) else spec
-        runs.append(ConfigRun(label, options, policy))
-    baseline = base if any(r.policy is not base for r in runs) else None
+    for spec in accels:
+        named, _, accel = spec.rpartition('@')
+        path = str(model_path(named)) if named else model
+        names, options = read_accel(accel)
+        base = plain_policy(path)
+        policy = base if names in ([], ['none']) \
+            else accelerate(load_policy(path, device=device), names, options)
+        label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
+        runs.append(ConfigRun(f'{named}@{label}' if named else label, options, policy,
+                              model=path, baseline=None if policy is base else base))
     expert = []
     start = time.perf_counter()
     for i in range(episodes):
         s, family = seed + i, FAMILIES[i % len(FAMILIES)]
         expert.append(run_expert(s, family)[0])
         for r in runs:
-            run_episode(r, s, family, max_steps, baseline if r.policy is not base else None,
-                        chunks)
+            run_episode(r, s, family, max_steps, r.baseline, chunks)
         if (i + 1) % 10 == 0 or i + 1 == episodes:
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{episodes} | {rates} | '
@@ -254,9 +270,10 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
 def table(report: dict) -> str:
     fams = list(report['expert']['per_family'])
     head = ['#', 'config', 'success', *fams, 'paired diff (95% CI)',
-            'latency median / mean / p99 ms', 'median vs first', 'vision / prefill / decode ms',
-            'GFLOPs/step', 'FLOPs vs first', 'FLOPs vs full, 7B shapes', 'reuse', 'token match',
-            'mean |dA|']
+            'latency median / mean / p99 ms', 'median vs first',
+            'vision / prefill / decode / head ms', 'GFLOPs/step', 'vision / LLM / head',
+            'FLOPs vs first', 'FLOPs vs full, 7B shapes', 'actions per call', 'reuse',
+            'token match', 'mean |dA|']
     rows = []
     first = report['configs'][0]
     for i, c in enumerate(report['configs'], 1):
@@ -268,19 +285,29 @@ def table(report: dict) -> str:
             '-' if d is None else f'{d["mean"]:+.1%} [{d["ci95"][0]:+.1%}, {d["ci95"][1]:+.1%}]',
             ' / '.join(f'{lat["total"][k]:.1f}' for k in ('median', 'mean', 'p99')),
             f'{lat["total"]["median"] / first["latency_ms"]["total"]["median"]:.2f}x',
-            ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode')),
-            f'{c["flops_per_step"]["total"] / 1e9:.3f}',
+            ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode',
+                                                             'head')),
+            f'{c["flops_per_step"]["total"] / 1e9:.3f}', flops_split(c['flops_per_step']),
             f'{c["flops_per_step"]["total"] / first["flops_per_step"]["total"]:.1%}',
             f'{c["flops_vs_full_7b_shapes"]:.1%}',
+            f'{c["control_steps"] / max(1, c["steps"]):.2f}',
             f'{c["reuse_rate"]:.1%}',
             f'{c["fidelity"]["token_match"]:.3f}', f'{c["fidelity"]["mean_abs_diff"]:.4f}',
         ])
     e = report['expert']
-    rows.append(['-', 'scripted expert (ceiling)', f'{e["success"]:.1%}',
-                 *(f'{e["per_family"][f]:.1%}' for f in fams), *(['-'] * 10)])
+    expert = ['-', 'scripted expert (ceiling)', f'{e["success"]:.1%}',
+              *(f'{e["per_family"][f]:.1%}' for f in fams)]
+    rows.append(expert + ['-'] * (len(head) - len(expert)))
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
     return '\n'.join(lines)
+
+
+def flops_split(per_step: dict[str, float]) -> str:
+    """Say a step's FLOPs as vision / LLM (prefill, decode, token scoring) / head shares."""
+    llm = per_step['prefill'] + per_step['decode'] + per_step['select']
+    total = max(per_step['total'], 1e-30)
+    return ' / '.join(f'{v / total:.0%}' for v in (per_step['vision'], llm, per_step['head']))
 
 
 def plot_size(n_configs: int) -> tuple[int, int]:
@@ -433,8 +460,9 @@ def markdown(report: dict, plot_path: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default=None, type=expand_path,
-                        help='checkpoint (default: embedded model)')
+    parser.add_argument('--model', default=None,
+                        help='checkpoint directory, or an embedded model: default (the '
+                             'default), default-dit')
     parser.add_argument('--accel', action='append',
                         help='none, NAME[:PRESET][,KEY=VALUE...] (a+b composes), or a YAML file')
     parser.add_argument('--episodes', type=int, default=200)
@@ -469,13 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report = json.loads(args.report.read_text())
     else:
-        model = str(args.model or default_model_dir())
+        model = str(model_path(args.model))
         chunks = ChunkExecution(mode=args.chunk_mode, steps=args.chunk_steps,
                                 horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print, chunks=chunks)
-        if args.model is None:
-            report['model'] = 'flashvla_ros/models/default (the embedded default)'
+        if args.model in (None, *EMBEDDED_MODELS):
+            report['model'] = f'flashvla_ros/models/{args.model or "default"} (embedded)'
     print(table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -76,9 +76,26 @@ def cogact_7b_config() -> OpenVLAConfig:
     return replace(openvla_7b_config(), action_model=DiTConfig.sized('DiT-B'))
 
 
-def default_model_dir() -> Path:
-    """Where the embedded default checkpoint lives inside the installed package."""
-    return Path(__file__).resolve().parent.parent / 'models' / 'default'
+EMBEDDED_MODELS = ('default', 'default-dit')  # flashvla_ros/models/<name>
+
+
+def default_model_dir(name: str = 'default') -> Path:
+    """Return where an embedded checkpoint lives inside the installed package."""
+    return Path(__file__).resolve().parent.parent / 'models' / name
+
+
+def model_path(model: str | Path | None) -> Path:
+    """
+    Resolve a model name or path to a checkpoint directory.
+
+    Empty means the embedded default, an embedded name (`default-dit`) its directory in the
+    package, anything else a checkpoint path (`~` expanded).
+    """
+    if not model:
+        return default_model_dir()
+    if str(model) in EMBEDDED_MODELS and not Path(model).exists():
+        return default_model_dir(str(model))
+    return Path(model).expanduser()
 
 
 def init_weights(model: nn.Module, std_for: Callable[[str], float | None]) -> None:

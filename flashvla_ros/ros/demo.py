@@ -49,13 +49,12 @@ def ros_env() -> dict[str, str]:
 
 
 def resolve_model(model: str | None) -> str:
-    from ..policy.presets import default_model_dir
+    from ..policy.presets import model_path
     from ..tools.make_tiny import make_tiny
 
-    if model:
-        return str(Path(model).expanduser())  # the node gets an absolute path
-    if default_model_dir().is_dir():
-        return str(default_model_dir())
+    path = model_path(model)
+    if model or path.is_dir():
+        return str(path.resolve())  # the node gets an absolute path
     if not (DEFAULT_TINY / 'config.json').is_file():
         make_tiny(DEFAULT_TINY, seed=0)
         print(f'no embedded default model in this install: wrote the tiny random model to '

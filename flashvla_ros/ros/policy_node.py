@@ -27,6 +27,7 @@ shutdown, SIGINT, SIGTERM) end with exactly one hold.
 from __future__ import annotations
 
 import array
+from pathlib import Path
 import signal
 import sys
 import threading
@@ -71,7 +72,7 @@ from ..control.throttle import ThrottledLog
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, StepInfo, load_policy
 from ..policy.instruction import check_instruction
-from ..policy.presets import default_model_dir
+from ..policy.presets import EMBEDDED_MODELS, model_path
 from ..viz.debug_view import render_debug
 from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
 
@@ -149,10 +150,10 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         c = self.config
-        model = c.model or str(default_model_dir())
-        if not c.model and not default_model_dir().is_dir():
-            self.get_logger().error('no model: set the `model` parameter to a checkpoint '
-                                    'directory (this install has no embedded default model)')
+        model = str(model_path(c.model))
+        if c.model in ('', *EMBEDDED_MODELS) and not Path(model).is_dir():
+            self.get_logger().error(f'no model: set the `model` parameter to a checkpoint '
+                                    f'directory (this install has no embedded {model})')
             self.state_label = 'unconfigured'
             self.stop_reason = 'configure failed: no model'
             return TransitionCallbackReturn.FAILURE

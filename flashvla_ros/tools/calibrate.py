@@ -35,6 +35,7 @@ import sys
 
 from ..accel.efficientvla import CALIBRATION_FILE, calibrate
 from ..policy import Observation, PolicyError, expand_path, load_policy
+from ..policy.presets import model_path
 from ..sim.tasks import FAMILIES, Episode
 
 
@@ -84,7 +85,8 @@ def bag_samples(bag: Path, image_topic: str, instruction_topic: str | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', required=True, type=expand_path, help='checkpoint directory')
+    parser.add_argument('--model', required=True, type=model_path,
+                        help='checkpoint directory, or an embedded model (default, default-dit)')
     parser.add_argument('--out', type=expand_path,
                         help=f'calibration file (default: MODEL/{CALIBRATION_FILE})')
     parser.add_argument('--episodes', type=int, default=24,

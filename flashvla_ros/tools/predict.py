@@ -34,6 +34,7 @@ import numpy as np
 
 from ..accel.registry import accelerate, parse_accel
 from ..policy import Observation, PolicyError, expand_path, load_policy
+from ..policy.presets import model_path
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -46,8 +47,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', required=True, type=expand_path,
-                        help='checkpoint directory (HF layout)')
+    parser.add_argument('--model', required=True, type=model_path,
+                        help='checkpoint directory, or an embedded model (default, default-dit)')
     parser.add_argument('--image', required=True, type=expand_path,
                         help='image file (PNG, JPEG, ...)')
     parser.add_argument('--instruction', required=True, help='task, e.g. "pick up the cup"')

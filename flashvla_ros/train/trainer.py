@@ -82,6 +82,7 @@ class TrainConfig:
     dit_heads: int = 4
     noise_draws: int = 8  # diffusion: noise draws per VLM forward (CogACT's repeated steps)
     init_vision: str = ''  # copy the vision towers and projector from this checkpoint
+    grow_llm: str = ''  # grow the decoder from this checkpoint's (depth up-scaling)
     save_every: int = 250  # steps between resumable training states (train_state.pt)
 
 
@@ -346,11 +347,15 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         model.load_state_dict(load_model(init)[0].state_dict())
         if (Path(init) / AUX_FILE).is_file():
             aux.load_state_dict(torch.load(Path(init) / AUX_FILE, weights_only=True))
-    elif cfg.init_vision:  # vision towers and projector from a trained model (same shapes)
-        trained = load_model(expand_path(cfg.init_vision))[0].state_dict()
-        model.load_state_dict({k: v for k, v in trained.items()
-                               if k.startswith(('vision_backbone.', 'projector.'))},
-                              strict=False)
+    else:
+        if cfg.init_vision:  # vision towers and projector from a trained model (same shapes)
+            trained = load_model(expand_path(cfg.init_vision))[0].state_dict()
+            model.load_state_dict({k: v for k, v in trained.items()
+                                   if k.startswith(('vision_backbone.', 'projector.'))},
+                                  strict=False)
+        if cfg.grow_llm:
+            model.load_state_dict(grown_decoder(expand_path(cfg.grow_llm), cfg.layers),
+                                  strict=False)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
                           if cfg.device == 'auto' else cfg.device)
     model.to(device)
@@ -428,6 +433,33 @@ def init_model(model: OpenVLA) -> None:
                 p.copy_(sincos_2d(int(math.isqrt(p.shape[1])), p.shape[2]).unsqueeze(0))
             elif name.startswith('action_model.net.final_layer.'):
                 p.zero_()
+
+
+def grown_decoder(path: Path, layers: int) -> dict[str, torch.Tensor]:
+    """
+    Return a `layers`-deep decoder grown from a shallower trained one (depth up-scaling).
+
+    Trained layer i fills layers i * r .. i * r + r - 1 (r = layers / its depth), each with its
+    residual branches (o_proj, down_proj) scaled by 1 / r, so that the r copies together first
+    make about the update the one layer made; embeddings, final norm and LM head are copied.
+    """
+    trained = {k: v for k, v in load_model(path)[0].state_dict().items()
+               if k.startswith('language_model.')}
+    prefix = 'language_model.model.layers.'
+    depth = len({k[len(prefix):].split('.')[0] for k in trained if k.startswith(prefix)})
+    if layers % depth:
+        raise ValueError(f'--grow-llm: {layers} layers is not a multiple of {depth}')
+    r = layers // depth
+    grown = {}
+    for key, value in trained.items():
+        if not key.startswith(prefix):
+            grown[key] = value
+            continue
+        index, rest = key[len(prefix):].split('.', 1)
+        scale = 1.0 / r if rest.endswith(('o_proj.weight', 'down_proj.weight')) else 1.0
+        for copy in range(r):
+            grown[f'{prefix}{int(index) * r + copy}.{rest}'] = value * scale
+    return grown
 
 
 STATE_FILE = 'train_state.pt'  # a run's resumable state, beside its checkpoint until it ends

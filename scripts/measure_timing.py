@@ -1,0 +1,128 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Measure when inference starts: as soon as possible vs just in time, in one run.
+
+    .venv/bin/python scripts/measure_timing.py [--model default-dit] [--seconds 15]
+
+The real PolicyRunner and policy in-process, a camera thread rendering the mock world at 20 Hz
+(the world moves with the commands) and control ticks at 10 Hz, as the node runs them. The
+modes alternate (asap, just in time, asap, ...) so that both see the same machine load; it
+prints, per mode, the inference latency, the frame-to-command latency (frame capture to the
+tick that sends its action) and the starved ticks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import numpy as np
+
+from flashvla_ros.accel.registry import accelerate, parse_accel
+from flashvla_ros.control.runner import ChunkExecution, PolicyRunner
+from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.policy import load_policy
+from flashvla_ros.policy.presets import model_path
+from flashvla_ros.sim.tasks import FAMILIES, Episode
+
+CAMERA_HZ, CONTROL_HZ = 20.0, 10.0
+
+
+def run_mode(policy, chunks: ChunkExecution, seconds: float, seed: int) -> dict:
+    limits = SafetyLimits.from_lists([1.0] * 7, [-1.0] * 7, [1.0] * 7)
+    runner = PolicyRunner(policy, limits, max_image_age_s=0.5, max_action_age_s=0.5,
+                          max_command_gap_s=2.0, chunks=chunks,
+                          control_period_s=1.0 / CONTROL_HZ)
+    episode = [Episode(seed, FAMILIES[seed % 3])]
+    lock = threading.Lock()
+    running = True
+
+    def camera() -> None:
+        period, due = 1.0 / CAMERA_HZ, time.monotonic()
+        while running:
+            with lock:
+                frame = episode[0].observe()
+            runner.submit_frame(frame)
+            due += period
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    runner.set_instruction(episode[0].instruction)
+    runner.start()
+    cam = threading.Thread(target=camera, daemon=True)
+    cam.start()
+    ticks, due, end = 0, time.monotonic(), time.monotonic() + seconds
+    while time.monotonic() < end:
+        tick = runner.tick()
+        ticks += 1
+        if tick.kind == 'action':
+            with lock:
+                episode[0].step(tick.command)
+                if episode[0].done:  # next episode, same instruction rules as the node
+                    episode[0] = Episode(seed + ticks, FAMILIES[(seed + ticks) % 3])
+                    runner.set_instruction(episode[0].instruction)
+        due += 1.0 / CONTROL_HZ
+        time.sleep(max(0.0, due - time.monotonic()))
+    running = False
+    cam.join()
+    runner.stop()
+    return {'ticks': ticks, 'starved': runner.counters.starved_ticks,
+            'inference_ms': list(runner.latencies_ms), 'e2e_ms': list(runner.e2e_ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='')
+    parser.add_argument('--accel', default='flashvla', help="as flashvla-bench's --accel")
+    parser.add_argument('--seconds', type=float, default=15.0, help='per mode and round')
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--chunk-steps', type=int, default=0)
+    parser.add_argument('--json', help='write the numbers here')
+    args = parser.parse_args()
+    policy = accelerate(load_policy(str(model_path(args.model))), *parse_accel(args.accel))
+    policy.warm_up()
+    modes = {'asap': False, 'just_in_time': True}
+    results: dict[str, dict] = {m: {'ticks': 0, 'starved': 0, 'inference_ms': [], 'e2e_ms': []}
+                                for m in modes}
+    for r in range(args.rounds):
+        for mode, jit in modes.items():
+            out = run_mode(policy, ChunkExecution(steps=args.chunk_steps, just_in_time=jit),
+                           args.seconds, seed=1_000_000 + r)
+            for k, v in out.items():
+                results[mode][k] += v
+    report = {}
+    for mode, r in results.items():
+        report[mode] = {
+            'inference_p50_ms': float(np.median(r['inference_ms'])),
+            'frame_to_command_p50_ms': float(np.median(r['e2e_ms'])),
+            'frame_to_command_p90_ms': float(np.percentile(r['e2e_ms'], 90)),
+            'starved_per_150_ticks': 150.0 * r['starved'] / max(1, r['ticks']),
+            'ticks': r['ticks']}
+        print(f'{mode:13s} inference p50 {report[mode]["inference_p50_ms"]:6.1f} ms | '
+              f'frame-to-command p50 {report[mode]["frame_to_command_p50_ms"]:6.1f} ms, '
+              f'p90 {report[mode]["frame_to_command_p90_ms"]:6.1f} ms | starved '
+              f'{report[mode]["starved_per_150_ticks"]:.1f} per 150 ticks ({r["ticks"]} ticks)')
+    target = report['just_in_time']['inference_p50_ms'] + 1e3 / CAMERA_HZ + 10.0
+    print(f'target (inference p50 + one camera period + 10 ms): {target:.1f} ms')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'args': vars(args), **report, 'target_ms': target}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
