@@ -124,8 +124,9 @@ class Accelerator(Hooks):
     @classmethod
     def build_options(cls, values: dict[str, Any] | None) -> Any:
         """
-        Options from `preset` (a name, '' for the built-in defaults; not given: the default
-        preset) plus overrides.
+        Return the options of `preset` with overrides.
+
+        `preset` is a name, '' for the built-in defaults, or absent for the default preset.
 
         Raise ValueError with the reason: unknown names, wrong types, out-of-range values and
         combinations `check` refuses.

@@ -66,6 +66,7 @@ from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
 PARTS = ('vision', 'prefill', 'decode', 'head', 'total')  # vision includes preprocessing
+STAGES = PARTS[:-1]
 
 
 @dataclass
@@ -285,8 +286,7 @@ def table(report: dict) -> str:
             '-' if d is None else f'{d["mean"]:+.1%} [{d["ci95"][0]:+.1%}, {d["ci95"][1]:+.1%}]',
             ' / '.join(f'{lat["total"][k]:.1f}' for k in ('median', 'mean', 'p99')),
             f'{lat["total"]["median"] / first["latency_ms"]["total"]["median"]:.2f}x',
-            ' / '.join(f'{lat[p]["median"]:.1f}' for p in ('vision', 'prefill', 'decode',
-                                                             'head')),
+            ' / '.join(f'{lat[p]["median"]:.1f}' for p in STAGES),
             f'{c["flops_per_step"]["total"] / 1e9:.3f}', flops_split(c['flops_per_step']),
             f'{c["flops_per_step"]["total"] / first["flops_per_step"]["total"]:.1%}',
             f'{c["flops_vs_full_7b_shapes"]:.1%}',
