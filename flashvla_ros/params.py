@@ -59,8 +59,8 @@ class Param:
 
 
 PARAMS: tuple[Param, ...] = (
-    Param('model', '', 'Checkpoint directory (Hugging Face OpenVLA layout); empty = the '
-          'embedded default model.', read_only=True),
+    Param('model', '', 'Checkpoint directory (Hugging Face OpenVLA layout), or an embedded '
+          'model (default-dit); empty = the embedded default model.', read_only=True),
     Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
     Param('dtype', 'float32', 'Weights dtype.', read_only=True,
           choices=('float32', 'bfloat16', 'float16')),

@@ -326,8 +326,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     """
     Train (or continue an interrupted run in `out`) and save the checkpoint there.
 
-    `stop_after` ends the run after that step with its state saved, as an interruption would
-    (for tests of resumption); it returns None then.
+    `stop_after` ends the run after that step (a multiple of `save_every`) with its state
+    saved, as an interruption would, and the model as it stands written; it returns None.
     """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -370,6 +370,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     if state_file.is_file():
         done, before, history = resume(state_file, cfg, model, aux, opt, rng)
         log(f'resuming {state_file} after step {done}')
+        if stop_after is not None and done >= stop_after:
+            write_model(out, model, aux, config, tok, cfg, history, before, data, device, log)
+            return None
     start = time.perf_counter() - before
     n = len(data['action'])
     for step in range(done + 1, cfg.steps + 1):
@@ -390,7 +393,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         if step % cfg.save_every == 0 and step < cfg.steps:
             save_state(state_file, cfg, model, aux, opt, rng, step,
                        time.perf_counter() - start, history)
-            if step == stop_after:
+            if step == stop_after:  # a usable snapshot too; the run can still continue
+                write_model(out, model, aux, config, tok, cfg, history,
+                            time.perf_counter() - start, data, device, log)
                 return None
         if step % 25 == 0 or step == cfg.steps:
             el = time.perf_counter() - start
@@ -401,17 +406,24 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
                 f'{np.mean([h["vision_loss"] for h in recent]):.4f} | state '
                 f'{np.mean([h["state_loss"] for h in recent]):.4f} | {el / step:.2f} s/step | '
                 f'eta {el / step * (cfg.steps - step) / 60:.1f} min')
-    seconds = time.perf_counter() - start
-    model.cpu()
-    aux.cpu()
-    save_checkpoint(out, model.state_dict(), config, dtype='float32')
-    torch.save(aux.state_dict(), out / AUX_FILE)
+    summary = write_model(out, model, aux, config, tok, cfg, history,
+                          time.perf_counter() - start, data, device, log)
+    state_file.unlink(missing_ok=True)  # finished: the checkpoint is the result
+    return summary
+
+
+def write_model(out: Path, model: OpenVLA, aux: AuxHeads, config: OpenVLAConfig, tok,
+                cfg: TrainConfig, history: list[dict], seconds: float, data: dict, device,
+                log=print) -> dict:
+    """Save the checkpoint, the auxiliary heads, train_log.json and loss.png in `out`."""
+    save_checkpoint(out, {k: v.detach().cpu() for k, v in model.state_dict().items()}, config,
+                    dtype='float32')
+    torch.save({k: v.detach().cpu() for k, v in aux.state_dict().items()}, out / AUX_FILE)
     save_tokenizer_files(tok, out, model_max_length=config.text.max_position_embeddings)
     summary = {'config': asdict(cfg), 'seconds': seconds, 'samples': len(data['action']),
                'episodes': len(data['ep_seed']), 'device': str(device),
-               'history': compact(history)}
+               'steps_done': len(history), 'history': compact(history)}
     (out / 'train_log.json').write_text(json.dumps(summary) + '\n')
-    state_file.unlink(missing_ok=True)  # finished: the checkpoint is the result
     try:  # the curves are a picture of train_log.json: never lose a run for want of them
         plot_losses(summary['history'], out / 'loss.png', title=run_title(summary))
     except ImportError as exc:
@@ -593,6 +605,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--plot-out', type=expand_path, help='PNG for --plot-log')
     parser.add_argument('--init', type=expand_path,
                         help='start from this checkpoint (fine-tuning)')
+    parser.add_argument('--stop-after', type=int, default=None,
+                        help='end after this step (a save point), writing the model as it '
+                             'stands; running again without it continues the schedule')
     for f, default in asdict(TrainConfig()).items():
         parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
     args = parser.parse_args(argv)
@@ -602,7 +617,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.data is None or args.out is None:
         parser.error('--data and --out are required to train')
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
-    summary = train(args.data, args.out, cfg, init=args.init)
+    if args.stop_after is not None and (args.stop_after % cfg.save_every
+                                        or not 0 < args.stop_after < cfg.steps):
+        parser.error('--stop-after must be a multiple of --save-every below --steps')
+    summary = train(args.data, args.out, cfg, init=args.init, stop_after=args.stop_after)
+    if summary is None:
+        print(f'stopped after step {args.stop_after} of {cfg.steps} (snapshot and resumable '
+              f'state in {args.out})')
+        return
     print(f'trained {cfg.steps} steps in {summary["seconds"] / 60:.1f} min -> {args.out}')
 
 
