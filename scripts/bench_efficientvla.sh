@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # EfficientVLA's measurements (docs/efficientvla/): one bench run per embedded model on the
-# same 200 held-out episodes, every component alone and composed, FlashVLA and the
-# combination; the diffusion model's run also carries the autoregressive default (plain)
-# side by side, paired on the same seeds. Calibrations come first (flashvla-calibrate writes
+# same held-out episodes (200 for default-dit, 100 for the autoregressive default), every
+# component alone and composed, FlashVLA and the combination; the diffusion model's run also
+# carries the autoregressive default (plain) side by side, paired on the same seeds. Calibrations come first (flashvla-calibrate writes
 # calibration.json beside each model's weights; both are committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=docs/efficientvla
 EPISODES=${EPISODES:-200}
+EPISODES_AR=${EPISODES_AR:-100}  # the autoregressive default's run: the components that apply
 mkdir -p "$OUT"
 for model in default default-dit; do
   [[ -f flashvla_ros/models/$model/calibration.json ]] || $BIN/flashvla-calibrate --model $model
 done
-$BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 8 \
+$BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
   --accel none \
   --accel 'efficientvla:preset=,prune_layers=4' \
   --accel 'efficientvla:preset=,keep_fraction=0.22' \
@@ -24,7 +25,7 @@ $BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 8 \
   --accel 'efficientvla+flashvla:reuse' \
   --accel 'default@none' \
   --json "$OUT/default-dit.json" --plot "$OUT/default-dit.png" --markdown "$OUT/default-dit.md"
-$BIN/flashvla-bench --model default --episodes "$EPISODES" \
+$BIN/flashvla-bench --model default --episodes "$EPISODES_AR" \
   --accel none \
   --accel 'efficientvla:preset=,prune_layers=1' \
   --accel 'efficientvla:preset=,keep_fraction=0.22' \

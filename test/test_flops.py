@@ -14,6 +14,8 @@
 
 """The FLOPs counter against counts by hand, and the 7B projection of a record."""
 
+from dataclasses import replace
+
 from flashvla_ros.policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from flashvla_ros.policy.flops import (
     StepRecord,
@@ -25,7 +27,7 @@ from flashvla_ros.policy.flops import (
     vit_flops,
 )
 from flashvla_ros.policy.layout import SequenceLayout
-from flashvla_ros.policy.presets import openvla_7b_config
+from flashvla_ros.policy.presets import cogact_7b_config, openvla_7b_config, tiny_cogact_config
 
 TOWER = ViTConfig(embed_dim=4, depth=3, num_heads=2, mlp_dim=8, patch_size=2, image_size=4,
                   reg_tokens=1)
@@ -118,3 +120,15 @@ def test_projection_to_7b_shapes_keeps_the_plan():
     # A plan without layer 1 of 2 skips the deeper half of 32.
     skipped = StepRecord(LAYOUT, 2, (0,), False, True, {0: 9}, [], 1)
     assert sorted(project(skipped, cfg).layer_tokens) == list(range(16))
+
+
+def test_a_dit_heads_parts_project_onto_the_target_depth():
+    small, big = tiny_cogact_config(), cogact_7b_config()
+    layout = SequenceLayout(visual=small.num_patches, prompt=20, actions=0)
+    plain = StepRecord.full(layout, small.text.num_hidden_layers, head=small.action_model)
+    # The plain step projects onto the plain 7B step, head included.
+    assert count_flops(big, project(plain, big)) == full_flops(big, replace(
+        layout, visual=big.num_patches))
+    cached = replace(plain, dit_parts={k: v // 5 for k, v in plain.dit_parts.items()})
+    projected = project(cached, big)  # 2 of 10 steps computed: in all 12 DiT-B blocks
+    assert projected.dit_parts == {'attn': 2 * 2 * 12, 'mlp': 2 * 2 * 12}

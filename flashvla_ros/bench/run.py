@@ -443,8 +443,9 @@ def markdown(report: dict, plot_path: str | None) -> str:
              'configuration interleaved episode by episode. FLOPs are analytic counts of the '
              'work each control step recorded it ran (flashvla_ros/policy/flops.py: vision, '
              'decoder layers, head, and FlashVLA\'s token scoring as a textbook operation '
-             'count); "7B shapes" re-counts the same records on OpenVLA-7B\'s shapes '
-             '(vision is 37% of the default model\'s FLOPs but 10% of the 7B\'s). Latency is '
+             'count); "7B shapes" re-counts the same records on OpenVLA-7B\'s shapes, '
+             'CogACT-7B\'s (DiT-B) for a diffusion head (vision is 37% of the autoregressive '
+             'default\'s FLOPs but 10% of OpenVLA-7B\'s). Latency is '
              'wall-clock per policy call (a reused step is one call); with reuse the '
              'distribution is bimodal, so the mean is the time per control step and the median '
              'is that of the more frequent kind of step. The paired difference is against the '
@@ -452,6 +453,8 @@ def markdown(report: dict, plot_path: str | None) -> str:
              'model\'s on the same observations (token match, mean |action difference|). '
              'FlashVLA options are written `flashvla[:preset][,option=value]`; `flashvla` alone '
              'is the conservative preset.', '', table(report), '']
+    if report.get('note'):
+        lines += [f'Note: {report["note"]}', '']
     if plot_path:
         lines += [f'![success vs FLOPs, latency]({plot_path})', '']
     return '\n'.join(lines)

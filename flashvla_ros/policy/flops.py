@@ -75,6 +75,7 @@ class StepRecord:
     scoring: list[tuple[str, int, int]] = field(default_factory=list)  # (method, tokens, rank)
     dit_passes: int = 0  # diffusion head: DiT forward rows (denoising steps x CFG batch)
     dit_parts: dict[str, int] = field(default_factory=dict)  # 'attn'/'mlp' -> rows computed
+    dit_depth: int = 0  # blocks of the DiT the parts were counted on (to project them)
 
     @property
     def layers_run(self) -> int:
@@ -92,7 +93,8 @@ class StepRecord:
                    head_positions=1 + len(calls) if layout.actions else 0,
                    dit_passes=passes,
                    dit_parts={} if head is None else {'attn': passes * head.depth,
-                                                      'mlp': passes * head.depth})
+                                                      'mlp': passes * head.depth},
+                   dit_depth=0 if head is None else head.depth)
 
 
 def vit_flops(t: ViTConfig) -> int:
@@ -193,7 +195,8 @@ def project(record: StepRecord, cfg: OpenVLAConfig) -> StepRecord:
     The same prompt and decode calls; visual tokens scale with the visual-token count (a layer
     that kept 62.5% of them keeps 62.5% there). Token counts and an early stop keep their layer
     index, and the last layer stands for every deeper one (FlashVLA's L_p = 2 stays 2 of 32);
-    layers a plan skips are skipped at the same relative depth.
+    layers a plan skips are skipped at the same relative depth. A DiT head's computed block
+    parts scale to the target head's depth (a cached part is cached in every block).
     """
     src = record.layout
     layout = replace(src, visual=cfg.num_patches)
@@ -214,6 +217,9 @@ def project(record: StepRecord, cfg: OpenVLAConfig) -> StepRecord:
             source -= 1
         layers[j] = scaled(ran[source])
     scoring = [(m, round(n * layout.visual / max(1, src.visual)), r) for m, n, r in record.scoring]
+    head = cfg.action_model
+    blocks = head.depth if head is not None and record.dit_depth else record.dit_depth
+    parts = {k: v * blocks // max(1, record.dit_depth) for k, v in record.dit_parts.items()}
     return StepRecord(layout, depth, plan, record.stopped, record.vision, layers,
                       list(record.decode_calls), record.head_positions, scoring,
-                      record.dit_passes, dict(record.dit_parts))
+                      record.dit_passes, parts, blocks)

@@ -409,6 +409,7 @@ class OpenVLAPolicy:
 
         x = ddim_sample(net, cognition.to(w.dtype), noise, counted)
         record.dit_passes = cfg.ddim_steps * rows
+        record.dit_depth = cfg.depth
         normalized = x[0].float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
         normalized[:, -1] = np.where(normalized[:, -1] >= 0.5, 1.0, 0.0)  # the gripper
         values = self.stats.unnormalize(normalized)

@@ -425,7 +425,8 @@ def write_model(out: Path, model: OpenVLA, aux: AuxHeads, config: OpenVLAConfig,
                'steps_done': len(history), 'history': compact(history)}
     (out / 'train_log.json').write_text(json.dumps(summary) + '\n')
     try:  # the curves are a picture of train_log.json: never lose a run for want of them
-        plot_losses(summary['history'], out / 'loss.png', title=run_title(summary))
+        plot_losses(summary['history'], out / 'loss.png', title=run_title(summary),
+                    diffusion=cfg.head == 'diffusion')
     except ImportError as exc:
         log(f'no loss.png ({exc}); draw it later with flashvla-train --plot-log '
             f'{out / "train_log.json"}')
@@ -522,9 +523,12 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 LOSS_CURVES = (('action_loss', 'action tokens: soft-target cross-entropy, nats', 'tab:red'),
                ('vision_loss', 'vision aux: objects BCE + 10 x offsets MSE + focus', 'tab:green'),
                ('state_loss', 'state aux: position MSE, in (0.5 m)^2', 'tab:blue'))
+DIFFUSION_LABELS = {'action_loss': 'action: DiT noise-prediction MSE',
+                    'state_loss': 'state aux: position MSE + first-4-actions MSE'}
 
 
-def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = '') -> None:
+def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = '',
+                diffusion: bool = False) -> None:
     """
     Draw the training curves with matplotlib (Agg) into a PNG of `size` pixels.
 
@@ -540,6 +544,7 @@ def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = 
     fig = agg_figure(*size)
     ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 2]})
     for key, label, colour in LOSS_CURVES:
+        label = DIFFUSION_LABELS.get(key, label) if diffusion else label
         values = np.maximum([r[key] for r in history], 1e-6)
         mean, lo, hi = moving_mean_ci(values, window)
         ax_loss.plot(at, mean, color=colour, lw=1.3, label=label)
@@ -553,7 +558,8 @@ def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = 
     ax_loss.grid(alpha=0.3, which='both')
     mean, lo, hi = moving_mean_ci(np.array([r['token_accuracy'] for r in history]) * 100,
                                   window)
-    ax_acc.plot(at, mean, color='k', lw=1.3, label='action-token accuracy (exact bin)')
+    ax_acc.plot(at, mean, color='k', lw=1.3, label='action-token accuracy (exact bin)'
+                + (': none, a diffusion head' if diffusion else ''))
     ax_acc.fill_between(at, lo, hi, color='k', alpha=0.2, lw=0)
     ax_acc.set_ylim(0, 100)
     ax_acc.set_xlabel('optimizer step')
@@ -577,7 +583,8 @@ def plot_log(log_path: Path, png: Path | None = None) -> Path:
     """Re-draw the curves of a saved train_log.json (beside it as loss.png by default)."""
     summary = json.loads(Path(log_path).read_text())
     png = png or Path(log_path).with_name('loss.png')
-    plot_losses(summary['history'], png, title=run_title(summary))
+    plot_losses(summary['history'], png, title=run_title(summary),
+                diffusion=summary['config'].get('head') == 'diffusion')
     return png
 
 
