@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # EfficientVLA's measurements (docs/efficientvla/): one bench run per embedded model on the
-# same held-out episodes (200 for default-dit, 100 for the autoregressive default), every
+# same held-out episodes (200 for default-dit, 30 for the autoregressive default), every
 # component alone and composed, FlashVLA and the combination; the diffusion model's run also
 # carries the autoregressive default (plain) side by side, paired on the same seeds. Calibrations come first (flashvla-calibrate writes
 # calibration.json beside each model's weights; both are committed).
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=docs/efficientvla
 EPISODES=${EPISODES:-200}
-EPISODES_AR=${EPISODES_AR:-100}  # the autoregressive default's run: the components that apply
+EPISODES_AR=${EPISODES_AR:-30}  # the autoregressive default's run: the components that apply
 mkdir -p "$OUT"
 for model in default default-dit; do
   [[ -f flashvla_ros/models/$model/calibration.json ]] || $BIN/flashvla-calibrate --model $model
