@@ -93,7 +93,8 @@ def test_accelerator_specs_and_parameter_files_read_alike(tmp_path):
         ['flashvla'], {'flashvla': {'preset': 'fast', 'keep_fraction': 0.75}})
     # The node's own parameter file, and the same keys at the top level of a file.
     node_file = Path(__file__).resolve().parents[1] / 'config' / 'policy.yaml'
-    assert read_accel(str(node_file)) == (['flashvla'], {'flashvla': {'preset': 'conservative'}})
+    assert read_accel(str(node_file)) == (['flashvla'], {'flashvla': {'preset': 'conservative'},
+                                                         'efficientvla': {'preset': 'default'}})
     top = tmp_path / 'fast.yaml'
     top.write_text('accel: [flashvla]\nflashvla: {preset: fast, eps2: 0.7}\n')
     assert read_accel(str(top)) == (['flashvla'], {'flashvla': {'preset': 'fast', 'eps2': 0.7}})

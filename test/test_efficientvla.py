@@ -53,6 +53,7 @@ def test_calibration_names_the_weights_and_scores_every_layer(calibrated):
     assert all(0.0 <= v <= 2.0 for v in raw['importance'])  # 1 - cos
 
 
+@pytest.mark.slow  # the default tier keeps the calibration and refusals
 def test_prune_layers_drops_the_least_important_and_counts_exactly(calibrated):
     cal = Calibration.load(calibrated / 'calibration.json')
     dropped = cal.least_important(1)
@@ -113,6 +114,7 @@ def test_relevance_is_the_prompts_head_averaged_attention_min_max_normalised():
                           torch.tensor([0.2, 1.0, 0.0]))
 
 
+@pytest.mark.slow  # the default tier keeps the calibration and refusals
 def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control(tiny_dir):
     policy = accelerate(load_policy(str(tiny_dir)), ['efficientvla'],
                         {'efficientvla': {'preset': '', 'keep_tokens': 64, 'token_layer': 2}})
@@ -135,6 +137,7 @@ def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control
     assert first != diverse.info.kept_indices
 
 
+@pytest.mark.slow  # the default tier keeps the calibration and refusals
 def test_dit_feature_caching_is_exact_at_interval_1_and_counts_what_ran(tiny_dir):
     plain = tiny_cogact(tiny_dir).predict(observation())
     one = accelerate(tiny_cogact(tiny_dir), ['efficientvla'],
@@ -152,6 +155,7 @@ def test_dit_feature_caching_is_exact_at_interval_1_and_counts_what_ran(tiny_dir
     assert not np.array_equal(cached.actions, plain.actions)  # an approximation
 
 
+@pytest.mark.slow  # the default tier keeps the calibration and refusals
 def test_efficientvla_composes_with_flashvla_and_refuses_what_cannot_run(calibrated):
     cal = Calibration.load(calibrated / 'calibration.json')
     dropped = cal.least_important(1)[0]

@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
     ('action_upper', [1.0] * 6 + [True], 'list of numbers'),
     ('center_crop', 'yes', 'true or false'),
     ('nonsense', 1, 'unknown parameter'),
-    ('accel', ['warp'], "accel has ['warp']; allowed: ['none', 'flashvla']"),
+    ('accel', ['warp'], "accel has ['warp']; allowed: ['none', 'flashvla', 'efficientvla']"),
     ('flashvla.max_reuse', 2.5, 'must be an integer'),
     ('flashvla.keep_fraction', 'most', 'must be a number'),
     ('flashvla.reuse', 1, 'true or false'),
-    ('flashvla.preset', 'ludicrous', "choose one of ['', 'conservative', 'fast']"),
+    ('flashvla.preset', 'ludicrous', "choose one of ['', 'conservative', 'fast', 'reuse']"),
 ])
 def test_bad_values_are_rejected_with_a_reason(name, value, reason):
     assert reason in (check_value(name, value) or '')
@@ -101,12 +101,13 @@ def test_instruction_is_stripped_and_the_token_limit_checked(tiny_policy):
 def test_accel_section_presets_and_overrides(tmp_path):
     shipped = load_yaml(ROOT / 'config' / 'policy.yaml').accel
     assert shipped.names == ('flashvla',)
-    assert shipped.options == {'flashvla': {'preset': 'conservative'}}
+    assert shipped.options == {'flashvla': {'preset': 'conservative'},
+                               'efficientvla': {'preset': 'default'}}
     f = tmp_path / 'p.yaml'
     f.write_text('policy_node:\n  ros__parameters:\n    accel: [flashvla]\n    flashvla:\n'
                  '      preset: fast\n      keep_tokens: 40\n      eps2: 0.75\n')
-    assert load_yaml(f).accel.options == {'flashvla': {'preset': 'fast', 'keep_tokens': 40,
-                                                       'eps2': 0.75}}
+    assert load_yaml(f).accel.options['flashvla'] == {'preset': 'fast', 'keep_tokens': 40,
+                                                      'eps2': 0.75}
     # The accelerator's own validator gives the reason for a bad combination.
     values = {p.name: p.default for p in PARAMS}
     values.update({'flashvla.svd': 'lowrank'})

@@ -290,7 +290,7 @@ def table(report: dict) -> str:
             f'{c["flops_per_step"]["total"] / 1e9:.3f}', flops_split(c['flops_per_step']),
             f'{c["flops_per_step"]["total"] / first["flops_per_step"]["total"]:.1%}',
             f'{c["flops_vs_full_7b_shapes"]:.1%}',
-            f'{c["control_steps"] / max(1, c["steps"]):.2f}',
+            f'{c.get("control_steps", c["steps"]) / max(1, c["steps"]):.2f}',  # older reports
             f'{c["reuse_rate"]:.1%}',
             f'{c["fidelity"]["token_match"]:.3f}', f'{c["fidelity"]["mean_abs_diff"]:.4f}',
         ])
