@@ -94,6 +94,12 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] = (), low: float
         'live': live}})
 
 
+def token_budget(visual_tokens: int, keep_tokens: int, keep_fraction: float) -> int:
+    """Visual tokens a selection keeps: `keep_tokens`, else the fraction; at least 1."""
+    k = keep_tokens or round(keep_fraction * visual_tokens)
+    return max(1, min(visual_tokens, k))
+
+
 def option_specs(options_type: type) -> list[OptionSpec]:
     """Return the declarations of an options dataclass, in field order."""
     kinds = {'int': int, 'float': float, 'bool': bool, 'str': str}

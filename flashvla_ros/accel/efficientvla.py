@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..policy.checkpoint import expand_path, weights_digest
 from ..policy.step import Hooks, Step
-from .base import Accelerator, option
+from .base import Accelerator, option, token_budget
 
 CALIBRATION_FILE = 'calibration.json'  # beside the weights, when `calibration` is empty
 CALIBRATION_VERSION = 1
@@ -79,8 +79,7 @@ class EfficientVLAOptions:
                                  'exact)', low=1, live=True)
 
     def kept_tokens(self, visual_tokens: int) -> int:
-        k = self.keep_tokens or round(self.keep_fraction * visual_tokens)
-        return max(1, min(visual_tokens, k))
+        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
 
 
 # -- calibration ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ import torch
 
 from ..policy.flops import OVERSAMPLE
 from ..policy.step import ActionChunk, Step
-from .base import Accelerator, option
+from .base import Accelerator, option, token_budget
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ class FlashVLAOptions:
                          live=True)
 
     def kept_tokens(self, visual_tokens: int) -> int:
-        k = self.keep_tokens or round(self.keep_fraction * visual_tokens)
-        return max(1, min(visual_tokens, k))
+        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
 
     def scores_tokens(self, visual_tokens: int) -> bool:
         """Whether a step scores tokens: to prune some, or for the reuse gate's token sets."""
