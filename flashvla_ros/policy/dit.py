@@ -199,7 +199,12 @@ class DiT(nn.Module):
                 drop: torch.Tensor | None = None,
                 block_cache: BlockCache = compute_all) -> torch.Tensor:
         """Predict the noise of every action of `x` [N, H, A]."""
-        condition = self.t_embedder(t)[:, None] + self.z_embedder(z, drop)
+        return self.denoise(x, self.t_embedder(t)[:, None] + self.z_embedder(z, drop),
+                            block_cache)
+
+    def denoise(self, x: torch.Tensor, condition: torch.Tensor,
+                block_cache: BlockCache = compute_all) -> torch.Tensor:
+        """`forward` from the embedded condition row [N, 1, hidden] (timestep + cognition)."""
         h = torch.cat([condition, self.x_embedder(x)], dim=1) + self.positional_embedding
         for i, block in enumerate(self.blocks):
             h = h + block_cache(i, 'attn', lambda b=block, h=h: b.attn(b.norm1(h)))
@@ -261,12 +266,14 @@ def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,
     z = condition
     if guided:
         z = torch.cat([condition, net.z_embedder.uncondition.expand_as(condition)], dim=0)
+    # The condition and timestep embeddings do not depend on x: embed them once per call.
+    z = net.z_embedder(z)
+    t_rows = net.t_embedder(torch.tensor(timesteps, device=noise.device))[:, None, None]
     x = noise
     for k, t in enumerate(timesteps):
         inputs = torch.cat([x, x], dim=0) if guided else x
-        steps = torch.full((inputs.shape[0],), t, device=x.device, dtype=torch.long)
         hook = compute_all if block_cache is None else block_cache(k)
-        eps = net(inputs, steps, z, block_cache=hook)
+        eps = net.denoise(inputs, t_rows[k] + z, block_cache=hook)
         if guided:
             eps = eps[n:] + cfg.cfg_scale * (eps[:n] - eps[n:])
         a_t = float(alphas[t])

@@ -52,12 +52,14 @@ GRIPPER = 6
 
 
 def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: int = 80,
-             families: tuple[str, ...] = FAMILIES, policy=None) -> dict[str, np.ndarray]:
+             families: tuple[str, ...] = FAMILIES, policy=None,
+             chunk_steps: int = 1) -> dict[str, np.ndarray]:
     """
     Roll out on seeds seed, seed + 1, ...; every step is labelled with the expert's action.
 
     Without `policy` the expert acts (a random move with probability `noise_p`). With one
-    (DAgger), the policy acts on its own frames, so the data covers the states it reaches.
+    (DAgger), the policy acts on its own frames, so the data covers the states it reaches;
+    it executes up to `chunk_steps` actions of each chunk it predicts, as the node would.
     """
     if seed + n_episodes > HELDOUT_SEED_START:
         raise ValueError(f'training seeds must stay below {HELDOUT_SEED_START}')
@@ -73,12 +75,15 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
         s = ep.state
         target = next(i for i, b in enumerate(s.blocks) if b.colour == ep.task.block)
         zone = next((i for i, z in enumerate(s.zones) if z.colour == ep.task.zone), -1)
+        queue: list[np.ndarray] = []
         while not ep.done:
             label = ep.expert_action()
             executed = label.copy()
             if policy is not None:
-                chunk = policy.predict(Observation(ep.observe(), ep.instruction))
-                executed = np.asarray(chunk.values)
+                if not queue:
+                    chunk = policy.predict(Observation(ep.observe(), ep.instruction))
+                    queue = list(np.asarray(chunk.actions)[:max(1, chunk_steps)])
+                executed = queue.pop(0)
             elif rng.random() < noise_p:
                 executed[:2] = rng.uniform(-MAX_STEP, MAX_STEP, size=2)
                 if rng.random() < 0.1:
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--dagger-model', type=lambda s: Path(s).expanduser(),
                         help='roll out this checkpoint instead of the expert (labels stay the '
                              "expert's) and append the episodes to the dataset in --out")
+    parser.add_argument('--chunk-steps', type=int, default=1,
+                        help='with --dagger-model: actions executed from each predicted chunk')
     args = parser.parse_args(argv)
     start = time.perf_counter()
     families = tuple(args.families.split(','))
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
         policy = load_policy(str(args.dagger_model))
         data = merge(load(args.out), generate(args.episodes, args.seed, policy=policy,
-                                              families=families))
+                                              families=families, chunk_steps=args.chunk_steps))
     else:
         data = generate(args.episodes, args.seed, args.noise_p, families=families)
     save(data, args.out)
