@@ -87,24 +87,46 @@ def test_short_training_run_learns_and_saves_a_loadable_checkpoint(data_dir, tmp
     assert all(np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
 
 
-def test_diffusion_chunks_follow_the_episode_and_pad_with_a_wait(data_dir):
+def test_chunk_labels_are_the_experts_plan_from_each_state(data_dir):
     from flashvla_ros.policy.actions import NormStats
     from flashvla_ros.train.trainer import chunk_targets
 
     data = ds.load(data_dir)
+    plan, action, executed, episode = (data[k] for k in ('plan', 'action', 'executed',
+                                                         'episode'))
+    assert plan.shape == (len(action), ds.PLAN_STEPS, 7)
+    assert np.allclose(plan[:, 0], action, atol=1e-6)
+    # Where the expert itself acted (no noise), its plan is what it then did, row by row;
+    # after a noisy step the next labels correct that move and the plan does not.
+    clean_runs, noisy_differs = 0, 0
+    for i in range(len(action)):
+        k = 0
+        while i + k + 1 < len(action) and episode[i + k + 1] == episode[i] and k + 1 < 16 \
+                and np.array_equal(executed[i + k], action[i + k]):
+            k += 1
+        assert np.allclose(plan[i, :k + 1], action[i:i + k + 1], atol=1e-6)
+        clean_runs += k >= 3
+        if k == 0 and i + 1 < len(action) and episode[i + 1] == episode[i]:
+            noisy_differs += not np.allclose(plan[i, 1], action[i + 1], atol=1e-6)
+    assert clean_runs > 50 and noisy_differs > 20
+    # The last step of a successful episode: its label, then a wait holding the gripper.
+    last = int(np.flatnonzero(episode == np.flatnonzero(data['ep_success'])[0])[-1])
+    assert np.allclose(plan[last, 1:, :6], 0.0) and (plan[last, 1:, 6] == action[last, 6]).all()
+    # Relabelling a dataset made before plans existed gives the same plans.
+    legacy = {k: v for k, v in data.items() if k != 'plan'}
+    assert np.array_equal(ds.with_plans(legacy)['plan'], plan)
+
     norm = json.loads((data_dir / 'norm_stats.json').read_text())
     _, stats = NormStats.select(norm, 'mock_world')
-    long = next(e for e in range(24) if (data['episode'] == e).sum() >= 16)
-    start = int(np.flatnonzero(data['episode'] == long)[0])
-    last = int(np.flatnonzero(data['episode'] == long)[-1])
-    chunks = chunk_targets(data, stats, np.array([start, last]), 16)
-    assert chunks.shape == (2, 16, 7)
-    assert np.allclose(chunks[0], np.clip(stats.normalize(data['action'][start:start + 16]),
-                                          -1, 1))
-    # The episode's last step: its own label, then zero motion holding the gripper.
-    assert np.allclose(chunks[1, 0], np.clip(stats.normalize(data['action'][last]), -1, 1))
-    assert np.allclose(chunks[1, 1:, :6], stats.normalize(np.zeros((1, 7)))[:, :6])
-    assert (chunks[1, 1:, 6] == data['action'][last, 6]).all()
+    chunks = chunk_targets(data, stats, np.array([0, last]), 16)
+    assert np.allclose(chunks, np.clip(stats.normalize(plan[[0, last]].astype(float)), -1, 1))
+    # Without plans: the labels of the following steps, and a wait past the episode's end.
+    long = next(e for e in range(24) if (episode == e).sum() >= 16)
+    start = int(np.flatnonzero(episode == long)[0])
+    old = chunk_targets(legacy, stats, np.array([start, last]), 16)
+    assert np.allclose(old[0], np.clip(stats.normalize(action[start:start + 16]), -1, 1))
+    assert np.allclose(old[1, 1:, :6], stats.normalize(np.zeros((1, 7)))[:, :6])
+    assert (old[1, 1:, 6] == action[last, 6]).all()
 
 
 @pytest.mark.slow  # about 40 s on 2 idle cores
@@ -126,3 +148,25 @@ def test_a_diffusion_run_learns_resumes_exactly_and_predicts_chunks(data_dir, tm
     ep = Episode(ds.HELDOUT_SEED_START)
     chunk = policy.predict(Observation(ep.observe(), ep.instruction))
     assert chunk.actions.shape == (16, 7) and policy.cfg.action_model.depth == 2
+
+
+def test_dagger_rollouts_execute_chunks_as_the_node_does():
+    # The rollout infers once per `chunk_steps` steps and executes those rows in order; the
+    # labels stay the expert's. A stand-in policy numbers its rows (x = 0.001 * row).
+    from flashvla_ros.policy.step import ActionChunk
+
+    calls = []
+
+    class NumberedRows:
+        def predict(self, observation):
+            calls.append(observation.instruction)
+            rows = np.zeros((16, 7))
+            rows[:, 0] = 0.001 * np.arange(16)
+            return ActionChunk(rows, rows, [], None)
+
+    data = ds.generate(1, seed=7, families=('pick_place',), policy=NumberedRows(),
+                       chunk_steps=4)
+    steps = len(data['action'])
+    assert steps == 80 and len(calls) == 20 and not data['ep_success'].any()
+    assert np.allclose(data['executed'][:, 0], 0.001 * (np.arange(steps) % 4))
+    assert np.allclose(data['plan'][:, 0], data['action'])

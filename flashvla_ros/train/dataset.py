@@ -30,12 +30,18 @@ Arrays in episodes.npz (E episodes, S steps, B = 3 blocks, Z = 2 zones):
   ep_zones[E,Z,2] ep_success[E]
   episode[S] ee[S,2] gripper_closed[S] held[S] (-1: nothing) blocks[S,B,2]
   start_blocks[S,B,2] target_block[S] target_zone[S] (-1: none) action[S,7] (expert label)
-  executed[S,7]
+  executed[S,7] plan[S,PLAN_STEPS,7] (float32: the expert's own next actions from that state)
+
+`plan` is the label of an action-chunk model: what the expert would do from the state on,
+rolled out in a copy of the world. The labels of the following steps are not that chunk when
+the executed actions were noisy or the policy's own (DAgger): they are the expert correcting
+moves it would not have made.
 """
 
 from __future__ import annotations
 
 import argparse
+from copy import deepcopy
 import json
 from pathlib import Path
 import time
@@ -43,12 +49,42 @@ import time
 import numpy as np
 
 from ..policy.step import Observation
-from ..sim.tasks import FAMILIES, Episode
+from ..sim.tasks import FAMILIES, Episode, Task, expert_action, is_success
 from ..sim.world import MAX_STEP, Block, WorldState, Zone, render
+from ..sim.world import step as world_step
 
 HELDOUT_SEED_START = 1_000_000
 ACTION_DIM = 7
 GRIPPER = 6
+PLAN_STEPS = 16  # CogACT's chunk
+
+
+def expert_plan(task: Task, state: WorldState, steps: int = PLAN_STEPS) -> np.ndarray:
+    """
+    Roll the expert out `steps` actions from a copy of `state`: a chunk label [steps, 7].
+
+    Once the task succeeds, zero motion with the last gripper command (the robot waits).
+    """
+    state = deepcopy(state)
+    plan = np.zeros((steps, ACTION_DIM), dtype=np.float32)
+    for k in range(steps):
+        if is_success(task, state):
+            plan[k:, GRIPPER] = plan[k - 1, GRIPPER] if k else float(state.gripper_closed)
+            break
+        action = expert_action(task, state)
+        world_step(state, action)
+        plan[k] = action
+    return plan
+
+
+def with_plans(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add `plan` to a dataset made before it existed (each episode's task from its seed)."""
+    if 'plan' in data:
+        return data
+    tasks = [Episode(int(seed), str(family)).task
+             for seed, family in zip(data['ep_seed'], data['ep_family'], strict=True)]
+    plans = [expert_plan(tasks[int(e)], state_at(data, i)) for i, e in enumerate(data['episode'])]
+    return {**data, 'plan': np.stack(plans)}
 
 
 def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: int = 80,
@@ -66,7 +102,7 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
     rng = np.random.default_rng(seed)
     steps: dict[str, list] = {k: [] for k in ('episode', 'ee', 'gripper_closed', 'held', 'blocks',
                                               'start_blocks', 'target_block', 'target_zone',
-                                              'action', 'executed')}
+                                              'action', 'executed', 'plan')}
     eps: dict[str, list] = {k: [] for k in ('ep_seed', 'ep_family', 'ep_instruction',
                                             'ep_block_colours', 'ep_zone_colours', 'ep_zones',
                                             'ep_success')}
@@ -98,6 +134,7 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
             steps['target_zone'].append(zone)
             steps['action'].append(label)
             steps['executed'].append(executed)
+            steps['plan'].append(expert_plan(ep.task, s))
             ep.step(executed)
         eps['ep_seed'].append(seed + e)
         eps['ep_family'].append(ep.task.family)
@@ -158,6 +195,7 @@ def load(path: Path) -> dict[str, np.ndarray]:
 
 def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Concatenate two datasets (episode indices of `b` shifted after `a`'s)."""
+    a, b = with_plans(a), with_plans(b)
     out = {k: np.concatenate([a[k], b[k]]) for k in a}
     out['episode'] = np.concatenate([a['episode'], b['episode'] + len(a['ep_seed'])])
     return out

@@ -81,6 +81,9 @@ class TrainConfig:
     dit_depth: int = 2
     dit_heads: int = 4
     noise_draws: int = 8  # diffusion: noise draws per VLM forward (CogACT's repeated steps)
+    # diffusion: chunk labels are the expert's plan from each state ('plan') or the labels of
+    # the following steps ('next', what datasets without plans give)
+    chunk_labels: str = 'plan'
     init_vision: str = ''  # copy the vision towers and projector from this checkpoint
     grow_llm: str = ''  # grow the decoder from this checkpoint's (depth up-scaling)
     save_every: int = 250  # steps between resumable training states (train_state.pt)
@@ -212,10 +215,13 @@ class Batcher:
 
 def chunk_targets(data: dict, stats: NormStats, idx: np.ndarray, chunk: int) -> np.ndarray:
     """
-    Normalised expert labels of steps i .. i + chunk - 1 of i's episode [B, chunk, 7].
+    Normalised chunk labels of steps `idx` [B, chunk, 7]: the expert's plan from each state.
 
-    Past the episode's end: zero motion with the last gripper label (the robot waits).
+    A dataset without plans (older ones) takes the labels of steps i .. i + chunk - 1 of i's
+    episode, and past the episode's end zero motion with the last gripper label.
     """
+    if 'plan' in data and data['plan'].shape[1] >= chunk:
+        return np.clip(stats.normalize(data['plan'][idx, :chunk].astype(np.float64)), -1.0, 1.0)
     out = []
     for i in idx:
         e = data['episode'][i]
@@ -332,6 +338,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.chunk_labels not in ('plan', 'next'):
+        raise ValueError(f"chunk_labels must be 'plan' or 'next', not {cfg.chunk_labels!r}")
     data = ds.load(data_dir)
     norm = json.loads((data_dir / 'norm_stats.json').read_text())
     tok = build_llama_tokenizer(instruction_corpus(), merges=300)
@@ -363,6 +371,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     chunk = config.action_model.chunk if config.action_model is not None else 0
+    if cfg.chunk_labels == 'next':
+        data = {k: v for k, v in data.items() if k != 'plan'}
     batcher = Batcher(data, tok, codec, stats, chunk=chunk)
     history: list[dict] = []
     done, before = 0, 0.0  # steps and seconds of an interrupted run, when resuming
