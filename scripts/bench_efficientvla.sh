@@ -16,7 +16,7 @@ for model in default default-dit; do
 done
 $BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
   --accel none \
-  --accel 'efficientvla:preset=,prune_layers=4' \
+  --accel 'efficientvla:preset=,prune_layers=6' \
   --accel 'efficientvla:preset=,keep_fraction=0.22' \
   --accel 'efficientvla:preset=,cache_interval=5' \
   --accel 'efficientvla:preset=,keep_fraction=0.22,selection=random' \

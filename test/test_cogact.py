@@ -29,6 +29,7 @@ from flashvla_ros.policy.dit import (
     DiT,
     DiTConfig,
     ddim_sample,
+    frame_seed,
     squaredcos_alphas_cumprod,
     timestep_embedding,
 )
@@ -123,6 +124,23 @@ def test_the_policy_returns_a_reproducible_chunk(cogact):
     assert record.dit_passes == 20 and record.dit_parts == {'attn': 120, 'mlp': 120}
     assert a.info.flops == full_flops(cogact.cfg, record.layout)
     assert count_flops(cogact.cfg, record).head > 0
+
+
+def test_each_frame_draws_its_own_noise(cogact):
+    ep = Episode(3)
+    frame = ep.observe()
+    other = frame.copy()
+    other[0, 0, 0] ^= 1  # one pixel's lowest bit
+    assert frame_seed(frame) == frame_seed(frame.copy()) != frame_seed(other)
+    assert frame_seed(frame, 1) != frame_seed(frame)
+    # The policy's noise follows the frame: another frame, another draw of the same model.
+    seen = [cogact.predict(Observation(f, ep.instruction)).normalized for f in (frame, other)]
+    cogact.noise_seed = 1
+    try:
+        seen.append(cogact.predict(Observation(frame, ep.instruction)).normalized)
+    finally:
+        cogact.noise_seed = 0
+    assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[0], seen[2])
 
 
 def test_flashvla_hooks_plug_into_the_diffusion_model(tiny_dir):

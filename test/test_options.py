@@ -98,6 +98,15 @@ class SkipLast(Accelerator):
         return layers[:len(layers) - self.options.layers]
 
 
+class SkipSecond(SkipLast):
+    """A test accelerator: a layer plan without decoder layer 1 (a hole)."""
+
+    name = 'skip_second'
+
+    def plan(self, layers: list[int]) -> list[int]:
+        return [layer for layer in layers if layer != 1]
+
+
 def test_accelerators_compose_in_order_and_incompatible_ones_are_refused(tiny_dir, monkeypatch):
     monkeypatch.setitem(ACCELERATORS, 'skip_last', SkipLast)
     names, options = parse_accel('skip_last+flashvla:keep_tokens=100,reuse=false,draft=false')
@@ -109,6 +118,16 @@ def test_accelerators_compose_in_order_and_incompatible_ones_are_refused(tiny_di
     assert info.record.layer_tokens == {0: layout.prefill, 1: layout.prefill,
                                         2: layout.prompt + 100}
     assert info.layers_run == 3 and info.kept_tokens == 100
-    # A plan that skips the layer FlashVLA reads is refused, with the reason.
-    with pytest.raises(ValueError, match=r'flashvla reads decoder layer\(s\) \[1\]'):
+    # L_p counts the layers that run: too few left is refused, with the reason; so is a plan
+    # pruned after FlashVLA chose its layer (the order matters).
+    with pytest.raises(ValueError, match='flashvla layer=2: 1 decoder layers run'):
         accelerate(policy, *parse_accel('skip_last:layers=3+flashvla'))
+    with pytest.raises(ValueError, match=r'flashvla reads decoder layer\(s\) \[1\]'):
+        accelerate(policy, *parse_accel('flashvla+skip_last:layers=3'))
+    # With a hole in the plan, FlashVLA scores after the second layer that runs (layer 2).
+    monkeypatch.setitem(ACCELERATORS, 'skip_second', SkipSecond)
+    policy = accelerate(policy, *parse_accel('skip_second+flashvla:keep_tokens=100,reuse=false,'
+                                             'draft=false'))
+    record = policy.predict(Observation(ep.observe(), ep.instruction)).info.record
+    assert record.layer_tokens == {0: layout.prefill, 2: layout.prefill,
+                                   3: layout.prompt + 100}

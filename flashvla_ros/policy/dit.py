@@ -32,9 +32,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+import hashlib
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -246,6 +248,18 @@ def diffusion_loss(net: DiT, actions: torch.Tensor, condition: torch.Tensor,
     noisy = a.sqrt() * actions + (1 - a).sqrt() * noise
     drop = torch.rand(n, device=actions.device, generator=generator) < cfg.class_dropout
     return F.mse_loss(net(noisy, t, condition, drop), noise)
+
+
+def frame_seed(rgb: np.ndarray, base: int = 0) -> int:
+    """
+    Seed a step's initial noise from its frame (a hash of the pixels, plus `base`).
+
+    The same observation gives the same chunk (a step is reproducible), and every new frame
+    draws fresh noise, as CogACT's unseeded sampling does. One fixed noise for every step
+    biases every chunk alike: measured on default-dit, 82% against 100% on 100 tuning episodes.
+    """
+    digest = hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=8).digest()
+    return (int.from_bytes(digest, 'little') + base) % 2**63
 
 
 def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,

@@ -37,7 +37,7 @@ from torch import nn
 
 from .actions import ActionCodec, NormStats
 from .config import OpenVLAConfig
-from .dit import ActionModel, compute_all, ddim_sample
+from .dit import ActionModel, compute_all, ddim_sample, frame_seed
 from .errors import CheckpointError, InputError, NonFiniteOutputError
 from .flops import StepRecord, count_flops, full_flops
 from .instruction import check_instruction
@@ -129,7 +129,7 @@ class OpenVLAPolicy:
         if self.head is not None and self.head.action_dim != self.action_dim:
             raise CheckpointError(f'the action head predicts {self.head.action_dim}-D actions '
                                   f'but the statistics have {self.action_dim} dimensions')
-        self.noise_seed = 0  # diffusion: every step starts from the same seeded noise
+        self.noise_seed = 0  # diffusion: mixed with the frame's hash into each step's noise seed
         self.checkpoint_dir: Path | None = None  # set by load_policy: where the weights live
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -388,7 +388,8 @@ class OpenVLAPolicy:
         clock.mark('prefill')
         cognition = self.model.language_model.model.norm(hidden[:, -1:])  # [1, 1, D]
         w = net.x_embedder.linear.weight
-        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+        generator = torch.Generator(device=self.device).manual_seed(
+            frame_seed(step.observation.rgb, self.noise_seed))
         noise = torch.randn((1, cfg.chunk, cfg.action_dim), generator=generator,
                             device=self.device).to(w.dtype)
         # Only hooks that override block_cache (a bound method is never the base function).
