@@ -120,7 +120,7 @@ def test_accelerators_compose_in_order_and_incompatible_ones_are_refused(tiny_di
     assert info.layers_run == 3 and info.kept_tokens == 100
     # L_p counts the layers that run: too few left is refused, with the reason; so is a plan
     # pruned after FlashVLA chose its layer (the order matters).
-    with pytest.raises(ValueError, match='flashvla layer=2: 1 decoder layers run'):
+    with pytest.raises(ValueError, match='flashvla layer=2: only 1 decoder layers run'):
         accelerate(policy, *parse_accel('skip_last:layers=3+flashvla'))
     with pytest.raises(ValueError, match=r'flashvla reads decoder layer\(s\) \[1\]'):
         accelerate(policy, *parse_accel('flashvla+skip_last:layers=3'))

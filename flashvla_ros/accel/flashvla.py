@@ -271,9 +271,9 @@ class FlashVLA(Accelerator):
         self.gate_memory.reset()
 
     def plan(self, layers: list[int]) -> list[int]:
-        if self.options.layer >= len(layers):
-            raise ValueError(f'flashvla layer={self.options.layer}: {len(layers)} decoder '
-                             'layers run, so layer must be smaller')
+        if self.options.layer > len(layers):  # equal: the gate reads the last layer that runs
+            raise ValueError(f'flashvla layer={self.options.layer}: only {len(layers)} decoder '
+                             'layers run')
         self._layer = layers[self.options.layer - 1]
         return layers
 

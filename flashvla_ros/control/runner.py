@@ -316,7 +316,7 @@ class PolicyRunner:
 
         As soon as possible: when the queue is empty (ensemble: once per tick). Just in time:
         the first tick that will need a new action, less the measured latency (the largest of
-        the last 50 inferences, plus 5 ms: a late result starves a tick), so the result is
+        the last 100 inferences, plus 10 ms: a late result starves a tick), so the result is
         fresh when that tick comes.
         """
         if self._frame is None or not self._instruction:
@@ -334,7 +334,7 @@ class PolicyRunner:
         if next_tick < now:  # ticks late: count from now
             next_tick = now
         needed = next_tick + (0 if ensemble else len(self._queue)) * period
-        latency = max(list(self.latencies_ms)[-50:]) / 1e3 + 0.005
+        latency = max(list(self.latencies_ms)[-100:]) / 1e3 + 0.010
         return max(0.0, needed - latency - now)
 
     def _work(self) -> None:
