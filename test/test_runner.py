@@ -523,3 +523,29 @@ def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
         assert runner.counters.dropped_frames == 1  # the older frame was replaced, unread
     finally:
         runner.stop()
+
+
+def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
+    from flashvla_ros.control.runner import JIT_MARGIN_DECAY_S, JIT_MARGIN_S
+
+    clock = Clock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = make_chunk_runner(policy, ChunkExecution(just_in_time=True), clock, period=0.1)
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)
+        assert next_action(runner).kind == 'action' and runner.jit_margin_s == JIT_MARGIN_S
+        policy.gate.clear()  # the next inference hangs past its tick: it came late
+        clock.t = 100.099
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['busy'])
+        clock.t = 100.1
+        assert runner.tick().kind == 'starved'
+        assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S)
+        assert runner.status()['jit_margin_ms'] == pytest.approx(2e3 * JIT_MARGIN_S)
+        policy.gate.set()  # each finished inference takes 1 ms off, down to the floor
+        wait_for(lambda: runner.status()['inferences'] == 2)
+        assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S - JIT_MARGIN_DECAY_S)
+    finally:
+        policy.gate.set()
+        runner.stop()

@@ -72,6 +72,10 @@ class ChunkExecution:
 
 
 EXECUTE_CHUNKS = ChunkExecution()  # the default: every action of each chunk, as soon as due
+# Just in time: the start leaves the largest recent latency plus a margin that doubles when a
+# result comes late (a starved tick while inferring: the load has risen) and shrinks by 1 ms
+# per inference back to the floor.
+JIT_MARGIN_S, JIT_MARGIN_MAX_S, JIT_MARGIN_DECAY_S = 0.010, 0.080, 0.001
 
 
 class Policy(Protocol):
@@ -173,6 +177,7 @@ class PolicyRunner:
         self.control_period_s = control_period_s  # the tick's period, for just-in-time starts
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.jit_margin_s = JIT_MARGIN_S
         self.e2e_ms: deque[float] = deque(maxlen=500)  # frame capture -> command
         self.inference_rate = RateMeter()
         self.control_rate = RateMeter()
@@ -316,8 +321,8 @@ class PolicyRunner:
 
         As soon as possible: when the queue is empty (ensemble: once per tick). Just in time:
         the first tick that will need a new action, less the measured latency (the largest of
-        the last 100 inferences, plus 10 ms: a late result starves a tick), so the result is
-        fresh when that tick comes.
+        the last 100 inferences, plus `jit_margin_s`: a late result starves a tick), so the
+        result is fresh when that tick comes.
         """
         if self._frame is None or not self._instruction:
             return None
@@ -334,7 +339,7 @@ class PolicyRunner:
         if next_tick < now:  # ticks late: count from now
             next_tick = now
         needed = next_tick + (0 if ensemble else len(self._queue)) * period
-        latency = max(list(self.latencies_ms)[-100:]) / 1e3 + 0.010
+        latency = max(list(self.latencies_ms)[-100:]) / 1e3 + self.jit_margin_s
         return max(0.0, needed - latency - now)
 
     def _work(self) -> None:
@@ -390,6 +395,7 @@ class PolicyRunner:
                 return
             self.counters.inferences += 1
             self.latencies_ms.append(elapsed_ms)
+            self.jit_margin_s = max(JIT_MARGIN_S, self.jit_margin_s - JIT_MARGIN_DECAY_S)
             self.inference_rate.mark(time.monotonic())
             self.last_info = chunk.info
             if episode != self._episode:  # the instruction changed meanwhile
@@ -450,6 +456,8 @@ class PolicyRunner:
                 self.counters.stale_actions += 1
             if not self._queue:
                 self.counters.starved_ticks += 1
+                if self.chunks.just_in_time and self._busy_since is not None:  # came late
+                    self.jit_margin_s = min(JIT_MARGIN_MAX_S, 2 * self.jit_margin_s)
                 self.counters.boundary_stalls += self._commanded
                 self._lock.notify_all()
                 if self._stall:
@@ -570,6 +578,7 @@ class PolicyRunner:
                 'tick_hz': self.tick_rate.rate(),
                 'tick_jitter_std_ms': jitter_std,
                 'tick_jitter_max_ms': jitter_max,
+                'jit_margin_ms': 1e3 * self.jit_margin_s,
                 'inference_hz': self.inference_rate.rate(),
                 'command_hz': self.control_rate.rate(),
                 'last_error': self.last_error,
