@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument('--model', default='')
     parser.add_argument('--accel', default='flashvla', help="as flashvla-bench's --accel")
     parser.add_argument('--seconds', type=float, default=15.0, help='per mode and round')
-    parser.add_argument('--rounds', type=int, default=4,
+    parser.add_argument('--rounds', type=int, default=8,
                         help='rounds per mode, each at its own camera phase')
     parser.add_argument('--chunk-steps', type=int, default=0)
     parser.add_argument('--json', help='write the numbers here')

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flashvla_ros.control.runner import ChunkExecution, PolicyRunner
+from flashvla_ros.control.runner import JIT_MIN_LATENCIES, ChunkExecution, PolicyRunner
 from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.policy import Observation
 from flashvla_ros.policy.errors import InputError
@@ -511,15 +511,19 @@ def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
         runner.submit_frame(FRAME)
         assert next_action(runner).kind == 'action'  # no latency measured yet: at once
         assert policy.calls == 1
+        # Too few latencies to trust (start-up): still at once.
+        runner.submit_frame(FRAME)
+        assert next_action(runner).kind == 'action' and policy.calls == 2
+        runner.latencies_ms.extend([1.0] * (JIT_MIN_LATENCIES - 2))  # as if measured
         # Queue empty right after a tick at t = 100.0; the next tick is at 100.1 and the
         # measured latency is a few ms: the worker waits (in clock time) until about 100.09.
         newest = np.full((32, 32, 3), 7, np.uint8)
         runner.submit_frame(FRAME)
         time.sleep(0.3)
-        assert policy.calls == 1  # not yet: the clock has not moved
+        assert policy.calls == 2  # not yet: the clock has not moved
         clock.t = 100.099
         runner.submit_frame(newest)  # arrives before the start: this is the one inferred
-        wait_for(lambda: policy.calls == 2)
+        wait_for(lambda: policy.calls == 3)
         assert runner.counters.dropped_frames == 1  # the older frame was replaced, unread
     finally:
         runner.stop()
@@ -535,6 +539,7 @@ def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
         runner.set_instruction('push the cup')
         runner.submit_frame(FRAME)
         assert next_action(runner).kind == 'action' and runner.jit_margin_s == JIT_MARGIN_S
+        runner.latencies_ms.extend([1.0] * (JIT_MIN_LATENCIES - 1))  # as if measured
         policy.gate.clear()  # the next inference hangs past its tick: it came late
         clock.t = 100.099
         runner.submit_frame(FRAME)

@@ -76,6 +76,7 @@ EXECUTE_CHUNKS = ChunkExecution()  # the default: every action of each chunk, as
 # result comes late (a starved tick while inferring: the load has risen) and shrinks by 1 ms
 # per inference back to the floor.
 JIT_MARGIN_S, JIT_MARGIN_MAX_S, JIT_MARGIN_DECAY_S = 0.010, 0.080, 0.001
+JIT_MIN_LATENCIES = 20  # until then (start-up), inferences start as soon as possible
 
 
 class Policy(Protocol):
@@ -332,7 +333,7 @@ class PolicyRunner:
             return None  # the next tick already has its prediction
         ready = ensemble or not self._queue
         if not c.just_in_time or not self.control_period_s or self._last_tick is None \
-                or not self.latencies_ms:
+                or len(self.latencies_ms) < JIT_MIN_LATENCIES:  # too few to trust: asap
             return 0.0 if ready else None
         period = self.control_period_s
         next_tick = self._last_tick + period
