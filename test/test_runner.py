@@ -22,7 +22,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flashvla_ros.control.runner import JIT_MIN_LATENCIES, ChunkExecution, PolicyRunner
+from flashvla_ros.control.runner import (
+    JIT_MARGIN_DECAY_S,
+    JIT_MARGIN_S,
+    JIT_MIN_LATENCIES,
+    ChunkExecution,
+    PolicyRunner,
+)
 from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.policy import Observation
 from flashvla_ros.policy.errors import InputError
@@ -502,14 +508,24 @@ def test_ensemble_blends_the_last_chunks_with_cogacts_weights():
         runner.stop()
 
 
-def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
-    clock = Clock()
-    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+def just_in_time_runner(policy, clock):
+    """A just-in-time runner at 10 Hz that has sent its first action (inferred at once)."""
     runner = make_chunk_runner(policy, ChunkExecution(just_in_time=True), clock, period=0.1)
     try:
         runner.set_instruction('push the cup')
         runner.submit_frame(FRAME)
         assert next_action(runner).kind == 'action'  # no latency measured yet: at once
+    except BaseException:
+        runner.stop()
+        raise
+    return runner
+
+
+def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
+    clock = Clock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = just_in_time_runner(policy, clock)
+    try:
         assert policy.calls == 1
         # Too few latencies to trust (start-up): still at once.
         runner.submit_frame(FRAME)
@@ -530,15 +546,11 @@ def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
 
 
 def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
-    from flashvla_ros.control.runner import JIT_MARGIN_DECAY_S, JIT_MARGIN_S
-
     clock = Clock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
-    runner = make_chunk_runner(policy, ChunkExecution(just_in_time=True), clock, period=0.1)
+    runner = just_in_time_runner(policy, clock)
     try:
-        runner.set_instruction('push the cup')
-        runner.submit_frame(FRAME)
-        assert next_action(runner).kind == 'action' and runner.jit_margin_s == JIT_MARGIN_S
+        assert runner.jit_margin_s == JIT_MARGIN_S
         runner.latencies_ms.extend([1.0] * (JIT_MIN_LATENCIES - 1))  # as if measured
         policy.gate.clear()  # the next inference hangs past its tick: it came late
         clock.t = 100.099

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 import threading
 import time
 from typing import Any, Protocol
@@ -340,7 +341,7 @@ class PolicyRunner:
         if next_tick < now:  # ticks late: count from now
             next_tick = now
         needed = next_tick + (0 if ensemble else len(self._queue)) * period
-        latency = max(list(self.latencies_ms)[-100:]) / 1e3 + self.jit_margin_s
+        latency = max(islice(reversed(self.latencies_ms), 100)) / 1e3 + self.jit_margin_s
         return max(0.0, needed - latency - now)
 
     def _work(self) -> None:
