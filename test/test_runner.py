@@ -509,7 +509,7 @@ def test_ensemble_blends_the_last_chunks_with_cogacts_weights():
 
 
 def just_in_time_runner(policy, clock):
-    """A just-in-time runner at 10 Hz that has sent its first action (inferred at once)."""
+    """Start a just-in-time runner at 10 Hz and take its first action (inferred at once)."""
     runner = make_chunk_runner(policy, ChunkExecution(just_in_time=True), clock, period=0.1)
     try:
         runner.set_instruction('push the cup')
