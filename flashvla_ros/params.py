@@ -64,6 +64,9 @@ PARAMS: tuple[Param, ...] = (
     Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
     Param('dtype', 'float32', 'Weights dtype.', read_only=True,
           choices=('float32', 'bfloat16', 'float16')),
+    Param('cpu_threads', 0, "Torch CPU threads for inference; 0: torch's default less one (at "
+          'least 1), leaving a core to the camera, the control tick and ROS.', read_only=True,
+          low=0, high=1024),
     Param('static_cache', False, 'Static-shape KV cache written at position slots, greedy '
           'tokens kept on the device until the action is complete (the GPU decode path; the '
           'same tokens).', read_only=True),
@@ -151,6 +154,7 @@ class NodeConfig:
     model: str
     device: str
     dtype: str
+    cpu_threads: int
     static_cache: bool
     compile: bool
     unnorm_key: str

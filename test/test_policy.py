@@ -15,6 +15,7 @@
 """The whole OpenVLA policy against an oracle pipeline built from transformers and the spec."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,13 @@ import torch
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
-from flashvla_ros.policy import InputError, NonFiniteOutputError, Observation, load_policy
+from flashvla_ros.policy import (
+    InputError,
+    NonFiniteOutputError,
+    Observation,
+    load_policy,
+    set_cpu_threads,
+)
 from flashvla_ros.policy.preprocess import preprocess
 from flashvla_ros.policy.tokenizer import load_tokenizer
 
@@ -120,3 +127,16 @@ def test_bfloat16_policy_runs(tiny_dir):
     assert policy.dtype == torch.bfloat16
     action = policy.predict(Observation(scene(1), 'pick up the cup'))
     assert np.isfinite(action.values).all()
+
+
+def test_cpu_threads_leave_a_core_to_the_node_unless_set():
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+        torch.set_num_threads(before)
+        expected = max(1, min(before, (os.cpu_count() or 1) - 1))
+        assert set_cpu_threads(0) == expected == torch.get_num_threads()
+        with pytest.raises(ValueError, match='cpu_threads must be >= 0'):
+            set_cpu_threads(-1)
+    finally:
+        torch.set_num_threads(before)

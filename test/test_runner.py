@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 from flashvla_ros.control.runner import (
+    CAMERA_INTERVALS,
+    JIT_FRAME_WAIT_S,
     JIT_MARGIN_DECAY_S,
     JIT_MARGIN_S,
     JIT_MIN_LATENCIES,
@@ -68,11 +70,13 @@ class ScriptedPolicy:
         self.gate.set()
         self.resets = 0
         self.log = []  # 'reset' and 'predict', in the order the worker called them
+        self.frames = []  # the frame each predict saw
 
     def predict(self, observation):
         self.gate.wait()
         self.calls += 1
         self.log.append('predict')
+        self.frames.append(observation.rgb)
         out = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(out, Exception):
             raise out
@@ -541,6 +545,39 @@ def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
         runner.submit_frame(newest)  # arrives before the start: this is the one inferred
         wait_for(lambda: policy.calls == 3)
         assert runner.counters.dropped_frames == 1  # the older frame was replaced, unread
+    finally:
+        runner.stop()
+
+
+def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
+    clock = Clock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = just_in_time_runner(policy, clock)  # its tick at 100.0; the next at 100.1
+    try:
+        runner.latencies_ms.extend([1.0] * JIT_MIN_LATENCIES)  # start at 100.1 - 11 ms
+        start = 100.1 - 0.001 - JIT_MARGIN_S
+        for k in range(CAMERA_INTERVALS + 1):  # a 20 Hz camera, its next frame due at 100.092
+            clock.t = 100.042 - 0.05 * (CAMERA_INTERVALS - k)
+            runner.submit_frame(FRAME)
+        assert start + JIT_FRAME_WAIT_S > 100.092  # the next frame falls in the window
+        clock.t = start + 0.0005  # past the start, but a fresher frame is due in the window
+        time.sleep(0.3)
+        assert policy.calls == 1
+        fresh = np.full((32, 32, 3), 7, np.uint8)
+        clock.t = 100.092
+        runner.submit_frame(fresh)
+        wait_for(lambda: policy.calls == 2)
+        assert policy.frames[-1] is fresh
+        # Next tick at 100.1 (start 100.189). A frame at 100.15 puts the next one at 100.2,
+        # beyond the window: the worker starts on time, on the frame it has.
+        clock.t = 100.1
+        assert next_action(runner).kind == 'action'
+        clock.t = 100.15
+        older = np.full((32, 32, 3), 9, np.uint8)
+        runner.submit_frame(older)
+        clock.t = start + 0.1 + 0.0005
+        wait_for(lambda: policy.calls == 3)
+        assert policy.frames[-1] is older
     finally:
         runner.stop()
 

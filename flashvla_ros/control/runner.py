@@ -78,6 +78,10 @@ EXECUTE_CHUNKS = ChunkExecution()  # the default: every action of each chunk, as
 # per inference back to the floor.
 JIT_MARGIN_S, JIT_MARGIN_MAX_S, JIT_MARGIN_DECAY_S = 0.010, 0.080, 0.001
 JIT_MIN_LATENCIES = 20  # until then (start-up), inferences start as soon as possible
+# A camera frame due within this long after the start is waited for: it is a camera period
+# fresher, and the wait spends only the floor margin, less 2 ms for the tick's own jitter.
+JIT_FRAME_WAIT_S = JIT_MARGIN_S - 0.002
+CAMERA_INTERVALS = 16  # recent frame intervals whose median predicts the next frame
 
 
 class Policy(Protocol):
@@ -189,6 +193,7 @@ class PolicyRunner:
         self._lock = threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
         self._last_frame_time: float | None = None  # arrival of the newest valid frame
+        self._arrivals: deque[float] = deque(maxlen=CAMERA_INTERVALS + 1)  # of valid frames
         self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
         self._instruction = ''
         self._episode = 0
@@ -234,6 +239,7 @@ class PolicyRunner:
                 self.counters.dropped_frames += 1
             self._frame = (rgb, now, now if capture_time is None else capture_time)
             self._last_frame_time = now
+            self._arrivals.append(now)
             self._frame_error = ''
             self._lock.notify_all()
 
@@ -324,7 +330,8 @@ class PolicyRunner:
         As soon as possible: when the queue is empty (ensemble: once per tick). Just in time:
         the first tick that will need a new action, less the measured latency (the largest of
         the last 100 inferences, plus `jit_margin_s`: a late result starves a tick), so the
-        result is fresh when that tick comes.
+        result is fresh when that tick comes; and when the camera's next frame is due within
+        `JIT_FRAME_WAIT_S` of that start, it waits for that frame (its arrival wakes it).
         """
         if self._frame is None or not self._instruction:
             return None
@@ -342,7 +349,21 @@ class PolicyRunner:
             next_tick = now
         needed = next_tick + (0 if ensemble else len(self._queue)) * period
         latency = max(islice(reversed(self.latencies_ms), 100)) / 1e3 + self.jit_margin_s
-        return max(0.0, needed - latency - now)
+        start = needed - latency
+        if start > now:
+            return start - now
+        wait_until = start + JIT_FRAME_WAIT_S
+        next_frame = self._next_frame_time()
+        if next_frame is not None and next_frame <= wait_until and now < wait_until:
+            return wait_until - now
+        return 0.0
+
+    def _next_frame_time(self) -> float | None:
+        """When the camera's next frame should arrive (the median interval; None: unknown)."""
+        if len(self._arrivals) <= CAMERA_INTERVALS // 2:
+            return None
+        interval = float(np.median(np.diff(np.array(self._arrivals))))
+        return self._arrivals[-1] + interval if interval > 0 else None
 
     def _work(self) -> None:
         while True:

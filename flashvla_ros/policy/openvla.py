@@ -26,6 +26,7 @@ every layer, and counts what ran in the step's `StepRecord`.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 import threading
 import time
@@ -50,6 +51,21 @@ from .vision import FusedProjector, FusedVisionBackbone
 
 PROMPT = 'In: What action should the robot take to {}?\nOut:'
 WARMUP_INSTRUCTION = 'pick up the block'
+
+
+def set_cpu_threads(requested: int = 0) -> int:
+    """
+    Set torch's CPU threads (intra-op, process-wide) and return how many it uses.
+
+    0: torch's default (its physical cores) less one, at least 1 and at most the CPUs less one:
+    the node's camera callbacks and control tick need a core, and an inference whose threads
+    wait for a busy core is slower and its latency less predictable (docs/latency/README.md).
+    """
+    if requested < 0:
+        raise ValueError(f'cpu_threads must be >= 0, not {requested}')
+    threads = requested or max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+    torch.set_num_threads(threads)
+    return threads
 
 
 class OpenVLA(nn.Module):

@@ -70,7 +70,7 @@ from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..control.throttle import ThrottledLog
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
-from ..policy import InputError, PolicyError, StepInfo, load_policy
+from ..policy import InputError, PolicyError, StepInfo, load_policy, set_cpu_threads
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
 from ..viz.debug_view import render_debug
@@ -123,6 +123,7 @@ class PolicyNode(LifecycleNode):
         self.stop_reason = 'not activated yet'  # why the node is not commanding
         self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
+        self.cpu_threads = 0  # set at configure
         self._pub: dict[str, Any] = {}  # lifecycle publishers, while configured
         self._subs: list[Any] = []  # input subscriptions, while configured
         self.camera_topic = ''  # resolved camera topic, while configured
@@ -158,6 +159,7 @@ class PolicyNode(LifecycleNode):
             self.stop_reason = 'configure failed: no model'
             return TransitionCallbackReturn.FAILURE
         try:
+            self.cpu_threads = set_cpu_threads(c.cpu_threads)
             plain_policy = load_policy(model, device=c.device, dtype=c.dtype,
                                        unnorm_key=c.unnorm_key or None,
                                        center_crop=c.center_crop, static_cache=c.static_cache,
@@ -190,6 +192,7 @@ class PolicyNode(LifecycleNode):
             self._follow(c.instruction)
         self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
         self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
+                               f'{self.cpu_threads} CPU threads, '
                                f'accel {list(c.accel.names)} {c.accel.options}); '
                                f'outputs: {list(c.outputs)}')
         return TransitionCallbackReturn.SUCCESS
@@ -511,6 +514,7 @@ class PolicyNode(LifecycleNode):
         accel = self.config.accel
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
                                   'device': self.config.device, 'dtype': self.config.dtype,
+                                  'cpu_threads': self.cpu_threads,
                                   'accel': '+'.join(accel.names) or 'none',
                                   'accel_options': accel.options,
                                   'stop_reason': self.stop_reason}
