@@ -87,6 +87,9 @@ class TrainConfig:
     init_vision: str = ''  # copy the vision towers and projector from this checkpoint
     grow_llm: str = ''  # grow the decoder from this checkpoint's (depth up-scaling)
     save_every: int = 250  # steps between resumable training states (train_state.pt)
+    # LayerDrop: each decoder layer from LAYER_DROP_FROM on is skipped in a batch with this
+    # probability, so that the model stands calibrated layer pruning (EfficientVLA)
+    layer_drop: float = 0.0
 
 
 def instruction_corpus() -> list[str]:
@@ -254,8 +257,12 @@ def soft_targets(tokens: torch.Tensor, codec: ActionCodec, vocab: int, sigma: fl
 
 
 def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma: float,
-           noise_draws: int = 8):
-    """Return the action, vision (+ attention focus) and state losses, and token accuracy."""
+           noise_draws: int = 8, skip: frozenset[int] = frozenset()):
+    """
+    Return the action, vision (+ attention focus) and state losses, and token accuracy.
+
+    The decoder layers in `skip` do not run (LayerDrop).
+    """
     llm = model.language_model
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
@@ -265,6 +272,8 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     cos, sin = llm.rotary(positions, seq.dtype)
     hidden, focus_loss = seq, seq.new_zeros(())
     for i, layer in enumerate(llm.model.layers):
+        if i in skip:
+            continue
         if i == FOCUS_LAYER:
             focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch, layout)
         hidden, _ = layer(hidden, cos, sin)
@@ -296,6 +305,7 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
 
 
 FOCUS_LAYER = 1  # layer 0 can bring the instruction's words to the query position first
+LAYER_DROP_FROM = 2  # the layers before run on every visual token (EfficientVLA's token_layer)
 
 
 def attention_focus_loss(layer, hidden, cos, sin, batch, layout: SequenceLayout) -> torch.Tensor:
@@ -391,7 +401,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
         for g in opt.param_groups:
             g['lr'] = lr
         batch = {k: v.to(device) for k, v in batcher(rng.integers(0, n, cfg.batch)).items()}
-        a, v, s, acc = losses(model, aux, batch, codec, cfg.soft_sigma_bins, cfg.noise_draws)
+        skip = frozenset(i for i in range(LAYER_DROP_FROM, cfg.layers)
+                         if rng.random() < cfg.layer_drop) if cfg.layer_drop else frozenset()
+        a, v, s, acc = losses(model, aux, batch, codec, cfg.soft_sigma_bins, cfg.noise_draws,
+                              skip)
         loss = a + cfg.aux_vision * v + cfg.aux_state * s
         opt.zero_grad(set_to_none=True)
         loss.backward()
