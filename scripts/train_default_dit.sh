@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce the embedded diffusion-head default (flashvla_ros/models/default-dit) on 2 CPU
-# cores (about 95 min): expert data with noise injection, the base run (vision towers copied
+# cores (about 111 min): expert data with noise injection, the base run (vision towers copied
 # from the autoregressive default, its 4 decoder layers grown to 12 by repeating each 3 times,
 # a fresh DiT head; 2000 steps), a DAgger round on the harder families (400 episodes rolled
 # out by the base model one action per inference, labelled by the expert) and 800 steps of
 # fine-tuning; these two stages learn chunks from the next steps' labels (--chunk-labels next),
 # as the model was first trained. Then a second DAgger round rolled out as deployed (4 actions
 # of each chunk) and 2000 steps on the expert's own plans from every state (the default
-# --chunk-labels plan), the calibration for EfficientVLA and the held-out closed-loop
-# benchmark. Every stage is resumable: run the script again after an interruption; finished
+# --chunk-labels plan), then 1500 steps with LayerDrop (each decoder layer from the third
+# skipped with probability 0.3 per batch, so that the model stands EfficientVLA's calibrated
+# layer pruning as a large LLM does), the calibration for EfficientVLA and the held-out
+# closed-loop benchmark. Every stage is resumable: run the script again after an interruption; finished
 # stages are skipped and a training run continues from its last train_state.pt (saved every
 # 250 steps).
 set -euo pipefail
@@ -40,8 +42,10 @@ if ! finished "$OUT/model"; then
   $BIN/flashvla-train --data "$OUT/data" --out "$OUT/model" --init "$OUT/dagger1" "${MODEL[@]}" \
     --lr 0.0003 --warmup 100 --steps 2000
 fi
-$BIN/flashvla-calibrate --model "$OUT/model"
-$BIN/flashvla-bench --model "$OUT/model" --accel none --episodes 200 --chunk-steps 4
-echo "copy $OUT/model (less aux_heads.pt, train_log.json, loss.png) to" \
-     "flashvla_ros/models/default-dit; the logs and curves of base, dagger1 and model go to" \
-     "docs/training/default-dit/"
+finished "$OUT/layerdrop" || $BIN/flashvla-train --data "$OUT/data" --out "$OUT/layerdrop" \
+  --init "$OUT/model" "${MODEL[@]}" --lr 0.0003 --warmup 100 --steps 1500 --layer-drop 0.3
+$BIN/flashvla-calibrate --model "$OUT/layerdrop"
+$BIN/flashvla-bench --model "$OUT/layerdrop" --accel none --episodes 200 --chunk-steps 4
+echo "copy $OUT/layerdrop (less aux_heads.pt, train_log.json, loss.png) to" \
+     "flashvla_ros/models/default-dit; the logs and curves of base, dagger1, model and" \
+     "layerdrop go to docs/training/default-dit/"

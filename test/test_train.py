@@ -14,6 +14,7 @@
 
 """Dataset generation and a short training run of the default-policy recipe."""
 
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -148,6 +149,20 @@ def test_a_diffusion_run_learns_resumes_exactly_and_predicts_chunks(data_dir, tm
     ep = Episode(ds.HELDOUT_SEED_START)
     chunk = policy.predict(Observation(ep.observe(), ep.instruction))
     assert chunk.actions.shape == (16, 7) and policy.cfg.action_model.depth == 2
+
+
+def test_layer_drop_changes_training_and_resumes_exactly(data_dir, tmp_path):
+    cfg = TrainConfig(steps=12, batch=4, warmup=2, lr=1e-3, head='diffusion', layers=4,
+                      noise_draws=2, save_every=6, layer_drop=0.5)
+    quiet = {'log': lambda *a, **k: None}
+    train(data_dir, tmp_path / 'whole', cfg, **quiet)
+    train(data_dir, tmp_path / 'part', cfg, stop_after=6, **quiet)
+    train(data_dir, tmp_path / 'part', cfg, **quiet)  # the skipped layers come from the state
+    train(data_dir, tmp_path / 'plain', replace(cfg, layer_drop=0.0), **quiet)
+    whole, part, plain = (load_file(str(tmp_path / d / 'model.safetensors'))
+                          for d in ('whole', 'part', 'plain'))
+    assert all(np.array_equal(whole[k].numpy(), part[k].numpy()) for k in whole)
+    assert not all(np.array_equal(whole[k].numpy(), plain[k].numpy()) for k in whole)
 
 
 def test_dagger_rollouts_execute_chunks_as_the_node_does():
