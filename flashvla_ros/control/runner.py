@@ -192,8 +192,9 @@ class PolicyRunner:
         self.last_info: StepInfo | None = None  # of the last inference
         self._lock = threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
-        self._last_frame_time: float | None = None  # arrival of the newest valid frame
-        self._arrivals: deque[float] = deque(maxlen=CAMERA_INTERVALS + 1)  # of valid frames
+        # Arrival times of the newest valid frames, newest last: camera staleness reads the
+        # last, the just-in-time frame wait their intervals.
+        self._arrivals: deque[float] = deque(maxlen=CAMERA_INTERVALS + 1)
         self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
         self._instruction = ''
         self._episode = 0
@@ -238,7 +239,6 @@ class PolicyRunner:
             if self._frame is not None:
                 self.counters.dropped_frames += 1
             self._frame = (rgb, now, now if capture_time is None else capture_time)
-            self._last_frame_time = now
             self._arrivals.append(now)
             self._frame_error = ''
             self._lock.notify_all()
@@ -443,10 +443,10 @@ class PolicyRunner:
         if not self._instruction:
             return 'no instruction'
         rejected = f' (last frame rejected: {self._frame_error})' if self._frame_error else ''
-        if self._last_frame_time is None:
+        if not self._arrivals:
             return f'camera stale: no valid frame yet{rejected}' if rejected \
                 else 'no camera frame yet'
-        if now - self._last_frame_time > self.max_image_age_s:
+        if now - self._arrivals[-1] > self.max_image_age_s:
             return f'camera stale: no valid frame for over {self.max_image_age_s:g} s{rejected}'
         if not self.worker_alive:
             return 'inference worker is not running'
