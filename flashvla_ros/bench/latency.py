@@ -19,7 +19,7 @@ Measure latency at OpenVLA-7B's shapes (random weights): full model vs presets, 
 The decode paths are the reference one, the static-cache one and the compiled one.
 
     python -m flashvla_ros.bench.latency --device cuda --dtype bfloat16 --shapes 7b \
-        --json docs/gpu/latency_h200.json
+        --json docs/latency/latency_h200.json
 
 Per configuration: the first step's time (after configure's warm-up, as the node runs it),
 median and p99 per stage over the steady-state steps, and peak GPU memory. The frames come from
@@ -111,11 +111,20 @@ def measure(policy: OpenVLAPolicy, observations: list[Observation], device: str)
 
 
 def run(shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32', steps: int = 30,
-        configs: tuple[str, ...] = CONFIGS, paths: tuple[str, ...] = PATHS, log=print) -> dict:
+        configs: tuple[str, ...] = CONFIGS, paths: tuple[str, ...] = PATHS, log=print,
+        save=None) -> dict:
+    """Time every configuration on every path; `save(report)` gets the report after each one."""
     torch_dtype = getattr(torch, dtype)
     model, tokenizer = build_model(shapes, device, torch_dtype)
     observations = frames(steps)
-    results = []
+    results: list[dict] = []
+    report = {
+        'shapes': shapes, 'device': device, 'dtype': dtype, 'steps': steps,
+        'gpu': torch.cuda.get_device_name() if device.startswith('cuda') else None,
+        'torch': torch.__version__,
+        'command': ' '.join(['python -m flashvla_ros.bench.latency', *sys.argv[1:]]),
+        'results': results,
+    }
     for path in paths:
         for spec in configs:
             names, options = parse_accel(spec)
@@ -127,15 +136,11 @@ def run(shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32', steps
             log(f'{spec:>14} {path:>9}: first {result["first_step_ms"]:.1f} ms, median '
                 f'{result["median_ms"]["total"]:.1f} ms, p99 {result["p99_ms"]["total"]:.1f} '
                 f'ms', file=sys.stderr)
+            if save is not None:  # a run cut off by a time limit keeps what it measured
+                save(report)
             if device.startswith('cuda'):
                 torch.compiler.reset()  # each compiled policy owns its graphs
-    return {
-        'shapes': shapes, 'device': device, 'dtype': dtype, 'steps': steps,
-        'gpu': torch.cuda.get_device_name() if device.startswith('cuda') else None,
-        'torch': torch.__version__,
-        'command': ' '.join(['python -m flashvla_ros.bench.latency', *sys.argv[1:]]),
-        'results': results,
-    }
+    return report
 
 
 def table(report: dict) -> str:
@@ -169,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f'decode paths (default: all of {PATHS})')
     parser.add_argument('--json', type=Path, help='write the report here')
     args = parser.parse_args(argv)
-    report = run(args.shapes, args.device, args.dtype, args.steps,
-                 tuple(args.accel or CONFIGS), tuple(args.path or PATHS))
-    print(table(report))
-    if args.json:
+
+    def save(report: dict) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + '\n')
+
+    report = run(args.shapes, args.device, args.dtype, args.steps,
+                 tuple(args.accel or CONFIGS), tuple(args.path or PATHS),
+                 save=save if args.json else None)
+    print(table(report))
     return 0
 
 
