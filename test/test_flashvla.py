@@ -189,6 +189,25 @@ def test_gate_ignores_dimensions_outside_dims():
     assert not gate.decide(frozenset({1})) and gate.alpha == pytest.approx(180.0)
 
 
+def plan(gripper: list[float]) -> ActionChunk:
+    """Make a chunk moving along x at every row, with this gripper column."""
+    v = np.array([[0.5, 0.0, g] for g in gripper], dtype=np.float64)
+    return ActionChunk(v, v, [], info=None)
+
+
+@pytest.mark.parametrize('rows, reused', [(0, False), (4, False), (3, True)])
+def test_a_chunk_that_changes_the_gripper_within_gripper_rows_is_not_reused(rows, reused):
+    # The same motion twice (angle 0): only the gripper column of the last plan decides.
+    gate = ReuseGate(eps1_deg=30.0, eps2=0.0, max_reuse=1, gripper_rows=rows)
+    gate.gripper = np.array([False, False, True])
+    gate.record(plan([1.0] * 6), frozenset({1}))
+    assert not gate.decide()  # one inference: never
+    gate.record(plan([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), frozenset({1}))  # closes at row 4
+    assert gate.decide() is reused and gate.alpha == pytest.approx(0.0, abs=1e-3)
+    gate.record(plan([1.0] * 6), frozenset({1}))  # a plan that holds it: reused again
+    assert gate.decide()
+
+
 # -- the accelerated policy ----------------------------------------------------------------
 
 
