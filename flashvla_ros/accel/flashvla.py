@@ -186,7 +186,6 @@ class ReuseGate:
         self.actions: list[np.ndarray] = []
         self.tokens: list[frozenset[int]] = []
         self.last: ActionChunk | None = None
-        self.holds_gripper = True  # the last chunk keeps the gripper as it is in every row
         self.consecutive = 0
         self.alpha: float | None = None
         self.phi: float | None = None
@@ -207,7 +206,14 @@ class ReuseGate:
             self.phi = token_overlap(self.tokens[-2], self.tokens[-1])
         else:
             return False
-        return self.alpha < self.eps1_deg and self.phi > self.eps2 and self.holds_gripper
+        return self.alpha < self.eps1_deg and self.phi > self.eps2 and self._holds_gripper()
+
+    def _holds_gripper(self) -> bool:
+        """Whether the last chunk keeps the gripper in its first `gripper_rows` rows (0: all)."""
+        if self.gripper is None or self.last is None:
+            return True
+        grip = np.asarray(self.last.normalized)[:self.gripper_rows or None, self.gripper]
+        return bool((grip == grip[:1]).all())
 
     def record(self, action: ActionChunk | None, tokens: frozenset[int] | None) -> None:
         """Remember an inference (`action`) or count a reuse (`action` None)."""
@@ -218,10 +224,6 @@ class ReuseGate:
             return
         self.consecutive = 0
         self.last = action
-        rows = self.gripper_rows or len(action.normalized)
-        grip = None if self.gripper is None \
-            else np.asarray(action.normalized)[:rows, self.gripper]
-        self.holds_gripper = grip is None or bool((grip == grip[:1]).all())
         vector = np.asarray(action.normalized[0], dtype=np.float64)
         if self.dims is not None:
             vector = vector[self.dims]
