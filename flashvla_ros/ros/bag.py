@@ -33,6 +33,7 @@ import sys
 import time
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -165,6 +166,17 @@ class Player:
             sent += 1
         return sent
 
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """
+        Wait (bounded) until every subscriber has acknowledged every message sent.
+
+        A reliable message still in the writer's history when the process exits is never
+        delivered: without this, the last frame of a bag was lost now and then.
+        """
+        deadline = time.monotonic() + timeout_s
+        return all(p.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+                   for p in self.publishers.values())
+
 
 def play(path: str, rate: float, topics: list[str] | None, loop: bool,
          wait_subscribers_s: float = 3.0, ros_args: list[str] | None = None) -> int:
@@ -182,6 +194,9 @@ def play(path: str, rate: float, topics: list[str] | None, loop: bool,
             sent += player.play(rate)
             if not loop:
                 break
+        if not player.flush():
+            print('flashvla-bag: not every message was acknowledged by its subscribers',
+                  file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
