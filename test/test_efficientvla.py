@@ -71,6 +71,43 @@ def test_prune_layers_drops_the_least_important_and_counts_exactly(calibrated):
     assert chunk.info.flops.vision == full.vision and chunk.info.flops.head == full.head
 
 
+@pytest.mark.slow  # the default tier keeps the calibration and refusals
+def test_mlp_sparsity_runs_the_most_important_neurons_exactly_and_counts_them(calibrated):
+    cal = Calibration.load(calibrated / 'calibration.json')
+    policy = accelerate(load_policy(str(calibrated)), ['efficientvla'],
+                        {'efficientvla': {'preset': '', 'mlp_sparsity': 0.25}})
+    text = policy.cfg.text
+    width, removed = text.intermediate_size, round(0.25 * text.intermediate_size)
+    kept = {layer: cal.kept_neurons(layer, 0.25) for layer in range(text.num_hidden_layers)}
+    for layer, neurons in kept.items():  # the highest scores stay
+        scores = torch.tensor(cal.neuron_importance[layer])
+        assert neurons.numel() == width - removed
+        assert scores[neurons].min() >= torch.sort(scores).values[removed - 1]
+    # The reference: the plain model with the other neurons' output weights zeroed.
+    masked = load_policy(str(calibrated))
+    with torch.no_grad():
+        for layer, neurons in kept.items():
+            down = masked.model.language_model.model.layers[layer].mlp.down_proj.weight
+            gone = torch.ones(width, dtype=torch.bool)
+            gone[neurons] = False
+            down[:, gone] = 0.0
+    for seed in (3, 4):
+        sparse, reference = policy.predict(observation(seed)), masked.predict(observation(seed))
+        assert sparse.token_ids == reference.token_ids
+    record = sparse.info.record
+    assert record.mlp_kept == {layer: (width - removed) / width for layer in kept}
+    full = full_flops(policy.cfg, record.layout)
+    assert sparse.info.flops == count_flops(policy.cfg, record)
+    # Every token through every layer skips exactly `removed` neurons' three products.
+    tokens = sum(record.layer_tokens.values()) + text.num_hidden_layers * sum(
+        fed for fed, _ in record.decode_calls)
+    llm, got = full.prefill + full.decode, sparse.info.flops.prefill + sparse.info.flops.decode
+    assert llm - got == 2 * 3 * text.hidden_size * removed * tokens
+    accelerate(policy, [], {})  # unplugged: every neuron runs again
+    assert policy.predict(observation(3)).info.record.mlp_kept == {}
+    assert all(layer.mlp.kept is None for layer in policy.model.language_model.model.layers)
+
+
 def test_a_missing_or_foreign_calibration_is_refused(tiny_dir, calibrated, tmp_path):
     with pytest.raises(ValueError, match=r'needs a calibration: .* does not exist'):
         accelerate(load_policy(str(tiny_dir)), ['efficientvla'],
@@ -89,6 +126,16 @@ def test_a_missing_or_foreign_calibration_is_refused(tiny_dir, calibrated, tmp_p
     same = accelerate(load_policy(str(tiny_dir)), ['efficientvla'], {'efficientvla': {
         'preset': '', 'prune_layers': 1, 'calibration': str(calibrated / 'calibration.json')}})
     assert len(same.plan) == same.cfg.text.num_hidden_layers - 1
+    # A version-1 calibration scores layers only: MLP sparsity is refused, pruning still runs.
+    raw = json.loads((calibrated / 'calibration.json').read_text())
+    del raw['neuron_importance']
+    old = tmp_path / 'v1.json'
+    old.write_text(json.dumps({**raw, 'version': 1}))
+    with pytest.raises(ValueError, match=r'mlp_sparsity=0.25 needs MLP neuron scores.*none'):
+        accelerate(load_policy(str(tiny_dir)), ['efficientvla'], {'efficientvla': {
+            'preset': '', 'mlp_sparsity': 0.25, 'calibration': str(old)}})
+    accelerate(same, ['efficientvla'], {'efficientvla': {
+        'preset': '', 'prune_layers': 1, 'calibration': str(old)}})
 
 
 def test_diverse_selection_keeps_keys_then_relevance_then_the_most_different():

@@ -120,6 +120,14 @@ def test_projection_to_7b_shapes_keeps_the_plan():
     # A plan without layer 1 of 2 skips the deeper half of 32.
     skipped = StepRecord(LAYOUT, 2, (0,), False, True, {0: 9}, [], 1)
     assert sorted(project(skipped, cfg).layer_tokens) == list(range(16))
+    # MLP sparsity keeps its share of the wider MLP in every layer its layer stands for.
+    sparse = project(record({0: 9, 1: 9}, [(1, 0)], mlp_kept={0: 4 / 6, 1: 4 / 6}), cfg)
+    assert sparse.mlp_kept == {j: 4 / 6 for j in range(32)}
+    dense = project(record({0: 9, 1: 9}, [(1, 0)]), cfg)
+    mlp = 2 * 3 * cfg.text.hidden_size * round(cfg.text.intermediate_size / 3)  # per token
+    tokens = sum(dense.layer_tokens.values()) + 32 * 1  # prefill, then one decoded token
+    assert count_flops(cfg, dense).prefill + count_flops(cfg, dense).decode - \
+        count_flops(cfg, sparse).prefill - count_flops(cfg, sparse).decode == mlp * tokens
 
 
 def test_a_dit_heads_parts_project_onto_the_target_depth():

@@ -16,7 +16,8 @@
 """
 EfficientVLA (arXiv 2506.10100) as hooks of the one forward.
 
-Calibrated layer pruning, task-aware diverse visual tokens and DiT feature caching.
+Calibrated layer pruning (and MLP sparsity), task-aware diverse visual tokens and DiT feature
+caching.
 
     policy = accelerate(load_policy(path), ['efficientvla'], {})  # the default preset
 
@@ -25,6 +26,12 @@ I(l) = 1 - mean cos(x_l, x_{l+1}) (its input and output states, over every token
 calibration set) and writes a calibration file naming the model's weights (sha256). With
 `prune_layers` n, the n least important layers never run. A missing calibration, or one
 written for other weights, is refused with the reason: it is never silently recomputed.
+
+Structured MLP sparsity (the paper's 25%, part of its "layers" gain): the same calibration
+scores every MLP neuron j of every layer by the size of what it adds to the layer's output,
+sqrt(mean a_j^2) * ||W_down[:, j]|| (a_j its activation, over the same samples); with
+`mlp_sparsity` s, each running layer keeps the 1 - s highest-scoring neurons and runs smaller
+dense matrices (a layer-weights plan, like the layer plan: the runtime slices them once).
 
 Task-aware diverse tokens (an after-layer hook): after the first `token_layer` layers that run,
 whose last alone computes explicit attention weights (every other layer keeps fused SDPA), a
@@ -54,7 +61,7 @@ from ..policy.step import Hooks, Step
 from .base import Accelerator, option, token_budget
 
 CALIBRATION_FILE = 'calibration.json'  # beside the weights, when `calibration` is empty
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2 added the MLP neuron scores; 1 is still read (layers only)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class EfficientVLAOptions:
                             'control)', choices=('diverse', 'random'))
     cache_interval: int = option(1, 'DiT features recomputed every N denoising steps (1: '
                                  'exact)', low=1, live=True)
+    mlp_sparsity: float = option(0.0, "share of each running decoder layer's MLP neurons "
+                                 'never run, least important first (needs a calibration)',
+                                 low=0.0, high=0.9)
 
     def kept_tokens(self, visual_tokens: int) -> int:
         return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
@@ -93,11 +103,19 @@ class Calibration:
     model: str  # the checkpoint directory it was measured on (for people; the hash decides)
     samples: dict[str, Any]  # source, count, and the seeds or the bag and topics
     importance: list[float]  # I(l) per decoder layer
+    neuron_importance: list[list[float]] | None = None  # per layer, per MLP neuron (version 2)
 
     def least_important(self, n: int) -> list[int]:
         """Return the `n` least important layers (ties: the later layer first), ascending."""
         order = sorted(range(len(self.importance)), key=lambda i: (self.importance[i], -i))
         return sorted(order[:n])
+
+    def kept_neurons(self, layer: int, sparsity: float) -> torch.Tensor:
+        """Return the MLP neurons of `layer` that `sparsity` keeps, the most important."""
+        assert self.neuron_importance is not None
+        scores = torch.tensor(self.neuron_importance[layer])
+        keep = scores.numel() - round(sparsity * scores.numel())
+        return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({'version': CALIBRATION_VERSION, **asdict(self)}, indent=1)
@@ -107,8 +125,8 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         try:
             raw = json.loads(path.read_text())
-            if raw.pop('version', None) != CALIBRATION_VERSION:
-                raise ValueError(f'version must be {CALIBRATION_VERSION}')
+            if raw.pop('version', None) not in (1, CALIBRATION_VERSION):
+                raise ValueError(f'version must be 1 or {CALIBRATION_VERSION}')
             return cls(**raw)
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f'{path}: not a readable calibration file ({exc})') from exc
@@ -139,34 +157,76 @@ class LayerSimilarity(Hooks):
         return [1.0 - self.sums[layer] / self.counts[layer] for layer in sorted(self.sums)]
 
 
+class NeuronActivity:
+    """
+    Record the mean square of every MLP neuron's activation, per decoder layer.
+
+    The activations live inside the MLP, where the forward has no hook point: a torch
+    pre-hook on each `down_proj` reads its input (calibration only; the plain model runs).
+    """
+
+    def __init__(self, layers) -> None:
+        self.layers = list(layers)
+        self.squares = [torch.zeros(layer.mlp.down_proj.in_features) for layer in self.layers]
+        self.counts = [0] * len(self.layers)
+        self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._recorder(i))
+                         for i, layer in enumerate(self.layers)]
+
+    def _recorder(self, i: int):
+        def record(module, inputs) -> None:
+            a = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
+            self.squares[i] += (a * a).sum(dim=0).cpu()
+            self.counts[i] += a.shape[0]
+        return record
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def importance(self) -> list[list[float]]:
+        """Per layer and neuron: sqrt(mean a_j^2) * ||W_down[:, j]||, the size it adds."""
+        scores = []
+        for layer, squares, count in zip(self.layers, self.squares, self.counts, strict=True):
+            rms = (squares / max(1, count)).sqrt()
+            column = layer.mlp.down_proj.weight.detach().float().norm(dim=0).cpu()
+            scores.append([float(f'{v:.6g}') for v in (rms * column).tolist()])
+        return scores
+
+
 def calibrate(policy: Any, observations, samples: dict[str, Any]) -> Calibration:
-    """Run the plain model on `observations` and return its layer importances."""
+    """Run the plain model on `observations`; return its layer and MLP-neuron importances."""
     if policy.checkpoint_dir is None:
         raise ValueError('calibration needs a policy loaded from a checkpoint directory')
     probe = LayerSimilarity()
     policy.set_hooks([probe])
+    neurons = NeuronActivity(policy.model.language_model.model.layers)
     count = 0
-    for observation in observations:
-        policy.predict(observation)
-        count += 1
-    policy.set_hooks([])
+    try:
+        for observation in observations:
+            policy.predict(observation)
+            count += 1
+    finally:
+        neurons.close()
+        policy.set_hooks([])
     if not count:
         raise ValueError('no calibration samples')
     return Calibration(weights_digest(policy.checkpoint_dir), str(policy.checkpoint_dir),
-                       {**samples, 'count': count}, probe.importance())
+                       {**samples, 'count': count}, probe.importance(), neurons.importance())
 
 
 def read_calibration(options: EfficientVLAOptions, policy: Any) -> Calibration:
     """Return the calibration `options` name, checked against the policy's weights."""
+    what = ' '.join(f'{name}={getattr(options, name):g}' for name in
+                    ('prune_layers', 'mlp_sparsity') if getattr(options, name))
     if options.calibration:
         path = expand_path(options.calibration)
     elif policy.checkpoint_dir is not None:
         path = policy.checkpoint_dir / CALIBRATION_FILE
     else:
-        raise ValueError('efficientvla prune_layers needs a calibration file (option '
+        raise ValueError(f'efficientvla {what} needs a calibration file (option '
                          'calibration), and this policy was not loaded from a directory')
     if not path.is_file():
-        raise ValueError(f'efficientvla prune_layers={options.prune_layers} needs a calibration: '
+        raise ValueError(f'efficientvla {what} needs a calibration: '
                          f'{path} does not exist; write it with flashvla-calibrate --model '
                          f'{policy.checkpoint_dir or "MODEL"} --out {path}')
     calibration = Calibration.load(path)
@@ -180,6 +240,16 @@ def read_calibration(options: EfficientVLAOptions, policy: Any) -> Calibration:
     if len(calibration.importance) != depth:
         raise ValueError(f'{path} scores {len(calibration.importance)} layers; the model has '
                          f'{depth}')
+    if options.mlp_sparsity:
+        width = policy.cfg.text.intermediate_size
+        scores = calibration.neuron_importance
+        if scores is None:
+            raise ValueError(f'efficientvla mlp_sparsity={options.mlp_sparsity:g} needs MLP '
+                             f'neuron scores, and {path} (version 1) has none; recalibrate with '
+                             'flashvla-calibrate')
+        if len(scores) != depth or any(len(layer) != width for layer in scores):
+            raise ValueError(f'{path} does not score {width} MLP neurons in each of {depth} '
+                             'layers')
     return calibration
 
 
@@ -241,6 +311,7 @@ class EfficientVLA(Accelerator):
     def __init__(self, options: EfficientVLAOptions) -> None:
         super().__init__(options)
         self.pruned: list[int] = []
+        self._neurons: dict[int, torch.Tensor] = {}  # layer -> MLP neurons kept (sparsity)
         self._token_layer = -1  # the decoder layer after which tokens are selected
         self._features: dict[tuple[int, str], torch.Tensor] = {}
         self._steps = 0  # random selection: a new, reproducible draw every step
@@ -249,12 +320,16 @@ class EfficientVLA(Accelerator):
     def bind(self, policy: Any) -> None:
         o = self.options
         depth = policy.cfg.text.num_hidden_layers
-        self.pruned = []
-        if o.prune_layers:
-            if o.prune_layers >= depth:
-                raise ValueError(f'efficientvla prune_layers={o.prune_layers}: the model has '
-                                 f'{depth} decoder layers')
-            self.pruned = read_calibration(o, policy).least_important(o.prune_layers)
+        self.pruned, self._neurons = [], {}
+        if o.prune_layers >= depth:
+            raise ValueError(f'efficientvla prune_layers={o.prune_layers}: the model has '
+                             f'{depth} decoder layers')
+        if o.prune_layers or o.mlp_sparsity:
+            calibration = read_calibration(o, policy)
+            self.pruned = calibration.least_important(o.prune_layers)
+            if o.mlp_sparsity:
+                self._neurons = {layer: calibration.kept_neurons(layer, o.mlp_sparsity)
+                                 for layer in range(depth) if layer not in self.pruned}
         running = depth - len(self.pruned)
         if o.token_layer >= running:
             raise ValueError(f'efficientvla token_layer={o.token_layer}: {running} decoder '
@@ -275,6 +350,9 @@ class EfficientVLA(Accelerator):
 
     def needs_layers(self) -> set[int]:
         return {self._token_layer} if self._selects else set()
+
+    def mlp_neurons(self) -> dict[int, torch.Tensor]:
+        return dict(self._neurons)
 
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
                     probe: torch.Tensor | None) -> torch.Tensor | None:

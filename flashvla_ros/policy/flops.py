@@ -76,6 +76,7 @@ class StepRecord:
     dit_passes: int = 0  # diffusion head: DiT forward rows (denoising steps x CFG batch)
     dit_parts: dict[str, int] = field(default_factory=dict)  # 'attn'/'mlp' -> rows computed
     dit_depth: int = 0  # blocks of the DiT the parts were counted on (to project them)
+    mlp_kept: dict[int, float] = field(default_factory=dict)  # layer -> share of MLP neurons
 
     @property
     def layers_run(self) -> int:
@@ -114,12 +115,17 @@ def vision_flops(cfg: OpenVLAConfig) -> int:
     return sum(vit_flops(t) for t in cfg.vision) + projector
 
 
-def decoder_layer_flops(text: TextConfig, new_tokens: int, past_tokens: int) -> int:
-    """One decoder layer: `new_tokens` queries appended after `past_tokens` cached keys."""
+def decoder_layer_flops(text: TextConfig, new_tokens: int, past_tokens: int,
+                        mlp_share: float = 1.0) -> int:
+    """
+    One decoder layer: `new_tokens` queries appended after `past_tokens` cached keys.
+
+    `mlp_share` of the MLP's neurons run (structured sparsity; 1: all of them).
+    """
     d, kv = text.hidden_size, text.num_key_value_heads * text.head_dim
     q = text.num_attention_heads * text.head_dim
     projections = 2 * new_tokens * d * (q + 2 * kv) + 2 * new_tokens * q * d
-    mlp = 2 * 3 * new_tokens * d * text.intermediate_size
+    mlp = 2 * 3 * new_tokens * d * round(mlp_share * text.intermediate_size)
     # Query i (0-based) sees the past plus itself and the i new tokens before it.
     keys_seen = new_tokens * past_tokens + new_tokens * (new_tokens + 1) // 2
     attention = 2 * 2 * keys_seen * q
@@ -170,9 +176,12 @@ def dit_flops(head: DiTConfig, passes: int, parts: dict[str, int]) -> int:
 def count_flops(cfg: OpenVLAConfig, record: StepRecord) -> Flops:
     """Count the FLOPs of what `record` says ran, on a model of shape `cfg`."""
     text = cfg.text
-    prefill = sum(decoder_layer_flops(text, n, 0) for n in record.layer_tokens.values())
-    decode = sum(decoder_layer_flops(text, fed, past + cached)
-                 for fed, cached in record.decode_calls for past in record.layer_tokens.values())
+    share = record.mlp_kept
+    prefill = sum(decoder_layer_flops(text, n, 0, share.get(layer, 1.0))
+                  for layer, n in record.layer_tokens.items())
+    decode = sum(decoder_layer_flops(text, fed, past + cached, share.get(layer, 1.0))
+                 for fed, cached in record.decode_calls
+                 for layer, past in record.layer_tokens.items())
     select = sum(scoring_flops(method, tokens, text.hidden_size, rank)
                  for method, tokens, rank in record.scoring)
     head = head_flops(text, record.head_positions)
@@ -210,16 +219,18 @@ def project(record: StepRecord, cfg: OpenVLAConfig) -> StepRecord:
     plan = tuple(j for j in range(depth) if (j * record.depth) // depth in record.plan)
     if record.stopped:  # a gate ended the step after layer `last` (or before any, at -1)
         plan = tuple(j for j in plan if j <= last)
-    layers = {}
+    layers, mlp_kept = {}, {}
     for j in plan:
         source = min(j, last)
         while source not in ran:  # a skipped layer: the nearest shallower one that ran
             source -= 1
         layers[j] = scaled(ran[source])
+        if source in record.mlp_kept:  # the same share of the wider MLP's neurons
+            mlp_kept[j] = record.mlp_kept[source]
     scoring = [(m, round(n * layout.visual / max(1, src.visual)), r) for m, n, r in record.scoring]
     head = cfg.action_model
     blocks = head.depth if head is not None and record.dit_depth else record.dit_depth
     parts = {k: v * blocks // max(1, record.dit_depth) for k, v in record.dit_parts.items()}
     return StepRecord(layout, depth, plan, record.stopped, record.vision, layers,
                       list(record.decode_calls), record.head_positions, scoring,
-                      record.dit_passes, parts, blocks)
+                      record.dit_passes, parts, blocks, mlp_kept)

@@ -191,9 +191,29 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        # Structured sparsity: (gate, up, down) weights of the kept neurons only, or None.
+        self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def keep(self, neurons: torch.Tensor | None) -> None:
+        """
+        Run only these intermediate neurons from now on (None: all of them).
+
+        The kept rows and columns are copied once into dense weights, so a sparse step runs
+        plain, smaller matrix products (the full weights stay, for `keep(None)`).
+        """
+        if neurons is None:
+            self.kept = None
+            return
+        with torch.no_grad():
+            self.kept = (self.gate_proj.weight[neurons].contiguous(),
+                         self.up_proj.weight[neurons].contiguous(),
+                         self.down_proj.weight[:, neurons].contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.kept is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up, down = self.kept
+        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
 
 
 class DecoderLayer(nn.Module):
@@ -283,6 +303,11 @@ class Llama(nn.Module):
         angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def keep_mlp_neurons(self, neurons: dict[int, torch.Tensor]) -> None:
+        """Run only `neurons[layer]` of each named layer's MLP; every other layer runs whole."""
+        for i, layer in enumerate(self.model.layers):
+            layer.mlp.keep(neurons.get(i))
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids)

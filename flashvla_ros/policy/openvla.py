@@ -197,6 +197,17 @@ class OpenVLAPolicy:
                     raise ValueError(f'{other[1]} reads the {other[0]} of decoder layer '
                                      f'{layer} and {h.name} its {kind}; move one to another '
                                      'layer')
+        neurons: dict[int, tuple[torch.Tensor, str]] = {}  # layer -> (kept neurons, who)
+        for h in hooks:
+            for layer, kept in h.mlp_neurons().items():
+                if layer in neurons:
+                    raise ValueError(f'{neurons[layer][1]} and {h.name} both thin the MLP of '
+                                     f'decoder layer {layer}; keep one')
+                neurons[layer] = (kept, h.name)
+        self.model.language_model.keep_mlp_neurons(
+            {layer: kept.to(self.device) for layer, (kept, _) in neurons.items()})
+        width = self.cfg.text.intermediate_size
+        self._mlp_kept = {layer: kept.numel() / width for layer, (kept, _) in neurons.items()}
         self.hooks, self.plan = list(hooks), plan
         self._probes = {layer: kind for layer, (kind, _) in probes.items()}
         self.steps = self.reused = 0  # running statistics of this configuration
@@ -260,7 +271,8 @@ class OpenVLAPolicy:
             self.reset()
         layout = self.layout(ids.numel())
         n = layout.visual
-        record = StepRecord(layout, self.cfg.text.num_hidden_layers, tuple(self.plan))
+        record = StepRecord(layout, self.cfg.text.num_hidden_layers, tuple(self.plan),
+                            mlp_kept=self._mlp_kept)
         step = Step(observation, layout, record, torch.arange(n, device=self.device))
         for h in self.hooks:
             h.before_step(step)

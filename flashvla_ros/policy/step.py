@@ -128,6 +128,10 @@ class Hooks:
         """Layer -> 'attention_output' or 'attention_weights', only where it needs one."""
         return {}
 
+    def mlp_neurons(self) -> dict[int, torch.Tensor]:
+        """Layer -> the MLP neurons to run (structured sparsity); other layers run whole."""
+        return {}
+
     def needs_layers(self) -> set[int]:
         """Layers whose output it reads: a plan that skips one is refused."""
         return set(self.probes())
