@@ -17,6 +17,7 @@ done
 $BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
   --accel none \
   --accel 'efficientvla:preset=,prune_layers=6' \
+  --accel 'efficientvla:preset=,mlp_sparsity=0.25' \
   --accel 'efficientvla:preset=,keep_fraction=0.22' \
   --accel 'efficientvla:preset=,cache_interval=5' \
   --accel 'efficientvla:preset=,keep_fraction=0.22,selection=random' \
@@ -28,6 +29,7 @@ $BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
 $BIN/flashvla-bench --model default --episodes "$EPISODES_AR" \
   --accel none \
   --accel 'efficientvla:preset=,prune_layers=1' \
+  --accel 'efficientvla:preset=,mlp_sparsity=0.25' \
   --accel 'efficientvla:preset=,keep_fraction=0.22' \
   --accel 'efficientvla:preset=,keep_fraction=0.22,selection=random' \
   --accel 'efficientvla:prune_layers=1' \

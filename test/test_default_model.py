@@ -57,6 +57,7 @@ def test_embedded_models_resolve_by_name_and_carry_their_calibration(name):
     assert path == default_model_dir(name) and (path / 'model.safetensors').is_file()
     calibration = Calibration.load(path / CALIBRATION_FILE)
     assert calibration.weights_sha256 == weights_digest(path)  # made on these weights
+    assert calibration.neuron_importance is not None  # the preset's MLP sparsity needs them
 
 
 def test_default_dit_has_cogacts_proportions():
