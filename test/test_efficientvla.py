@@ -26,6 +26,7 @@ from flashvla_ros.accel.efficientvla import Calibration, diverse_selection, task
 from flashvla_ros.accel.registry import accelerate
 from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.flops import count_flops, full_flops
+from flashvla_ros.policy.step import Hooks
 from flashvla_ros.sim.tasks import Episode
 from flashvla_ros.tools.calibrate import main as calibrate_main
 
@@ -106,6 +107,23 @@ def test_mlp_sparsity_runs_the_most_important_neurons_exactly_and_counts_them(ca
     accelerate(policy, [], {})  # unplugged: every neuron runs again
     assert policy.predict(observation(3)).info.record.mlp_kept == {}
     assert all(layer.mlp.kept is None for layer in policy.model.language_model.model.layers)
+
+
+def test_two_neuron_plans_for_one_layer_are_refused(tiny_dir):
+    class Thin(Hooks):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def mlp_neurons(self) -> dict[int, torch.Tensor]:
+            return {0: torch.arange(8)}
+
+    policy = load_policy(str(tiny_dir))
+    with pytest.raises(ValueError, match='a and b both thin the MLP of decoder layer 0'):
+        policy.set_hooks([Thin('a'), Thin('b')])
+    policy.set_hooks([Thin('a')])
+    assert policy.model.language_model.model.layers[0].mlp.kept[2].shape[1] == 8
+    assert policy.predict(observation()).info.record.mlp_kept == {
+        0: 8 / policy.cfg.text.intermediate_size}
 
 
 def test_a_missing_or_foreign_calibration_is_refused(tiny_dir, calibrated, tmp_path):
