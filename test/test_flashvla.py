@@ -224,6 +224,11 @@ def test_all_tokens_and_no_reuse_is_bit_identical(policies, layer):
         assert a.token_ids == b.token_ids
         assert np.array_equal(a.values, b.values)
         assert b.info.kept_tokens == 256 and not b.info.reused and b.info.layers_run == 4
+    # With the reuse gate on and every token kept, nothing is scored: the gate's token set is
+    # every token either way (the scores would decide nothing, and cost an SVD per step).
+    gated = flashvla(other, keep_fraction=1.0, layer=layer, draft=False)
+    chunk = predict(gated, *next(frames(1)))
+    assert chunk.info.record.scoring == [] and chunk.info.flops.select == 0
 
 
 def prefill_record(layout, layers: dict, decode_calls, scoring=(), stopped=False,

@@ -53,6 +53,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -278,16 +279,16 @@ def diverse_selection(relevance: torch.Tensor, features: torch.Tensor, budget: i
     kept = order[:by_relevance].tolist()
     if len(kept) < budget:
         unit = F.normalize(features.float(), dim=-1)
-        similarity = unit @ unit.T  # [n, n]
-        closest = similarity[:, kept].max(dim=1).values if kept \
-            else torch.full((n,), -1.0, device=features.device)
-        closest[kept] = float('inf')
+        # The greedy loop runs on the host: a few dozen tiny steps, each a sync on a GPU.
+        similarity = (unit @ unit.T).cpu().numpy()  # [n, n]
+        closest = similarity[:, kept].max(axis=1) if kept else np.full(n, -1.0, np.float32)
+        closest[kept] = np.inf
         for _ in range(budget - len(kept)):
-            pick = int(torch.argmin(closest))  # the most diverse: 1 - max cos is largest
+            pick = int(np.argmin(closest))  # the most diverse: 1 - max cos is largest
             kept.append(pick)
-            closest = torch.maximum(closest, similarity[:, pick])
-            closest[pick] = float('inf')
-    return torch.sort(torch.tensor(kept, device=relevance.device)).values
+            closest = np.maximum(closest, similarity[:, pick])
+            closest[pick] = np.inf
+    return torch.tensor(sorted(kept), device=relevance.device)
 
 
 # -- the accelerator ---------------------------------------------------------------------------

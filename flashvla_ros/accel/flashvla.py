@@ -88,8 +88,13 @@ class FlashVLAOptions:
         return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
 
     def scores_tokens(self, visual_tokens: int) -> bool:
-        """Whether a step scores tokens: to prune some, or for the reuse gate's token sets."""
-        return self.reuse or self.kept_tokens(visual_tokens) < visual_tokens
+        """
+        Whether a step scores tokens: only to prune some.
+
+        Keeping every token, the scores decide nothing: the reuse gate's token set is then
+        every token present, scored or not.
+        """
+        return self.kept_tokens(visual_tokens) < visual_tokens
 
 
 # -- token scoring -------------------------------------------------------------------------
@@ -319,7 +324,7 @@ class FlashVLA(Accelerator):
                                                     o.rank, o.svd)
             step.record.scoring.append((o.svd, n, o.rank))
             keep = select_tokens(scores, o.kept_tokens(n))
-        else:  # keep everything, no gate: nothing to score
+        else:  # keep everything: nothing to score
             keep, rank = torch.arange(n, device=hidden.device), 0
         self._kept = frozenset(step.visual_kept[keep].tolist())
         step.extras['svd_rank'] = rank
