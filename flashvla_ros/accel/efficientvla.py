@@ -211,7 +211,10 @@ def calibrate(policy: Any, observations, samples: dict[str, Any]) -> Calibration
         policy.set_hooks([])
     if not count:
         raise ValueError('no calibration samples')
-    return Calibration(weights_digest(policy.checkpoint_dir), str(policy.checkpoint_dir),
+    model = Path(policy.checkpoint_dir).resolve()
+    if model.is_relative_to(Path.cwd()):  # a shipped file names no one's home directory
+        model = model.relative_to(Path.cwd())
+    return Calibration(weights_digest(policy.checkpoint_dir), str(model),
                        {**samples, 'count': count}, probe.importance(), neurons.importance())
 
 
