@@ -50,8 +50,11 @@ INSTRUCTION = json.loads(GOLDEN.read_text())['instruction']
 # Your model directory; empty: the tiny model the golden file was made with
 # (`flashvla-make-tiny --seed 0`, stored float32), written to a temporary directory.
 MODEL = ''
-OVERRIDES = {'instruction': INSTRUCTION, 'max_image_age_s': 2.0, 'control_rate_hz': 20.0,
-             'outputs': ['array', 'raw'], 'image_reliability': 'reliable',
+# The bag's camera runs at 2 Hz: the camera age limit and the command watchdog must both
+# exceed its 0.5 s frame interval, or every late frame is a (correct) hold.
+OVERRIDES = {'instruction': INSTRUCTION, 'max_image_age_s': 2.0, 'max_command_gap_s': 2.0,
+             'control_rate_hz': 20.0, 'outputs': ['array', 'raw'],
+             'image_reliability': 'reliable',
              'accel': ['none']}  # the golden file is the plain model's
 CONFIG = build_config({k: v for k, v in OVERRIDES.items() if k != 'instruction'})
 GOLDEN_COMMANDS = load_golden(GOLDEN)

@@ -45,9 +45,14 @@ pytestmark = pytest.mark.usefixtures('fresh_probe')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, TimeReference  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+
+from flashvla_ros.ros.bag import read_messages  # noqa: E402
+
+TIMING = '/policy_node/command_timing'
 
 
 def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
@@ -56,12 +61,25 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
     procs.start('mock_world', '--ros-args', '-p', 'seed:=3', '-p', 'max_steps:=30',
                 '-r', f'commands:={COMMANDS}')
     listen_once(probe, Image, '/policy_node/debug_image')
+    listen_once(probe, TimeReference, TIMING, 100)
     procs.start('policy_node', *policy_args(tiny_dir, 'debug_image:=true'))
     wait_active(probe, procs)
     probe.wait_for(lambda: len(commands(probe)) > 3, 60, 'commands', procs)
+    probe.spin(0.2)
     probe.messages[COMMANDS].clear()
+    probe.messages[TIMING].clear()
     probe.spin(3.0)
     got = commands(probe)
+    # One timing record per command, right after it: the tick's planned time on a fixed
+    # 10 Hz grid, and the camera frame the action came from, before that time.
+    timing = [m for _, m in probe.messages[TIMING]]
+    assert abs(len(timing) - len(got)) <= 1, (len(timing), len(got))
+    planned = np.array([seconds(m.header.stamp) for m in timing])
+    ticks = np.diff(planned) / 0.1
+    assert np.allclose(ticks, np.round(ticks), atol=1e-4) and (np.round(ticks) >= 1).all(), ticks
+    actions = [m for m in timing if m.source == 'action']
+    assert actions and all(0 < seconds(m.header.stamp) - seconds(m.time_ref) < 1.0
+                           for m in actions)  # max_action_age_s
     # The debug view: the camera frame with FlashVLA's dropped tokens darkened (160 of 256 kept).
     debug = [m for _, m in probe.messages['/policy_node/debug_image']]
     assert len(debug) >= 10 and (debug[-1].width, debug[-1].height) == (224, 224)
@@ -90,6 +108,7 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     golden = json.loads(GOLDEN.read_text())
     listen_once(probe, Float64MultiArray, COMMANDS)
     listen_once(probe, Float64MultiArray, RAW)
+    listen_once(probe, TimeReference, TIMING, 100)
     procs.start('policy_node', *policy_args(
         tiny_dir, f'instruction:={golden["instruction"]}', 'max_image_age_s:=2.0',
         'max_command_gap_s:=2.0',  # the bag's camera runs at 2 Hz
@@ -121,6 +140,17 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     holds = [is_hold(c) for c in sent]
     assert holds[-1] and not any(holds[:-1]) and len(sent) == n + 1, procs.logs()
     np.testing.assert_allclose(sent[:-1], golden['commands'], atol=1e-9)
+    # Each command names its source frame: the stamps the bag's frames carry, in order; and
+    # the holds are the ones seen on ~/commands.
+    timing = [m for _, m in probe.messages[TIMING]][-len(sent):]
+    frames = [seconds(deserialize_message(data, Image).header.stamp)
+              for *_, data in read_messages(BAG, ['/image_raw'])]
+    assert [seconds(m.time_ref) for m in timing if m.source == 'action'] == frames
+    assert [m.source == 'hold' for m in timing] == holds
+
+
+def seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def image(encoding: str, width: int, height: int, step: int, data: bytes) -> Image:

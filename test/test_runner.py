@@ -329,7 +329,7 @@ def test_a_hold_keeps_the_gripper_across_episodes_and_instructions(make_runner):
     runner.set_instruction('')  # cleared: hold
     hold = runner.tick()
     assert hold.kind == 'hold' and hold.command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]
-    assert runner.final_hold().tolist() == [0, 0, 0, 0, 0, 0, 1.0]
+    assert runner.final_hold('stopped').command.tolist() == [0, 0, 0, 0, 0, 0, 1.0]
     assert runner.counters.holds == 2
 
 
@@ -437,6 +437,37 @@ def test_execute_mode_runs_n_actions_of_each_chunk_and_counts_boundary_stalls():
         assert runner.counters.boundary_stalls == 1 and runner.counters.starved_ticks == 2
         runner.submit_frame(FRAME)
         assert next_action(runner).command[0] == pytest.approx(0.020)
+    finally:
+        runner.stop()
+
+
+def test_the_next_inference_starts_before_a_long_chunk_tail_expires():
+    """A 16-action chunk at 10 Hz outlives max_action_age_s 1.0 s: its tail never runs."""
+    clock = Clock()
+    policy = ScriptedPolicy(chunk(0.01), chunk(0.05))
+    runner = PolicyRunner(policy, LIMITS, max_image_age_s=5.0, max_action_age_s=1.0,
+                          clock=clock, control_period_s=0.1)
+    runner.start()
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)  # arrives at 100.0
+        wait_for(lambda: runner.status()['queue'] == 16)
+        for k in range(11):  # ticks 100.0 .. 101.0: rows 0-10 are fresh enough
+            clock.t = 100.0 + 0.1 * k
+            if k == 10:
+                runner.submit_frame(FRAME)
+            assert runner.tick().command[0] == pytest.approx(0.01 + 0.001 * k)
+        # Rows 11-15 would be 1.1-1.5 s old at their ticks: the worker does not wait for them.
+        wait_for(lambda: policy.calls == 2)
+        clock.t = 101.1
+        wait_for(lambda: runner.status()['queue'] == 5 + 16)
+        # The new chunk, queued behind the old tail, counts: no third inference meanwhile.
+        runner.submit_frame(FRAME)
+        time.sleep(0.2)
+        assert policy.calls == 2
+        tick = runner.tick()
+        assert tick.command[0] == pytest.approx(0.05)  # the new chunk's first row: no stall
+        assert runner.counters.stale_actions == 5 and runner.counters.starved_ticks == 0
     finally:
         runner.stop()
 

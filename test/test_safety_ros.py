@@ -44,7 +44,7 @@ rclpy = pytest.importorskip('rclpy', reason='real rclpy (pip wheels) is part of 
 pytestmark = pytest.mark.usefixtures('fresh_probe')
 
 from geometry_msgs.msg import TwistStamped  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, TimeReference  # noqa: E402
 from std_msgs.msg import Float64, Float64MultiArray, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
@@ -55,6 +55,7 @@ from flashvla_ros.sim.tasks import Episode  # noqa: E402
 GRIPPER_CMD = '/policy_node/gripper_cmd'
 TRAJECTORY = '/policy_node/joint_trajectory'
 TWIST = '/policy_node/delta_twist_cmds'
+TIMING = '/policy_node/command_timing'
 TASK = 'pick up the red block'
 ALL_OUTPUTS = 'outputs:=[twist, array, trajectory, gripper, raw]'
 ACTIVATE, DEACTIVATE, ACTIVE_SHUTDOWN = 3, 4, 7  # lifecycle_msgs/Transition ids
@@ -192,6 +193,7 @@ def test_a_hold_never_changes_the_gripper(probe, procs):
     pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_every_signal_exit_ends_in_one_hold(probe, procs, tiny_dir, sig):
     listen_once(probe, Float64MultiArray, COMMANDS)
+    listen_once(probe, TimeReference, TIMING, 100)
     start_world(procs)
     node = procs.start('policy_node', *policy_args(tiny_dir, f'instruction:={TASK}'))
     wait_active(probe, procs)
@@ -200,12 +202,17 @@ def test_every_signal_exit_ends_in_one_hold(probe, procs, tiny_dir, sig):
     node.send_signal(sig)
     probe.wait_for(lambda: node.poll() is not None, 15, 'policy_node to exit', procs)
     probe.spin(0.5)
-    before = [c for t, c in commands(probe) if t < sent]
-    after = [c for t, c in commands(probe) if t >= sent]
-    holds = [c for c in after if is_hold(c)]
-    assert len(holds) == 1 and is_hold(after[-1]), f'{sig.name}: {after}\n{procs.logs()}'
-    last_action = [c for c in before + after if not is_hold(c)][-1]
-    assert holds[0][6] == last_action[6]  # zero motion, the gripper kept
+    # ~/command_timing tells a hold from an action that happens to be zero motion.
+    kinds = [m.source for _, m in probe.messages[TIMING]]
+    after = [m.source for t, m in probe.messages[TIMING] if t >= sent]
+    assert after.count('hold') == 1 and after[-1] == 'hold', f'{sig.name}: {after}\n' \
+        f'{procs.logs()}'
+    # The same commands in the same order (aligned at the end: a hold at start-up may
+    # precede discovery on one of the topics): zero motion, the last action's gripper kept.
+    array = [c for _, c in commands(probe)]
+    paired = list(zip(array[::-1], kinds[::-1], strict=False))
+    last_action = next(c for c, kind in paired if kind == 'action')
+    assert array[-1][:6].tolist() == [0.0] * 6 and array[-1][6] == last_action[6]
     assert node.returncode == 0, procs.logs()
     diag = probe.diagnostics()
     assert diag['lifecycle_state'] == 'finalized', diag
@@ -289,17 +296,28 @@ def test_compressed_images_are_size_checked_before_decoding(probe, procs, tiny_d
            b'\xff\xd8garbage', b'')
     sent = publish_frames(probe, camera, good, 1.0, encode=rgb_to_compressed)
     wait_for_actions(probe, procs, count=3)
-    since = len(commands(probe))
-    for data in bad:
-        camera.publish(CompressedImage(format='png' if data[1:4] == b'PNG' else 'jpeg',
-                                       data=data))
-        sent += publish_frames(probe, camera, good, 0.25, encode=rgb_to_compressed)
+    since, published = len(commands(probe)), 0
+    for i, data in enumerate(bad, start=1):
+        # A reliable reader of depth 5 may still lose a frame to a busy node: each bad frame
+        # is sent until the node has counted it, with good frames in between meanwhile.
+        def counted(i=i):
+            return int((probe.diagnostics() or {}).get('rejected_frames', 0)) >= i
+        for _ in range(3):
+            camera.publish(CompressedImage(format='png' if data[1:4] == b'PNG' else 'jpeg',
+                                           data=data))
+            published += 1
+            end = time.monotonic() + 2.5
+            while not counted() and time.monotonic() < end:
+                sent += publish_frames(probe, camera, good, 0.1, encode=rgb_to_compressed)
+            if counted():
+                break
+        assert counted(), f'bad frame {i} never counted: {probe.diagnostics()}'
     sent += publish_frames(probe, camera, good, 1.1, encode=rgb_to_compressed)  # diagnostics
     assert not any(is_hold(c) for _, c in commands(probe)[since:]), procs.logs()
-    diag = probe.wait_for(
-        lambda: int((probe.diagnostics() or {}).get('frames', 0)) == sent and probe.diagnostics(),
-        10, 'every good frame counted', procs)
-    assert int(diag['rejected_frames']) == len(bad), diag
+    diag = probe.diagnostics()
+    assert len(bad) <= int(diag['rejected_frames']) <= published, (published, diag)
+    # Good frames count as frames, rejected ones never do (some good ones may be lost).
+    assert sent // 2 <= int(diag['frames']) <= sent, (sent, diag)
     log = node_log(procs)
     assert '8000x8000 = 64000000 pixels is above max_image_pixels' in log
     assert 'corrupt JPEG' in log

@@ -98,7 +98,7 @@ class Policy(Protocol):
 class QueuedAction:
     values: np.ndarray  # raw policy output, before the safety limits
     frame_time: float  # arrival time of the frame it was computed from
-    capture_time: float  # the frame's own timestamp (camera clock)
+    stamp_ns: int  # the frame's own timestamp (camera clock), exact: it names the frame
     episode: int
     info: StepInfo | None = None
     frame: np.ndarray | None = None  # the frame itself (a reference), for the debug view
@@ -115,6 +115,9 @@ class Tick:
     fault: str = ''
     frame: np.ndarray | None = None  # the frame an action was computed from
     info: StepInfo | None = None  # the policy's step info, for an action
+    planned: float = 0.0  # the tick's planned time on the schedule (runner clock)
+    source_stamp_ns: int = 0  # an action's camera frame stamp (0: a hold)
+    episode: int = 0
 
 
 @dataclass
@@ -131,6 +134,9 @@ class Counters:
     stale_actions: int = 0
     clamped_values: int = 0
     commands: int = 0
+    ticks: int = 0
+    commanding_ticks: int = 0  # ticks after an episode's first command: what stalls count in
+    commanding_commands: int = 0  # commands on those ticks
     holds: int = 0
     watchdog_holds: int = 0
     starved_ticks: int = 0
@@ -150,13 +156,6 @@ class RateMeter:
         if len(self.times) < 2 or self.times[-1] == self.times[0]:
             return 0.0
         return (len(self.times) - 1) / (self.times[-1] - self.times[0])
-
-    def jitter_ms(self) -> tuple[float, float]:
-        """Return the std and the largest deviation of the intervals from their mean, ms."""
-        if len(self.times) < 3:
-            return 0.0, 0.0
-        d = np.diff(np.array(self.times))
-        return float(d.std() * 1e3), float(np.abs(d - d.mean()).max() * 1e3)
 
 
 class PolicyRunner:
@@ -186,8 +185,8 @@ class PolicyRunner:
         self.jit_margin_s = JIT_MARGIN_S
         self.e2e_ms: deque[float] = deque(maxlen=500)  # frame capture -> command
         self.inference_rate = RateMeter()
-        self.control_rate = RateMeter()
         self.tick_rate = RateMeter(window=200)
+        self.lateness_ms: deque[float] = deque(maxlen=600)  # actual - planned tick time
         self.last_error = ''
         self.last_info: StepInfo | None = None  # of the last inference
         self._lock = threading.Condition()
@@ -221,9 +220,9 @@ class PolicyRunner:
 
     # -- inputs (any thread) -------------------------------------------------------------
 
-    def submit_frame(self, rgb: np.ndarray, capture_time: float | None = None) -> None:
+    def submit_frame(self, rgb: np.ndarray, stamp_ns: int | None = None) -> None:
         """
-        Offer the newest frame; `capture_time` is its own stamp (defaults to arrival).
+        Offer the newest frame; `stamp_ns` is its own stamp in ns (defaults to arrival).
 
         A frame the policy cannot use raises InputError and is counted; it never refreshes
         the camera, so a camera that sends only bad frames goes stale and holds.
@@ -238,7 +237,7 @@ class PolicyRunner:
             self.counters.frames += 1
             if self._frame is not None:
                 self.counters.dropped_frames += 1
-            self._frame = (rgb, now, now if capture_time is None else capture_time)
+            self._frame = (rgb, now, round(now * 1e9) if stamp_ns is None else stamp_ns)
             self._arrivals.append(now)
             self._frame_error = ''
             self._lock.notify_all()
@@ -327,11 +326,12 @@ class PolicyRunner:
         """
         Seconds until the next inference should start (0: now; None: not wanted yet).
 
-        As soon as possible: when the queue is empty (ensemble: once per tick). Just in time:
-        the first tick that will need a new action, less the measured latency (the largest of
-        the last 100 inferences, plus `jit_margin_s`: a late result starves a tick), so the
-        result is fresh when that tick comes; and when the camera's next frame is due within
-        `JIT_FRAME_WAIT_S` of that start, it waits for that frame (its arrival wakes it).
+        As soon as possible: when no queued action is left that will still be fresh at its
+        tick (ensemble: once per tick). Just in time: the first tick that will need a new
+        action, less the measured latency (the largest of the last 100 inferences, plus
+        `jit_margin_s`: a late result starves a tick), so the result is fresh when that tick
+        comes; and when the camera's next frame is due within `JIT_FRAME_WAIT_S` of that
+        start, it waits for that frame (its arrival wakes it).
         """
         if self._frame is None or not self._instruction:
             return None
@@ -339,15 +339,13 @@ class PolicyRunner:
         ensemble = c.mode == 'ensemble'
         if ensemble and self._predicted_for > self._tick_index:
             return None  # the next tick already has its prediction
-        ready = ensemble or not self._queue
-        if not c.just_in_time or not self.control_period_s or self._last_tick is None \
+        period = self.control_period_s or 0.0
+        next_tick = now if self._last_tick is None else max(now, self._last_tick + period)
+        usable = 0 if ensemble else self._usable(next_tick)
+        if not c.just_in_time or not period or self._last_tick is None \
                 or len(self.latencies_ms) < JIT_MIN_LATENCIES:  # too few to trust: asap
-            return 0.0 if ready else None
-        period = self.control_period_s
-        next_tick = self._last_tick + period
-        if next_tick < now:  # ticks late: count from now
-            next_tick = now
-        needed = next_tick + (0 if ensemble else len(self._queue)) * period
+            return 0.0 if ensemble or not usable else None
+        needed = next_tick + usable * period
         latency = max(islice(reversed(self.latencies_ms), 100)) / 1e3 + self.jit_margin_s
         start = needed - latency
         if start > now:
@@ -357,6 +355,21 @@ class PolicyRunner:
         if next_frame is not None and next_frame <= wait_until and now < wait_until:
             return wait_until - now
         return 0.0
+
+    def _usable(self, next_tick: float) -> int:
+        """
+        Count the queued actions that will still be fresh at their tick, from `next_tick` on.
+
+        The rest will expire unused (max_action_age_s, e.g. the tail of a long chunk, left
+        before the next chunk): the next inference is timed as if they were not there.
+        """
+        period = self.control_period_s or 0.0
+        usable, tick = 0, next_tick
+        for item in self._queue:  # as the ticks will: an expired action costs no tick
+            if tick - item.frame_time <= self.max_action_age_s:
+                usable += 1
+                tick += period
+        return usable
 
     def _next_frame_time(self) -> float | None:
         """When the camera's next frame should arrive (the median interval; None: unknown)."""
@@ -375,7 +388,7 @@ class PolicyRunner:
                     self._lock.wait(0.1 if wait is None else min(wait, 0.1))
                 if not self._running:
                     return
-                (rgb, frame_time, capture_time), self._frame = self._frame, None
+                (rgb, frame_time, stamp_ns), self._frame = self._frame, None
                 instruction, episode = self._instruction, self._episode
                 reset, self._reset_pending = self._reset_pending, False
                 update, self._pending_update = self._pending_update, None
@@ -387,7 +400,7 @@ class PolicyRunner:
                 update()
             if reset:
                 self.policy.reset()
-            self._infer(rgb, (frame_time, capture_time), instruction, episode)
+            self._infer(rgb, (frame_time, stamp_ns), instruction, episode)
 
     def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
                episode: int) -> None:
@@ -454,12 +467,18 @@ class PolicyRunner:
             return self._error
         return ''
 
-    def tick(self) -> Tick:
+    def tick(self, planned: float | None = None) -> Tick:
+        """One control tick; `planned` is its time on the schedule (default: now)."""
         now = self.clock()
+        planned = now if planned is None else planned
         self.tick_rate.mark(time.monotonic())
         with self._lock:
+            self.lateness_ms.append((now - planned) * 1e3)
+            self.counters.ticks += 1
+            self.counters.commanding_ticks += self._commanded
             self._tick_index += 1
             self._last_tick = now
+            episode = self._episode
             fault = self.fault(now)
             if fault:
                 self._queue.clear()
@@ -468,7 +487,7 @@ class PolicyRunner:
                 holding = bool(self._fault or self._stall)  # already stopped: stay silent
                 self._stall, self._gap_start = '', None
                 self._fault = fault
-                return Tick('idle', fault=fault) if holding else self._hold(fault)
+                return Tick('idle', fault=fault) if holding else self._hold(fault, planned)
             if self._fault or self._gap_start is None:  # healthy (again): the watchdog starts
                 self._fault = ''
                 self._restart_watchdog(now)
@@ -488,13 +507,14 @@ class PolicyRunner:
                 if now - self._gap_start > self.max_command_gap_s:
                     self._stall = self._stall_cause(now)
                     self.counters.watchdog_holds += 1
-                    return self._hold(self._stall)
+                    return self._hold(self._stall, planned)
                 return Tick('starved')
             item = self._queue.popleft()
             remaining = [self.limits.apply(q.values)[0] for q in self._queue]
             if not self._queue:
                 self._lock.notify_all()  # wake the worker: the next frame is needed now
             command, clamped = self.limits.apply(item.values)
+            self.counters.commanding_commands += self._commanded
             self._stall = ''
             self._restart_watchdog(now)
             self._last_gripper = float(command[GRIPPER])
@@ -503,10 +523,10 @@ class PolicyRunner:
             self._commanded = True
             if self.chunks.mode == 'ensemble':
                 self._queue.clear()  # the rest of the newest chunk was only for the trajectory
-        self.control_rate.mark(time.monotonic())
-        self.e2e_ms.append((now - item.capture_time) * 1e3)
+        self.e2e_ms.append((now - item.stamp_ns * 1e-9) * 1e3)
         return Tick('action', command=command, raw=item.values, remaining=remaining,
-                    frame=item.frame, info=item.info)
+                    frame=item.frame, info=item.info, planned=planned,
+                    source_stamp_ns=item.stamp_ns, episode=episode)
 
     def _ensembled(self, now: float) -> deque[QueuedAction]:
         """
@@ -528,18 +548,19 @@ class PolicyRunner:
         current = newest[s - start]
         blended = adaptive_ensemble(np.stack([actions[s - k].values for k, actions in rows]),
                                     self.chunks.alpha)
-        item = QueuedAction(blended, current.frame_time, current.capture_time, current.episode,
+        item = QueuedAction(blended, current.frame_time, current.stamp_ns, current.episode,
                             current.info, current.frame)
         return deque([item, *newest[s - start + 1:]])
 
     def _restart_watchdog(self, now: float) -> None:
         self._gap_start, self._stale_mark = now, self.counters.stale_actions
 
-    def _hold(self, reason: str) -> Tick:
+    def _hold(self, reason: str, planned: float) -> Tick:
         """One hold (under the lock): the reuse memory goes, since the robot stops here."""
         self.counters.holds += 1
         self._reset_policy()
-        return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason)
+        return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason,
+                    planned=planned, episode=self._episode)
 
     def _stall_cause(self, now: float) -> str:
         """Why no command came for max_command_gap_s although no input is faulty."""
@@ -556,7 +577,7 @@ class PolicyRunner:
             return f'{gap}: no usable result; last error: {self.last_error}'
         return f'{gap}: no action produced'
 
-    def final_hold(self) -> np.ndarray:
+    def final_hold(self, reason: str) -> Tick:
         """
         Return the hold to send when commanding ends (deactivate, shutdown, signal).
 
@@ -565,7 +586,8 @@ class PolicyRunner:
         with self._lock:
             self._new_episode()
             self.counters.holds += 1
-            return self.limits.hold(self._last_gripper)
+            return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason,
+                        planned=self.clock(), episode=self._episode)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -582,7 +604,9 @@ class PolicyRunner:
     def status(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         e2e = np.array(self.e2e_ms) if self.e2e_ms else np.zeros(1)
-        jitter_std, jitter_max = self.tick_rate.jitter_ms()
+        late = np.array(self.lateness_ms) if self.lateness_ms else np.zeros(1)
+        c = self.counters
+        commanding_s = c.commanding_ticks * (self.control_period_s or 0.0)
         warning = self.warning()
         with self._lock:
             fault = self.fault(self.clock())
@@ -599,11 +623,14 @@ class PolicyRunner:
                 'frame_to_command_p50_ms': float(np.percentile(e2e, 50)),
                 'frame_to_command_p99_ms': float(np.percentile(e2e, 99)),
                 'tick_hz': self.tick_rate.rate(),
-                'tick_jitter_std_ms': jitter_std,
-                'tick_jitter_max_ms': jitter_max,
+                'tick_lateness_p50_ms': float(np.percentile(late, 50)),
+                'tick_lateness_p99_ms': float(np.percentile(late, 99)),
+                'tick_lateness_max_ms': float(late.max()),
+                'stalled_tick_share': c.boundary_stalls / max(1, c.commanding_ticks),
                 'jit_margin_ms': 1e3 * self.jit_margin_s,
                 'inference_hz': self.inference_rate.rate(),
-                'command_hz': self.control_rate.rate(),
+                # docs/TIMING.md: actions per second after each episode's first action
+                'command_hz': c.commanding_commands / commanding_s if commanding_s else 0.0,
                 'last_error': self.last_error,
                 **vars(self.counters),
             }

@@ -35,7 +35,7 @@ import time
 import traceback
 from typing import Any
 
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 import numpy as np
@@ -47,10 +47,9 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration as RclpyDuration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -60,7 +59,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState, TimeReference
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -69,6 +68,7 @@ from ..accel.registry import accelerate, update_options
 from ..control.runner import PolicyRunner, Tick
 from ..control.safety import GRIPPER, SafetyLimits
 from ..control.throttle import ThrottledLog
+from ..control.ticker import FixedRateLoop
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, StepInfo, load_policy, set_cpu_threads
 from ..policy.instruction import check_instruction
@@ -117,7 +117,7 @@ class PolicyNode(LifecycleNode):
             self.add_post_set_parameters_callback(self._on_parameters_set)
         self.policy = None
         self.runner: PolicyRunner | None = None
-        self.timer = None
+        self.loop: FixedRateLoop | None = None  # the control tick, while active
         self.joint_state: JointState | None = None
         self.state_label = 'unconfigured'
         self.stop_reason = 'not activated yet'  # why the node is not commanding
@@ -137,15 +137,10 @@ class PolicyNode(LifecycleNode):
         self._instruction_lock = threading.RLock()
         self._syncing_instruction = False
 
-        # One callback group per input: a flood on one input never starves another.
-        self.camera_group, self.instruction_group, self.joints_group, services = (
-            MutuallyExclusiveCallbackGroup() for _ in range(4))
-        self.control_group = MutuallyExclusiveCallbackGroup()
         # Plain publisher, timer and service, in every state: they say why nothing moves.
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(1.0, self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=services)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.create_service(Trigger, '~/reset', self._on_reset)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -185,6 +180,8 @@ class PolicyNode(LifecycleNode):
         for name in c.outputs:
             msg_type, topic = outputs[name]
             self._pub[name] = self.create_lifecycle_publisher(msg_type, topic, 10)
+        self._pub['timing'] = self.create_lifecycle_publisher(TimeReference, '~/command_timing',
+                                                              10)
         if c.debug_image:
             self._pub['debug'] = self.create_lifecycle_publisher(Image, '~/debug_image', 1)
         self._create_inputs()
@@ -204,8 +201,8 @@ class PolicyNode(LifecycleNode):
         self.runner.start()
         with self._output_lock:
             self._commanding = True
-            self.timer = self.create_timer(self.config.control_period_s, self._on_control_tick,
-                                           callback_group=self.control_group)
+        self.loop = FixedRateLoop(self.config.control_period_s, self._on_control_tick, self._now)
+        self.loop.start()
         self.state_label, self.stop_reason = 'active', ''
         return TransitionCallbackReturn.SUCCESS
 
@@ -239,20 +236,16 @@ class PolicyNode(LifecycleNode):
             else RELIABLE_CAMERA_QOS
         if c.image_transport == 'compressed':
             camera = self.create_subscription(CompressedImage, 'image_raw/compressed',
-                                              self._on_compressed, camera_qos,
-                                              callback_group=self.camera_group)
+                                              self._on_compressed, camera_qos)
         else:
-            camera = self.create_subscription(Image, 'image_raw', self._on_image, camera_qos,
-                                              callback_group=self.camera_group)
+            camera = self.create_subscription(Image, 'image_raw', self._on_image, camera_qos)
         self.camera_topic = camera.topic_name  # with remappings applied, for the diagnostics
         # The instruction topic, like every input, exists only while configured; before
         # configure, the `instruction` parameter sets the task (configure follows it).
         instruction = self.create_subscription(String, 'instruction', self._on_instruction,
-                                               INSTRUCTION_QOS,
-                                               callback_group=self.instruction_group)
+                                               INSTRUCTION_QOS)
         joints = self.create_subscription(JointState, 'joint_states', self._on_joint_state,
-                                          qos_profile_sensor_data,
-                                          callback_group=self.joints_group)
+                                          qos_profile_sensor_data)
         self._subs = [camera, instruction, joints]
 
     def _release(self) -> None:
@@ -272,20 +265,20 @@ class PolicyNode(LifecycleNode):
         """Stop the tick and the worker, after exactly one hold that says why."""
         with self._output_lock:
             self._commanding = False
-            if self.timer is not None:
-                self.destroy_timer(self.timer)
-                self.timer = None
             if self.runner is not None and self._pub:
                 # From inactive (cleanup, shutdown) the outputs are disabled: the hold still
                 # goes out, through outputs enabled for that one message.
                 disabled = [p for p in self._pub.values() if not p.is_activated]
                 for pub in disabled:
                     pub.on_activate(None)
-                self._publish(Tick('hold', command=self.runner.final_hold(), fault=reason))
+                self._publish(self.runner.final_hold(reason))
                 for pub in disabled:
                     pub.on_deactivate(None)
                 self.get_logger().info(f'final hold: {reason}')
         self.stop_reason = reason
+        if self.loop is not None:  # a tick still running sees _commanding off and returns
+            self.loop.stop()
+            self.loop = None
         if self.runner is not None:
             self.runner.stop()
 
@@ -319,7 +312,7 @@ class PolicyNode(LifecycleNode):
         runner = self.runner
         if runner is None:
             return
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
         try:
             rgb = convert(msg, self.config.max_image_pixels)
         except InputError as exc:
@@ -327,7 +320,7 @@ class PolicyNode(LifecycleNode):
             self._warn_rejected_frame(exc)
             return
         try:
-            runner.submit_frame(rgb, capture_time=stamp or None)  # counts its own rejections
+            runner.submit_frame(rgb, stamp_ns or None)  # counts its own rejections
         except InputError as exc:
             self._warn_rejected_frame(exc)
 
@@ -443,11 +436,11 @@ class PolicyNode(LifecycleNode):
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _on_control_tick(self) -> None:
+    def _on_control_tick(self, planned: float) -> None:
         with self._output_lock:
             if not self._commanding or self.runner is None:
                 return
-            tick = self.runner.tick()
+            tick = self.runner.tick(planned)
             if tick.kind == 'hold':
                 self.get_logger().error(f'holding: {tick.fault}')
             self._publish(tick)
@@ -481,6 +474,7 @@ class PolicyNode(LifecycleNode):
             self._pub['trajectory'].publish(self._trajectory(tick, stamp, period))
         if 'debug' in self._pub:
             self._publish_debug(tick, stamp)
+        self._pub['timing'].publish(command_timing(tick))
 
     def _publish_debug(self, tick: Tick, stamp) -> None:
         """Draw the command over the frame it came from (a hold: over the last one)."""
@@ -515,6 +509,7 @@ class PolicyNode(LifecycleNode):
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
                                   'device': self.config.device, 'dtype': self.config.dtype,
                                   'cpu_threads': self.cpu_threads,
+                                  'control_rate_hz': self.config.control_rate_hz,
                                   'accel': '+'.join(accel.names) or 'none',
                                   'accel_options': accel.options,
                                   'stop_reason': self.stop_reason}
@@ -563,6 +558,27 @@ def policy_values(info: StepInfo | None) -> dict[str, Any]:
               if v is None or isinstance(v, (bool, int, float, str))}
     values['policy_gflops_step'] = values.pop('policy_flops_step') / 1e9
     return values
+
+
+def command_timing(tick: Tick) -> TimeReference:
+    """
+    Say when a command was due and which camera frame it came from (~/command_timing).
+
+    header.stamp: the tick's planned time (node clock); time_ref: the stamp of the camera
+    frame the action was computed from (zero for a hold); source: 'action' or 'hold';
+    header.frame_id: the episode number. Published right after the command itself, so that a
+    subscriber that is not the node can measure tick lateness and frame-to-command latency.
+    """
+    msg = TimeReference(source=tick.kind)
+    msg.header.stamp = to_time_msg(tick.planned)
+    msg.header.frame_id = str(tick.episode)
+    msg.time_ref = Time(sec=tick.source_stamp_ns // 10**9, nanosec=tick.source_stamp_ns % 10**9)
+    return msg
+
+
+def to_time_msg(seconds: float) -> Any:
+    nanos = round(seconds * 1e9)
+    return Time(sec=nanos // 10**9, nanosec=nanos % 10**9)
 
 
 def plain(value: Any) -> Any:
@@ -622,7 +638,7 @@ def main(args: list[str] | None = None) -> None:
         rclpy.logging.get_logger('policy_node').fatal(f'bad parameters, not starting: {exc}')
         rclpy.try_shutdown()
         sys.exit(2)
-    executor = MultiThreadedExecutor(num_threads=8)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:

@@ -1,0 +1,88 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The control tick's own thread: a fixed-rate schedule on a given clock, independent of ROS.
+
+Why not a ROS timer: on an executor the tick waits behind every other callback and behind the
+executor's own Python bookkeeping; measured on 2 cores (issue 23), that made ticks up to 0.8 s
+late. Here the tick thread sleeps until its planned time and needs nothing but the GIL.
+
+The schedule is planned = start + k * period. A tick that runs late keeps its planned time
+(its lateness is actual - planned); ticks whose time has passed by a whole period before they
+could run are skipped and counted, so the schedule keeps its phase and never bursts to catch
+up. A clock that jumps (sim time reset, system clock step) re-anchors the schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import threading
+
+POLL_S = 0.05  # longest single wait: a clock other than the wall clock (sim time) is re-read
+
+
+class FixedRateLoop:
+    """Call `tick(planned)` every `period_s` on `clock` from a thread of its own."""
+
+    def __init__(self, period_s: float, tick: Callable[[float], None],
+                 clock: Callable[[], float], name: str = 'flashvla-control') -> None:
+        self.period_s = period_s
+        self.tick = tick
+        self.clock = clock
+        self.name = name
+        self.skipped = 0  # planned ticks that never ran (the thread was a period late)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop; a tick in progress finishes first (never called from the tick itself)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep (woken early by stop); return whether the loop is to stop."""
+        return self._stop.wait(seconds)
+
+    def _run(self) -> None:
+        period = self.period_s
+        start, k = self.clock(), 1  # planned = start + k * period: no rounding drift
+        while True:
+            planned, now = start + k * period, self.clock()
+            if now < planned - 2 * period:  # the clock jumped back: start over from now
+                start, k = now, 1
+                planned = start + period
+            while now < planned:
+                if self._wait(min(planned - now, POLL_S)):
+                    return
+                now = self.clock()
+            if self._stop.is_set():
+                return
+            self.tick(planned)
+            k += 1
+            behind = int((self.clock() - (start + k * period)) // period)  # a period late
+            if behind > 0:
+                self.skipped += behind
+                k += behind

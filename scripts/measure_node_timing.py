@@ -1,0 +1,177 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The control loop's timing through real processes, measured from outside (a benchmark).
+
+    python scripts/measure_node_timing.py                  # the four scenarios below
+    python scripts/measure_node_timing.py --scenario default --duration 30
+
+Each scenario starts the mock world (30 Hz camera) and `policy_node` with the shipped
+`config/policy.yaml` as separate processes; this process is the independent subscriber: it
+records `~/command_timing` (docs/TIMING.md) and reads the node's inference p50 from
+`/diagnostics`. Scenarios: `default` and `default-dit` (the embedded models), each on idle
+cores and beside a CPU hog (another process spinning at normal priority: `+hog`). After a
+warm-up it measures for `--duration` seconds, prints the figures beside the targets and
+writes them to `--json` (default docs/latency/node_timing.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+import time
+
+from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
+from flashvla_ros.ros.demo import ros_env, stop_processes, tool
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ('default', 'default+hog', 'default-dit', 'default-dit+hog')
+HOG = 'while True: pass'
+
+
+def cpu_idle_share(before: list[int], after: list[int]) -> float:
+    """Idle share of all cores between two readings of /proc/stat's cpu line."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return (delta[3] + delta[4]) / max(1, sum(delta))
+
+
+def cpu_times() -> list[int]:
+    return [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
+
+
+def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from flashvla_ros.ros.command_probe import CommandProbe
+    from flashvla_ros.ros.demo import DiagnosticsWatch
+
+    model, hog = name.split('+')[0], name.endswith('+hog')
+    procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
+    procs += [
+        subprocess.Popen([tool('mock_world'), '--ros-args', '-p',
+                          f'camera_rate_hz:={args.camera_hz}', '-p', 'max_steps:=80',
+                          '-r', 'commands:=/policy_node/commands'],
+                         stdout=(logs / f'{name}-mock_world.log').open('w'),
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen([tool('policy_node'), '--ros-args', '--params-file',
+                          str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
+                          *[x for p in args.param for x in ('-p', p)]],
+                         stdout=(logs / f'{name}-policy_node.log').open('w'),
+                         stderr=subprocess.STDOUT),
+    ]
+    node = rclpy.create_node('flashvla_timing_probe')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    probe = CommandProbe(node)
+    diagnostics = DiagnosticsWatch(node)
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f'{name}: a process exited; see {logs}/')
+
+    try:
+        start = time.monotonic()
+        while not probe.records or probe.records[-1].kind != 'action':
+            spin(0.5)
+            if time.monotonic() - start > 120:
+                raise RuntimeError(f'{name}: no action within 120 s; see {logs}/')
+        spin(args.warmup)
+        since = node.get_clock().now().nanoseconds * 1e-9
+        cpu = cpu_times()
+        spin(args.duration)
+        idle = cpu_idle_share(cpu, cpu_times())
+        status = dict(diagnostics.status)
+    finally:
+        stop_processes(procs)
+        executor.shutdown()
+        node.destroy_node()
+    period = 1.0 / 10.0  # config/policy.yaml's control_rate_hz
+    figures = probe.figures(period, since)
+    inference = float(status.get('latency_p50_ms', 'nan'))
+    misses = missed_targets(figures, period, inference, 1.0 / args.camera_hz,
+                            BUSY if hog else IDLE)
+    return {'scenario': name, 'duration_s': args.duration, 'cpu_idle_share': round(idle, 3),
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()},
+            'inference_p50_ms': inference,
+            'inference_p99_ms': float(status.get('latency_p99_ms', 'nan')),
+            'node': {k: status.get(k) for k in (
+                'tick_lateness_p99_ms', 'tick_lateness_max_ms', 'command_hz', 'starved_ticks',
+                'boundary_stalls', 'commanding_ticks', 'watchdog_holds', 'dropped_frames',
+                'frames', 'inferences')},
+            'missed_targets': misses}
+
+
+def print_table(rows: list[dict]) -> None:
+    print('| scenario | CPU idle | commands/s | tick lateness p50 / p99 / max | inference p50 '
+          '| frame to first action p50 | missed ticks | holds | targets |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f'| {r["scenario"]} | {r["cpu_idle_share"]:.0%} | {r["command_rate_hz"]:.2f} '
+              f'| {r["lateness_p50_ms"]:.1f} / {r["lateness_p99_ms"]:.1f} / '
+              f'{r["lateness_max_ms"]:.1f} ms | {r["inference_p50_ms"]:.1f} ms '
+              f'| {r["first_action_p50_ms"]:.1f} ms | {r["missed_share"]:.1%} '
+              f'| {r["holds"]} | {"; ".join(r["missed_targets"]) or "all met"} |')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--scenario', action='append', choices=SCENARIOS,
+                        help='run these (repeatable; default: all four)')
+    parser.add_argument('--duration', type=float, default=60.0, help='measured seconds each')
+    parser.add_argument('--warmup', type=float, default=10.0,
+                        help='seconds after the first action before measuring')
+    parser.add_argument('--camera-hz', type=float, default=30.0)
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='a policy_node parameter over config/policy.yaml')
+    parser.add_argument('--json', default=str(ROOT / 'docs' / 'latency' / 'node_timing.json'))
+    args = parser.parse_args(argv)
+    os.environ.update(ros_env())
+    os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
+    logs = Path('build/timing-logs')
+    logs.mkdir(parents=True, exist_ok=True)
+
+    import rclpy
+    rclpy.init()
+    rows = []
+    try:
+        for name in args.scenario or SCENARIOS:
+            print(f'== {name}: {args.warmup:g} s warm-up, {args.duration:g} s measured',
+                  flush=True)
+            rows.append(run_scenario(name, args, logs))
+            print_table(rows[-1:])
+    finally:
+        rclpy.try_shutdown()
+    print()
+    print_table(rows)
+    Path(args.json).write_text(json.dumps({
+        'what': 'policy_node timing through real processes (mock world, node, independent '
+                'subscriber on ~/command_timing), config/policy.yaml, '
+                f'{args.camera_hz:g} Hz camera, 10 Hz ticks; docs/TIMING.md',
+        'cores': os.cpu_count(), 'params': args.param, 'rows': rows}, indent=1) + '\n')
+    print(f'wrote {args.json}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

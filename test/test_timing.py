@@ -1,0 +1,150 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The tick's schedule and the timing figures, on scripted clocks and records (no ROS)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from flashvla_ros.control.runner import PolicyRunner
+from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.control.ticker import FixedRateLoop
+from flashvla_ros.control.timing import BUSY, CommandRecord, command_figures, missed_targets
+
+LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
+
+
+class ScriptedClock:
+    """A clock that only the test moves."""
+
+    def __init__(self, t: float = 50.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ScriptedLoop(FixedRateLoop):
+    """The loop on a scripted clock: each wait moves the clock to its end, nothing else."""
+
+    def _wait(self, seconds: float) -> bool:
+        self.clock.t += seconds
+        return self._stop.is_set()
+
+
+def run_loop(clock: ScriptedClock, ticks: int, on_tick) -> tuple[list[float], FixedRateLoop]:
+    """Run a 0.1 s loop on `clock` for `ticks` ticks; `on_tick(i)` may move the clock."""
+    planned: list[float] = []
+
+    def tick(p: float) -> None:
+        planned.append(p)
+        on_tick(len(planned) - 1)
+        if len(planned) == ticks:
+            loop._stop.set()  # the loop ends after this tick
+
+    loop = ScriptedLoop(0.1, tick, clock)
+    loop._run()  # in this thread: deterministic
+    return planned, loop
+
+
+def test_the_schedule_keeps_its_phase_and_skips_what_a_late_tick_cost():
+    clock = ScriptedClock()
+
+    def on_tick(i: int) -> None:
+        if i == 3:
+            clock.t += 0.25  # this tick took 2.5 periods: the next is a period late, skipped
+
+    planned, loop = run_loop(clock, 8, on_tick)
+    steps = np.round(np.diff(planned) / 0.1).astype(int).tolist()
+    assert steps == [1, 1, 1, 2, 1, 1, 1]  # on the grid, one tick skipped, no burst
+    assert loop.skipped == 1
+    assert np.allclose(np.diff(planned) / 0.1, np.round(np.diff(planned) / 0.1))
+
+
+def test_a_clock_that_jumps_back_restarts_the_schedule():
+    clock = ScriptedClock()
+
+    def on_tick(i: int) -> None:
+        if i == 2:
+            clock.t -= 30.0  # a sim reset
+
+    planned, loop = run_loop(clock, 5, on_tick)
+    assert planned[3] < planned[2] - 29 and loop.skipped == 0
+    assert np.diff(planned[3:]) == pytest.approx([0.1])
+
+
+def test_stopping_the_loop_wakes_it_at_once():
+    loop = FixedRateLoop(10.0, lambda p: None, lambda: 0.0)  # a tick every 10 s
+    loop.start()
+    assert loop.running
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (loop.stop(), stopped.set()), daemon=True).start()
+    assert stopped.wait(2.0)  # far sooner than the 10 s wait
+    assert not loop.running
+
+
+def test_the_runner_records_each_ticks_lateness_against_its_planned_time():
+    clock = ScriptedClock(10.0)
+    runner = PolicyRunner(None, LIMITS, 0.5, 1.0, clock=clock)
+    for late in (0.0, 0.002, 0.010):
+        runner.tick(planned=clock.t - late)
+    assert list(runner.lateness_ms) == pytest.approx([0.0, 2.0, 10.0])
+    status = runner.status()
+    assert status['tick_lateness_max_ms'] == pytest.approx(10.0)
+    assert runner.counters.ticks == 3
+
+
+def records(planned, arrival_late_ms, sources, kinds, episodes):
+    return [CommandRecord(p + late / 1e3, p, s, k, e)
+            for p, late, s, k, e in zip(planned, arrival_late_ms, sources, kinds, episodes,
+                                        strict=True)]
+
+
+def test_figures_from_an_outside_subscriber():
+    period = 0.1
+    # Episode 1: a hold at start-up, then actions at ticks 1-5, tick 4 missing (starved);
+    # chunks of two actions (same source frame), 1 ms late, tick 5 is 30 ms late.
+    planned = [0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 1.1]
+    late = [1.0, 1.0, 1.0, 1.0, 30.0, 1.0, 1.0]
+    sources = [0.0, 0.05, 0.05, 0.25, 0.25, 0.95, 0.95]
+    kinds = ['hold'] + ['action'] * 6
+    episodes = ['1'] * 5 + ['2'] * 2
+    f = command_figures(records(planned, late, sources, kinds, episodes), period)
+    assert f['commands'] == 6 and f['holds'] == 1 and f['episodes'] == 2
+    # Episode 1: 4 actions over 0.1..0.5 (+ the 29 ms of the late last one) plus a period;
+    # episode 2: 2 actions over 0.1 s plus a period.
+    assert f['command_rate_hz'] == pytest.approx(6 / (0.429 + 0.1 + 0.1 + 0.1))
+    assert f['missed_ticks'] == 1
+    assert f['missed_share'] == pytest.approx(1 / (5 + 2))
+    assert f['lateness_max_ms'] == pytest.approx(30.0)
+    assert f['lateness_p50_ms'] == pytest.approx(1.0)
+    # First action of each chunk: 0.101-0.05, 0.301-0.25, 1.001-0.95 s.
+    assert f['first_action_p50_ms'] == pytest.approx(51.0)
+    misses = missed_targets(f, period, inference_p50_ms=10.0, camera_period_s=1 / 30)
+    assert any(m.startswith('command rate') for m in misses)
+    assert any(m.startswith('tick lateness max 30.0 ms > 20 ms') for m in misses)
+    assert any(m.startswith('missed ticks') for m in misses)
+    assert not any(m.startswith('frame to first action') for m in misses)  # 51 <= 58.3
+
+
+def test_figures_that_meet_the_targets_say_so():
+    period = 0.1
+    planned = [i * period for i in range(200)]
+    f = command_figures(records(planned, [2.0] * 200, [p - 0.04 for p in planned],
+                                ['action'] * 200, ['7'] * 200), period)
+    assert f['command_rate_hz'] == pytest.approx(10.0, rel=1e-3)
+    assert missed_targets(f, period, 20.0, 1 / 30) == []
+    assert missed_targets({**f, 'lateness_p99_ms': 8.0}, period, 20.0, 1 / 30, BUSY) == []
