@@ -24,7 +24,9 @@ records `~/command_timing` (docs/TIMING.md) and reads the node's inference p50 f
 `/diagnostics`. Scenarios: `default` and `default-dit` (the embedded models), each on idle
 cores and beside a CPU hog (another process spinning at normal priority: `+hog`). After a
 warm-up it measures for `--duration` seconds, prints the figures beside the targets and
-writes them to `--json` (default docs/latency/node_timing.json).
+writes them to `--json` (default docs/latency/node_timing.json). `--exits N` then stops the
+node N times from outside (SIGINT and SIGTERM in turn, while it commands) and reports the holds
+that followed each signal, when the hold arrived and when the process had exited.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import time
@@ -55,56 +58,72 @@ def cpu_times() -> list[int]:
     return [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
 
 
-def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+class Graph:
+    """Mock world + policy_node as processes (and a CPU hog), this process as the probe."""
 
-    from flashvla_ros.ros.command_probe import CommandProbe
-    from flashvla_ros.ros.demo import DiagnosticsWatch
+    def __init__(self, name: str, model: str, hog: bool, args: argparse.Namespace,
+                 logs: Path) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
 
-    model, hog = name.split('+')[0], name.endswith('+hog')
-    procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
-    procs += [
-        subprocess.Popen([tool('mock_world'), '--ros-args', '-p',
-                          f'camera_rate_hz:={args.camera_hz}', '-p', 'max_steps:=80',
-                          '-r', 'commands:=/policy_node/commands'],
-                         stdout=(logs / f'{name}-mock_world.log').open('w'),
-                         stderr=subprocess.STDOUT),
-        subprocess.Popen([tool('policy_node'), '--ros-args', '--params-file',
-                          str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
-                          *[x for p in args.param for x in ('-p', p)]],
-                         stdout=(logs / f'{name}-policy_node.log').open('w'),
-                         stderr=subprocess.STDOUT),
-    ]
-    node = rclpy.create_node('flashvla_timing_probe')
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    probe = CommandProbe(node)
-    diagnostics = DiagnosticsWatch(node)
+        from flashvla_ros.ros.command_probe import CommandProbe
+        from flashvla_ros.ros.demo import DiagnosticsWatch
 
-    def spin(seconds: float) -> None:
+        self.name, self.logs = name, logs
+        self.procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
+        self.procs.append(subprocess.Popen(
+            [tool('mock_world'), '--ros-args', '-p', f'camera_rate_hz:={args.camera_hz}',
+             '-p', 'max_steps:=80', '-r', 'commands:=/policy_node/commands'],
+            stdout=(logs / f'{name}-mock_world.log').open('w'), stderr=subprocess.STDOUT))
+        self.policy = subprocess.Popen(
+            [tool('policy_node'), '--ros-args', '--params-file',
+             str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
+             *[x for p in args.param for x in ('-p', p)]],
+            stdout=(logs / f'{name}-policy_node.log').open('w'), stderr=subprocess.STDOUT)
+        self.procs.append(self.policy)
+        self.node = rclpy.create_node('flashvla_timing_probe')
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.probe = CommandProbe(self.node)
+        self.diagnostics = DiagnosticsWatch(self.node)
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def spin(self, seconds: float, until=None) -> None:
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f'{name}: a process exited; see {logs}/')
+        while time.monotonic() < end and not (until and until()):
+            self.executor.spin_once(timeout_sec=0.01)
+            if until is None and any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f'{self.name}: a process exited; see {self.logs}/')
 
+    def wait_for_action(self) -> None:
+        def acting() -> bool:
+            return bool(self.probe.records) and self.probe.records[-1].kind == 'action'
+        self.spin(120, acting)
+        if not acting():
+            raise RuntimeError(f'{self.name}: no action within 120 s; see {self.logs}/')
+
+    def close(self) -> None:
+        stop_processes(self.procs)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:
+    hog = name.endswith('+hog')
+    graph = Graph(name, name.split('+')[0], hog, args, logs)
+    probe, diagnostics = graph.probe, graph.diagnostics
     try:
-        start = time.monotonic()
-        while not probe.records or probe.records[-1].kind != 'action':
-            spin(0.5)
-            if time.monotonic() - start > 120:
-                raise RuntimeError(f'{name}: no action within 120 s; see {logs}/')
-        spin(args.warmup)
-        since = node.get_clock().now().nanoseconds * 1e-9
+        graph.wait_for_action()
+        graph.spin(args.warmup)
+        since = graph.now()
         cpu = cpu_times()
-        spin(args.duration)
+        graph.spin(args.duration)
         idle = cpu_idle_share(cpu, cpu_times())
         status = dict(diagnostics.status)
     finally:
-        stop_processes(procs)
-        executor.shutdown()
-        node.destroy_node()
+        graph.close()
     period = 1.0 / 10.0  # config/policy.yaml's control_rate_hz
     figures = probe.figures(period, since)
     inference = float(status.get('latency_p50_ms', 'nan'))
@@ -119,6 +138,34 @@ def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:
                 'boundary_stalls', 'commanding_ticks', 'watchdog_holds', 'dropped_frames',
                 'frames', 'inferences')},
             'missed_targets': misses}
+
+
+def run_exits(count: int, args: argparse.Namespace, logs: Path) -> list[dict]:
+    """Stop a commanding node `count` times by a signal; what followed each signal."""
+    exits = []
+    for i in range(count):
+        sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        graph = Graph(f'exit{i}', 'default', False, args, logs)
+        try:
+            graph.wait_for_action()
+            graph.spin(1.0)
+            sent, sent_clock = graph.now(), time.monotonic()
+            graph.policy.send_signal(sig)
+            graph.spin(15, lambda g=graph: g.policy.poll() is not None)
+            exited_s = time.monotonic() - sent_clock
+            graph.spin(0.5, lambda: False)
+            after = [r for r in graph.probe.records if r.arrival >= sent]
+            holds = [r for r in after if r.kind == 'hold']
+            exits.append({'signal': sig.name, 'holds_after': len(holds),
+                          'ends_in_hold': bool(after) and after[-1].kind == 'hold',
+                          'hold_after_ms': round((holds[0].arrival - sent) * 1e3, 1)
+                          if holds else None,
+                          'exit_after_s': round(exited_s, 2),
+                          'returncode': graph.policy.returncode})
+            print(f'  {exits[-1]}', flush=True)
+        finally:
+            graph.close()
+    return exits
 
 
 def print_table(rows: list[dict]) -> None:
@@ -144,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--camera-hz', type=float, default=30.0)
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                         help='a policy_node parameter over config/policy.yaml')
+    parser.add_argument('--exits', type=int, default=8, help='signal exits tried (0: none)')
     parser.add_argument('--json', default=str(ROOT / 'docs' / 'latency' / 'node_timing.json'))
     args = parser.parse_args(argv)
     os.environ.update(ros_env())
@@ -160,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             rows.append(run_scenario(name, args, logs))
             print_table(rows[-1:])
+        if args.exits:
+            print(f'== {args.exits} signal exits', flush=True)
+        exits = run_exits(args.exits, args, logs)
     finally:
         rclpy.try_shutdown()
     print()
@@ -168,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         'what': 'policy_node timing through real processes (mock world, node, independent '
                 'subscriber on ~/command_timing), config/policy.yaml, '
                 f'{args.camera_hz:g} Hz camera, 10 Hz ticks; docs/TIMING.md',
-        'cores': os.cpu_count(), 'params': args.param, 'rows': rows}, indent=1) + '\n')
+        'cores': os.cpu_count(), 'params': args.param, 'rows': rows, 'exits': exits},
+        indent=1) + '\n')
     print(f'wrote {args.json}')
     return 0
 

@@ -84,7 +84,9 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                  durability=QoSDurabilityPolicy.VOLATILE)
-ACK_TIMEOUT_S = 1.0  # a final hold waits this long for reliable subscribers' acks
+# A final hold waits at most this long for reliable subscribers' acks; Fast DDS acknowledges
+# on its writer's heartbeat, measured here at up to about 1 s after the sample arrived.
+ACK_TIMEOUT_S = 1.0
 
 
 def descriptor(p) -> ParameterDescriptor:
@@ -219,8 +221,9 @@ class PolicyNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._final_hold(self.exit_reason or 'shut down')
-        self._release()
         self.state_label = 'finalized'
+        self._publish_diagnostics()  # why it stopped: acknowledged with the hold, in one wait
+        self._release(also=[self.diagnostics])
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -248,9 +251,9 @@ class PolicyNode(LifecycleNode):
                                           qos_profile_sensor_data)
         self._subs = [camera, instruction, joints]
 
-    def _release(self) -> None:
+    def _release(self, also: tuple | list = ()) -> None:
         """Destroy what configure made, once reliable subscribers have the last hold."""
-        wait_for_acks(self._pub.values())
+        wait_for_acks([*self._pub.values(), *also])
         for pub in self._pub.values():
             self.destroy_lifecycle_publisher(pub)
         for sub in self._subs:
@@ -286,14 +289,15 @@ class PolicyNode(LifecycleNode):
         """
         Stop for good before the process ends.
 
-        The shutdown transition sends the one hold; diagnostics say why; both are
-        acknowledged by reliable subscribers first (a sample still in flight dies with us):
-        the hold before the shutdown transition destroys its publishers, the diagnostics here.
+        The shutdown transition sends the one hold and diagnostics that say why, and waits
+        (at most ACK_TIMEOUT_S) until reliable subscribers acknowledged both: a sample still
+        in flight dies with the process.
         """
         self.exit_reason = reason
         if self.state_label != 'finalized':
             self.trigger_shutdown()
-        self.stop_reason = reason
+            return
+        self.stop_reason = reason  # finalized before: only the diagnostics are new
         self._publish_diagnostics()
         wait_for_acks([self.diagnostics])
 
