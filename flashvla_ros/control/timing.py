@@ -23,6 +23,8 @@ the tick's planned time, the source frame's stamp, hold or action, the episode).
 - command rate: actions per second of an episode's commanding time (first to last action of
   each episode, plus one period); the gap before an episode's first action is start-up.
 - tick lateness: arrival minus the tick's planned time (includes the transport, ~0.3 ms).
+- interval deviation: how far the time between two consecutive commands is from the period
+  (a missed tick shows as one period); what a robot's controller sees without any stamps.
 - frame to command: arrival minus the source frame's stamp, for every action and for the
   first action of each chunk (a chunk's later actions are a period older each by design).
 - missed ticks: planned ticks after an episode's first action that sent nothing (starved or
@@ -93,6 +95,8 @@ def command_figures(records: list[CommandRecord], period_s: float) -> dict[str, 
                 first_actions.append((a.arrival - a.source) * 1e3)
             previous = a.source
     late = percentiles([(r.arrival - r.planned) * 1e3 for r in records])
+    gaps = percentiles([abs(b.arrival - a.arrival - period_s) * 1e3
+                        for a, b in pairwise(records)])
     frame = percentiles([(r.arrival - r.source) * 1e3 for r in records if r.kind == 'action'])
     first = percentiles(first_actions)
     return {
@@ -102,6 +106,8 @@ def command_figures(records: list[CommandRecord], period_s: float) -> dict[str, 
         'command_rate_hz': actions / commanding_s if commanding_s else 0.0,
         'lateness_p50_ms': late['p50'], 'lateness_p99_ms': late['p99'],
         'lateness_max_ms': late['max'],
+        'interval_deviation_p50_ms': gaps['p50'], 'interval_deviation_p99_ms': gaps['p99'],
+        'interval_deviation_max_ms': gaps['max'],
         'frame_to_command_p50_ms': frame['p50'], 'frame_to_command_p99_ms': frame['p99'],
         'first_action_p50_ms': first['p50'],
         'missed_ticks': missed,

@@ -279,6 +279,9 @@ def summarize(results: list[dict], status: dict[str, str], probe) -> None:
     print(f'  tick lateness (arrival - planned tick) p50 / p99 / max: '
           f'{f["lateness_p50_ms"]:.1f} / {f["lateness_p99_ms"]:.1f} / '
           f'{f["lateness_max_ms"]:.1f} ms')
+    print(f'  intervals between commands, off the period by p50 / p99 / max: '
+          f'{f["interval_deviation_p50_ms"]:.1f} / {f["interval_deviation_p99_ms"]:.1f} / '
+          f'{f["interval_deviation_max_ms"]:.1f} ms')
     print(f'  frame to command p50 / p99: {f["frame_to_command_p50_ms"]:.1f} / '
           f'{f["frame_to_command_p99_ms"]:.1f} ms; first action of a chunk p50 '
           f'{f["first_action_p50_ms"]:.1f} ms (inference p50 {inference:.1f} ms)')
