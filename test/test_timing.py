@@ -148,3 +148,19 @@ def test_figures_that_meet_the_targets_say_so():
     assert f['command_rate_hz'] == pytest.approx(10.0, rel=1e-3)
     assert missed_targets(f, period, 20.0, 1 / 30) == []
     assert missed_targets({**f, 'lateness_p99_ms': 8.0}, period, 20.0, 1 / 30, BUSY) == []
+
+
+def test_a_tick_that_raises_is_reported_and_the_ticks_go_on():
+    clock, errors, planned = ScriptedClock(), [], []
+
+    def tick(p: float) -> None:
+        planned.append(p)
+        if len(planned) == 2:
+            raise RuntimeError('a bug in one tick')
+        if len(planned) == 4:
+            loop._stop.set()
+
+    loop = ScriptedLoop(0.1, tick, clock, on_error=errors.append)
+    loop._run()
+    assert len(planned) == 4 and loop.errors == 1
+    assert [str(e) for e in errors] == ['a bug in one tick']

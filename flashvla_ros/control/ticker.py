@@ -37,12 +37,15 @@ class FixedRateLoop:
     """Call `tick(planned)` every `period_s` on `clock` from a thread of its own."""
 
     def __init__(self, period_s: float, tick: Callable[[float], None],
-                 clock: Callable[[], float], name: str = 'flashvla-control') -> None:
+                 clock: Callable[[], float], name: str = 'flashvla-control',
+                 on_error: Callable[[Exception], None] | None = None) -> None:
         self.period_s = period_s
         self.tick = tick
         self.clock = clock
         self.name = name
+        self.on_error = on_error  # told of a tick that raised; the next ticks still run
         self.skipped = 0  # planned ticks that never ran (the thread was a period late)
+        self.errors = 0  # ticks that raised
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,7 +83,12 @@ class FixedRateLoop:
                 now = self.clock()
             if self._stop.is_set():
                 return
-            self.tick(planned)
+            try:
+                self.tick(planned)
+            except Exception as exc:  # a bug in one tick must not end the ticks
+                self.errors += 1
+                if self.on_error is not None:
+                    self.on_error(exc)
             k += 1
             behind = int((self.clock() - (start + k * period)) // period)  # a period late
             if behind > 0:

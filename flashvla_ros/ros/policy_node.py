@@ -120,6 +120,7 @@ class PolicyNode(LifecycleNode):
         self.policy = None
         self.runner: PolicyRunner | None = None
         self.loop: FixedRateLoop | None = None  # the control tick, while active
+        self.tick_error = ''  # the last tick's exception, reported until a tick succeeds
         self.joint_state: JointState | None = None
         self.state_label = 'unconfigured'
         self.stop_reason = 'not activated yet'  # why the node is not commanding
@@ -203,7 +204,8 @@ class PolicyNode(LifecycleNode):
         self.runner.start()
         with self._output_lock:
             self._commanding = True
-        self.loop = FixedRateLoop(self.config.control_period_s, self._on_control_tick, self._now)
+        self.loop = FixedRateLoop(self.config.control_period_s, self._on_control_tick, self._now,
+                                  on_error=self._on_tick_error)
         self.loop.start()
         self.state_label, self.stop_reason = 'active', ''
         return TransitionCallbackReturn.SUCCESS
@@ -440,6 +442,11 @@ class PolicyNode(LifecycleNode):
 
     # -- outputs ---------------------------------------------------------------------------
 
+    def _on_tick_error(self, exc: Exception) -> None:
+        self.tick_error = f'control tick failed: {type(exc).__name__}: {exc}'
+        if line := self._log('tick error', f'{self.tick_error}\n{traceback.format_exc()}'):
+            self.get_logger().error(line)
+
     def _on_control_tick(self, planned: float) -> None:
         with self._output_lock:
             if not self._commanding or self.runner is None:
@@ -448,6 +455,7 @@ class PolicyNode(LifecycleNode):
             if tick.kind == 'hold':
                 self.get_logger().error(f'holding: {tick.fault}')
             self._publish(tick)
+            self.tick_error = ''
 
     def _publish(self, tick: Tick) -> None:
         """
@@ -535,10 +543,18 @@ class PolicyNode(LifecycleNode):
                 age = self._now() - (self.joint_state.header.stamp.sec
                                      + self.joint_state.header.stamp.nanosec * 1e-9)
                 values['joint_state_age_s'] = round(age, 3)
+        loop = self.loop
+        tick_fault = self.tick_error
+        if loop is not None:
+            values.update(skipped_ticks=loop.skipped, tick_errors=loop.errors)
+            if not loop.running and self._commanding:
+                tick_fault = 'the control tick thread is not running'
         if self.state_label != 'active':
             failed = self.stop_reason.startswith('configure failed')
             status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
             status.message = f'{self.state_label}: not commanding ({self.stop_reason})'
+        elif tick_fault:
+            status.level, status.message = DiagnosticStatus.ERROR, tick_fault
         elif runner is not None and s['fault']:
             status.level, status.message = DiagnosticStatus.ERROR, s['fault']
         elif warnings:
