@@ -272,6 +272,50 @@ def test_dead_worker_is_a_fault(make_runner):
     assert tick.kind == 'hold' and tick.fault == 'inference worker is not running'
 
 
+@pytest.mark.parametrize('failing', ['option change', 'policy reset'])
+def test_a_failing_option_change_or_reset_holds_and_the_worker_survives(make_runner, failing):
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+
+    def broken():
+        raise ValueError('no such option')
+
+    if failing == 'option change':
+        runner.update_policy(broken)
+    else:
+        policy.reset = broken
+        runner.reset_episode()
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.counters.worker_errors == 1)
+    hold = runner.tick()
+    assert hold.kind == 'hold' and hold.fault == f'{failing} failed: ValueError: no such option'
+    assert runner.worker_alive
+    if failing == 'policy reset':  # tried again before the next step, until it works
+        policy.reset = lambda: None
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action' and runner.status()['fault'] == ''
+
+
+def test_a_chunk_mode_change_drops_what_was_planned_for_the_old_one():
+    policy = ScriptedPolicy(chunk(0.01))
+    runner = make_chunk_runner(policy, ChunkExecution(mode='execute', steps=4))
+    try:
+        runner.set_instruction('push the cup')
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['queue'] == 4)
+        runner.tick()
+        same = ChunkExecution(mode='execute', steps=4, just_in_time=True)
+        runner.reconfigure(LIMITS, 5.0, 5.0, 60.0, same)  # timing only: the plan stays
+        assert runner.status()['queue'] == 3
+        runner.reconfigure(LIMITS, 5.0, 5.0, 60.0, ChunkExecution(mode='ensemble'))
+        assert runner.status()['queue'] == 0 and runner.chunks.mode == 'ensemble'
+    finally:
+        runner.stop()
+
+
 def test_with_the_real_tiny_policy(make_runner, tiny_policy):
     from flashvla_ros.sim.tasks import Episode
 

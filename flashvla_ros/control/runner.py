@@ -289,6 +289,27 @@ class PolicyRunner:
         """Apply the policy's thread-safe instruction rule (InputError when unusable)."""
         return self.policy.check_instruction(text)
 
+    def reconfigure(self, limits: SafetyLimits, max_image_age_s: float,
+                    max_action_age_s: float, max_command_gap_s: float,
+                    chunks: ChunkExecution) -> None:
+        """
+        Apply live parameters at once, between two ticks.
+
+        A change of how chunks execute (mode or steps) empties the queue, the chunk progress
+        and the ensemble's predictions: they were planned for the old one.
+        """
+        with self._lock:
+            self.limits = limits
+            self.max_image_age_s = max_image_age_s
+            self.max_action_age_s = max_action_age_s
+            self.max_command_gap_s = max_command_gap_s
+            if (chunks.mode, chunks.steps) != (self.chunks.mode, self.chunks.steps):
+                self._queue.clear()
+                self._predictions.clear()
+                self._progress.reset()
+            self.chunks = chunks
+            self._lock.notify_all()
+
     def update_policy(self, apply: Callable[[], None]) -> None:
         """Run `apply` (a live option change) in the worker, between two steps."""
         with self._lock:
@@ -392,15 +413,38 @@ class PolicyRunner:
                 instruction, episode = self._instruction, self._episode
                 reset, self._reset_pending = self._reset_pending, False
                 update, self._pending_update = self._pending_update, None
-                if self.clock() - frame_time > self.max_image_age_s:
+                stale = self.clock() - frame_time > self.max_image_age_s
+                if stale:
                     self.counters.stale_frames += 1
-                    continue
-                self._busy_since = self.clock()
+                else:
+                    self._busy_since = self.clock()
+            if self._prepare(update, reset) and not stale:
+                self._infer(rgb, (frame_time, stamp_ns), instruction, episode)
+            elif not stale:
+                with self._lock:
+                    self._busy_since = None
+
+    def _prepare(self, update: Callable[[], None] | None, reset: bool) -> bool:
+        """
+        Apply a live option change and the policy's reset before a step (worker thread).
+
+        A failure is a worker error (a fault: one hold, the reason in the diagnostics), not
+        the worker's end; a failed reset is tried again before the next step.
+        """
+        what = 'option change'
+        try:
             if update is not None:
                 update()
+            what = 'policy reset'
             if reset:
                 self.policy.reset()
-            self._infer(rgb, (frame_time, stamp_ns), instruction, episode)
+        except Exception as exc:
+            with self._lock:
+                self._error = self.last_error = f'{what} failed: {type(exc).__name__}: {exc}'
+                self.counters.worker_errors += 1
+                self._reset_pending = self._reset_pending or reset
+            return False
+        return True
 
     def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
                episode: int) -> None:

@@ -427,12 +427,9 @@ class PolicyNode(LifecycleNode):
         c = self.config
         changes_instruction = any(p.name == 'instruction' for p in params)
         if self.runner is not None:
-            self.runner.limits = SafetyLimits.from_lists(c.action_scale, c.action_lower,
-                                                         c.action_upper)
-            self.runner.max_image_age_s = c.max_image_age_s
-            self.runner.max_action_age_s = c.max_action_age_s
-            self.runner.max_command_gap_s = c.max_command_gap_s
-            self.runner.chunks = c.chunks
+            self.runner.reconfigure(
+                SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
+                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, c.chunks)
             if changes_instruction and not self._syncing_instruction \
                     and self.runner.set_instruction(c.instruction):
                 self.get_logger().info(f'new episode: {c.instruction!r}')
