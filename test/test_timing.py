@@ -86,6 +86,27 @@ def test_a_clock_that_jumps_back_restarts_the_schedule():
     assert np.diff(planned[3:]) == pytest.approx([0.1])
 
 
+def test_sim_time_starts_the_schedule_at_its_first_clock_message():
+    clock = ScriptedClock(0.0)
+    planned: list[float] = []
+
+    class SimLoop(ScriptedLoop):
+        def _wait(self, seconds: float) -> bool:
+            if clock.t == 0.0:
+                clock.t = 1000.0  # /clock arrives
+                return False
+            return super()._wait(seconds)
+
+    def tick(p: float) -> None:
+        planned.append(p)
+        if len(planned) == 2:
+            loop._stop.set()
+
+    loop = SimLoop(0.1, tick, clock)
+    loop._run()
+    assert planned == pytest.approx([1000.1, 1000.2]) and loop.skipped == 0
+
+
 def test_stopping_the_loop_wakes_it_at_once():
     loop = FixedRateLoop(10.0, lambda p: None, lambda: 0.0)  # a tick every 10 s
     loop.start()

@@ -71,6 +71,9 @@ class FixedRateLoop:
 
     def _run(self) -> None:
         period = self.period_s
+        while not self.clock():  # sim time before the first /clock message reads 0
+            if self._wait(POLL_S):
+                return
         start, k = self.clock(), 1  # planned = start + k * period: no rounding drift
         while True:
             planned, now = start + k * period, self.clock()
