@@ -52,5 +52,5 @@ class CommandProbe:
                                           msg.header.frame_id))
 
     def figures(self, period_s: float, since: float = 0.0) -> dict[str, float]:
-        """The timing figures of the commands that arrived after `since` (probe clock)."""
+        """Compute the timing figures of the commands that arrived after `since` (probe clock)."""
         return command_figures([r for r in self.records if r.arrival >= since], period_s)
