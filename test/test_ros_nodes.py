@@ -125,28 +125,36 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     assert player.returncode == 0
     n = len(golden['raw_actions'])
 
-    def settled():
+    def settled():  # every frame arrived and was inferred on, or replaced unread
         d = probe.diagnostics() or {}
-        return int(d.get('inferences', 0)) == n and len(probe.messages[RAW]) == n and d
+        done = int(d.get('frames', 0)) == n \
+            and int(d.get('inferences', 0)) + int(d.get('dropped_frames', 0)) == n
+        return done and len(probe.messages[RAW]) == int(d['inferences']) and d
 
     diag = probe.wait_for(settled, 15, f'actions for all {n} replayed frames', procs)
-    assert int(diag['frames']) == n and int(diag['dropped_frames']) == 0
     probe.spin(2.5)  # the camera goes stale after the bag: one hold, then silence
-    raw = np.array([c for _, c in commands(probe, RAW)])
-    np.testing.assert_allclose(raw, golden['raw_actions'], atol=1e-9)
-    sent = [c for _, c in commands(probe)]
-    if is_hold(sent[0]):  # 'no camera frame yet', sent at activation (may precede discovery)
-        sent = sent[1:]
-    holds = [is_hold(c) for c in sent]
-    assert holds[-1] and not any(holds[:-1]) and len(sent) == n + 1, procs.logs()
-    np.testing.assert_allclose(sent[:-1], golden['commands'], atol=1e-9)
-    # Each command names its source frame: the stamps the bag's frames carry, in order; and
-    # the holds are the ones seen on ~/commands.
-    timing = [m for _, m in probe.messages[TIMING]][-len(sent):]
-    frames = [seconds(deserialize_message(data, Image).header.stamp)
+    # Each command names its source frame (~/command_timing), so every one is checked against
+    # the golden command of that frame. A frame replaced in the node's one-slot mailbox before
+    # it was read (a player that had to catch up on a busy machine) has no command; the node
+    # counts it, and it may happen at most twice here.
+    dropped = int(diag['dropped_frames'])
+    assert dropped <= 2, diag
+    stamps = [seconds(deserialize_message(data, Image).header.stamp)
               for *_, data in read_messages(BAG, ['/image_raw'])]
-    assert [seconds(m.time_ref) for m in timing if m.source == 'action'] == frames
-    assert [m.source == 'hold' for m in timing] == holds
+    sent = [c for _, c in commands(probe)]
+    timing = [m for _, m in probe.messages[TIMING]]
+    m = min(len(sent), len(timing))  # a hold at activation may precede discovery on one
+    sent, timing = sent[-m:], timing[-m:]
+    kinds = [t.source for t in timing]
+    assert [is_hold(c) for c in sent] == [k == 'hold' for k in kinds]
+    first = kinds.index('action')
+    assert kinds[-1] == 'hold' and 'hold' not in kinds[first:-1], (kinds, procs.logs())
+    frames = [stamps.index(seconds(t.time_ref)) for t in timing if t.source == 'action']
+    assert frames == sorted(set(frames)) and len(frames) == n - dropped, (frames, diag)
+    actions = [c for c, k in zip(sent, kinds, strict=True) if k == 'action']
+    np.testing.assert_allclose(actions, [golden['commands'][i] for i in frames], atol=1e-9)
+    raw = [c for _, c in commands(probe, RAW)]
+    np.testing.assert_allclose(raw, [golden['raw_actions'][i] for i in frames], atol=1e-9)
 
 
 def seconds(stamp) -> float:
