@@ -185,3 +185,30 @@ def test_a_tick_that_raises_is_reported_and_the_ticks_go_on():
     loop._run()
     assert len(planned) == 4 and loop.errors == 1
     assert [str(e) for e in errors] == ['a bug in one tick']
+
+
+class RecordedProbe:
+    """What flashvla-demo's summary reads of its CommandProbe: records and their figures."""
+
+    def __init__(self, records: list[CommandRecord]) -> None:
+        self.records = records
+
+    def figures(self, period_s: float, since: float = 0.0) -> dict[str, float]:
+        return command_figures([r for r in self.records if r.arrival >= since], period_s)
+
+
+@pytest.mark.parametrize('late_ms, verdict', [(2.0, 'meets its timing targets'),
+                                              (30.0, 'MISSES its timing targets: tick lateness')])
+def test_the_demo_summary_says_whether_the_targets_are_met(capsys, late_ms, verdict):
+    from flashvla_ros.ros.demo import summarize
+
+    planned = [i * 0.1 for i in range(100)]
+    lateness = [2.0] * 99 + [late_ms]
+    # The hold at activation is start-up, left out: it is 500 ms late here.
+    start = [CommandRecord(-0.5, -1.0, 0.0, 'hold', '0')]
+    probe = RecordedProbe(start + records(planned, lateness, [p - 0.03 for p in planned],
+                                          ['action'] * 100, ['1'] * 100))
+    summarize([], {'control_rate_hz': '10.0', 'latency_p50_ms': '20.0'}, probe)
+    out = capsys.readouterr().out
+    assert 'commands per second while commanding: ' in out and 'holds: 0' in out
+    assert verdict in out, out

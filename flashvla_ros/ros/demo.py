@@ -267,13 +267,16 @@ def summarize(results: list[dict], status: dict[str, str], probe) -> None:
         if key in status:
             print(f'  {key}: {status[key]}')
     period = 1.0 / float(status.get('control_rate_hz', 10.0))
-    f = probe.figures(period)
+    # From the first action on: the hold sent at activation, before any instruction, is
+    # start-up (the benchmark likewise measures after a warm-up).
+    first = next((r.arrival for r in probe.records if r.kind == 'action'), float('inf'))
+    f = probe.figures(period, since=first)
     if not f['commands']:
         print('timing: no command arrived')
         return
     inference = float(status.get('latency_p50_ms', 'nan'))
     print(f'timing, measured by this process on ~/command_timing (docs/TIMING.md), '
-          f'{f["commands"]} commands:')
+          f'{f["commands"]} commands from the first action on:')
     print(f'  commands per second while commanding: {f["command_rate_hz"]:.2f} '
           f'(control rate {1 / period:g} Hz)')
     print(f'  tick lateness (arrival - planned tick) p50 / p99 / max: '
