@@ -39,7 +39,7 @@ import time
 import cv2
 import numpy as np
 
-from flashvla_ros.ros.demo import resolve_model, ros_env, tool
+from flashvla_ros.ros.demo import DiagnosticsWatch, resolve_model, ros_env, tool
 from flashvla_ros.sim.tasks import Episode
 
 COMMANDS = '/policy_node/commands'
@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     bombs = args.image_bombs > 0
     duration = args.image_bombs if bombs else args.minutes * 60
 
-    from diagnostic_msgs.msg import DiagnosticArray
     import rclpy
     from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import Float64MultiArray
@@ -110,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rclpy.init()
     node = rclpy.create_node('flashvla_soak')
-    status: dict[str, str] = {}
     # An action goes out on ~/commands and ~/raw_action, a hold on ~/commands only (the array
     # alone cannot tell: the policy may command zero motion itself).
     seen = {'commands': 0, 'raw': 0, 'last': None}
@@ -122,16 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     def holds_seen() -> int:
         return seen['commands'] - seen['raw']
 
-    def on_diagnostics(msg: DiagnosticArray) -> None:
-        for s in msg.status:
-            if s.name == 'flashvla_ros: policy_node':
-                status.clear()
-                status.update({kv.key: kv.value for kv in s.values}, message=s.message)
-
     node.create_subscription(Float64MultiArray, COMMANDS, on_command, 10)
     node.create_subscription(Float64MultiArray, '/policy_node/raw_action',
                              lambda msg: seen.update(raw=seen['raw'] + 1), 10)
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    status = DiagnosticsWatch(node).status  # the policy node's newest entry
     camera = node.create_publisher(CompressedImage, 'image_raw/compressed', 10)
     reset = node.create_client(Trigger, '/mock_world/reset')
 

@@ -51,6 +51,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from flashvla_ros.ros.bag import read_messages  # noqa: E402
+from flashvla_ros.ros.command_probe import seconds  # noqa: E402
 
 TIMING = '/policy_node/command_timing'
 
@@ -155,10 +156,6 @@ def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):
     np.testing.assert_allclose(actions, [golden['commands'][i] for i in frames], atol=1e-9)
     raw = [c for _, c in commands(probe, RAW)]
     np.testing.assert_allclose(raw, [golden['raw_actions'][i] for i in frames], atol=1e-9)
-
-
-def seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def image(encoding: str, width: int, height: int, step: int, data: bytes) -> Image:

@@ -93,8 +93,9 @@ class DiagnosticsWatch:
 
     def _on_diagnostics(self, msg) -> None:
         for s in msg.status:
-            if s.name == self.NAME:
-                self.status = {kv.key: kv.value for kv in s.values} | {'message': s.message}
+            if s.name == self.NAME:  # in place: a caller may keep a reference
+                self.status.clear()
+                self.status.update({kv.key: kv.value for kv in s.values}, message=s.message)
 
 
 class FrameSink:
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        status = diagnostics.status  # the last entry while commanding
+        status = dict(diagnostics.status)  # the last entry while commanding
         stop_processes(procs)
         node.destroy_node()
         rclpy.try_shutdown()

@@ -587,14 +587,13 @@ def command_timing(tick: Tick) -> TimeReference:
     subscriber that is not the node can measure tick lateness and frame-to-command latency.
     """
     msg = TimeReference(source=tick.kind)
-    msg.header.stamp = to_time_msg(tick.planned)
+    msg.header.stamp = time_msg(round(tick.planned * 1e9))
     msg.header.frame_id = str(tick.episode)
-    msg.time_ref = Time(sec=tick.source_stamp_ns // 10**9, nanosec=tick.source_stamp_ns % 10**9)
+    msg.time_ref = time_msg(tick.source_stamp_ns)
     return msg
 
 
-def to_time_msg(seconds: float) -> Any:
-    nanos = round(seconds * 1e9)
+def time_msg(nanos: int) -> Time:
     return Time(sec=nanos // 10**9, nanosec=nanos % 10**9)
 
 
