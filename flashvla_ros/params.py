@@ -37,11 +37,11 @@ import yaml
 from .accel.registry import ACCELERATORS, NONE, check_accel
 from .control.runner import ChunkExecution
 from .control.safety import hold_outside_limits
+from .policy.actions import ACTION_DIM
 from .policy.checkpoint import expand_path
 from .policy.errors import InputError
 from .policy.instruction import check_instruction
 
-ACTION_DIM = 7
 OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
 ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
 

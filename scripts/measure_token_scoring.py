@@ -61,12 +61,12 @@ def attention_outputs(frames: int, layer: int) -> list[torch.Tensor]:
     class Capture(Hooks):
         """The attention output at the visual tokens after `layer` layers; then stop."""
 
-        def probes(self) -> dict[int, str]:
-            return {layer - 1: 'attention_output'}
+        def probes(self) -> dict[int, set[str]]:
+            return {layer - 1: {'attention_output'}}
 
-        def after_layer(self, step, i, hidden, probe):
+        def after_layer(self, step, i, hidden, probes):
             if i == layer - 1:
-                captured.append(step.visual_hidden(probe)[0].clone())
+                captured.append(step.visual_hidden(probes['attention_output'])[0].clone())
             return None
 
     policy.set_hooks([Capture()])

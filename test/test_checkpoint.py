@@ -208,8 +208,19 @@ def test_missing_key_is_named(ckpt):
     sd = load_file(str(ckpt / WEIGHTS))
     del sd['language_model.model.layers.1.mlp.up_proj.weight']
     save_file(sd, str(ckpt / WEIGHTS))
-    with pytest.raises(CheckpointError, match=r'1 weights missing.*layers\.1\.mlp\.up_proj'):
+    with pytest.raises(CheckpointError,
+                       match=r'missing 1 weight: language_model\.model\.layers\.1\.mlp\.up_proj'):
         load_model(ckpt)
+
+
+def test_many_missing_keys_are_summarised_by_module(ckpt):
+    sd = load_file(str(ckpt / WEIGHTS))
+    gone = [k for k in sd if k.startswith('language_model.model.layers.')]
+    save_file({k: v for k, v in sd.items() if k not in gone}, str(ckpt / WEIGHTS))
+    with pytest.raises(CheckpointError) as err:
+        load_model(ckpt)
+    assert f'missing {len(gone)} weights: language_model.model.* ({len(gone)})' in str(err.value)
+    assert len(str(err.value)) < 300
 
 
 def test_shape_mismatch_names_file_and_key(ckpt):

@@ -40,7 +40,7 @@ def test_default_checkpoint_is_small_and_standard(default_dir):
     assert size < 25 * 2**20
     policy = load_policy(str(default_dir))
     assert policy.cfg.num_patches >= 64 and policy.unnorm_key == 'mock_world'
-    assert policy.codec.first_action_token == policy.codec.vocab_size - 256
+    assert policy.head.codec.first_action_token == policy.head.codec.vocab_size - 256
 
 
 @pytest.mark.slow  # 14 s on 2 idle cores, about 140 s on 2 busy ones: `make test-all`

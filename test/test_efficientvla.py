@@ -183,7 +183,7 @@ def test_relevance_is_the_prompts_head_averaged_attention_min_max_normalised():
 def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control(tiny_dir):
     policy = accelerate(load_policy(str(tiny_dir)), ['efficientvla'],
                         {'efficientvla': {'preset': '', 'keep_tokens': 64, 'token_layer': 2}})
-    assert policy._probes == {1: 'attention_weights'}
+    assert policy.composition.probes == {1: {'attention_weights'}}
     obs = observation()
     diverse = policy.predict(obs)
     assert diverse.info.kept_tokens == 64 and len(diverse.info.kept_indices) == 64
@@ -194,7 +194,7 @@ def test_only_the_token_layer_computes_attention_weights_and_random_is_a_control
     assert record.layer_tokens[2] == record.layout.prefill - n + 64
     accelerate(policy, ['efficientvla'], {'efficientvla': {
         'preset': '', 'keep_tokens': 64, 'selection': 'random'}})
-    assert policy._probes == {}
+    assert policy.composition.probes == {}
     first = policy.predict(obs).info.kept_indices
     again = policy.predict(obs).info.kept_indices
     policy.reset()
@@ -213,7 +213,7 @@ def test_dit_feature_caching_is_exact_at_interval_1_and_counts_what_ran(tiny_dir
     five = accelerate(tiny_cogact(tiny_dir), ['efficientvla'],
                       {'efficientvla': {'preset': '', 'cache_interval': 5}})
     cached = five.predict(observation())
-    depth = five.head.depth
+    depth = five.cfg.action_model.depth
     # Denoising steps 0 and 5 of 10 compute every block part, for both guidance rows.
     assert cached.info.record.dit_parts == {'attn': 2 * depth * 2, 'mlp': 2 * depth * 2}
     assert cached.info.flops.head < plain.info.flops.head
@@ -232,11 +232,13 @@ def test_efficientvla_composes_with_flashvla_and_refuses_what_cannot_run(calibra
     chunk = policy.predict(observation())
     assert chunk.info.kept_tokens == 64 and dropped not in chunk.info.record.layer_tokens
     assert [method for method, *_ in chunk.info.record.scoring] == ['diverse', 'gram']
-    with pytest.raises(ValueError, match='move one to another layer'):
-        accelerate(policy, ['efficientvla', 'flashvla'], {
-            'efficientvla': {'preset': '', 'prune_layers': 1, 'keep_tokens': 128,
-                             'token_layer': 1},
-            'flashvla': {'layer': plan[0] + 1}})
+    # At one layer, both selections run (test_composition.py checks what FlashVLA ranks).
+    chunk = accelerate(policy, ['efficientvla', 'flashvla'], {
+        'efficientvla': {'preset': '', 'prune_layers': 1, 'keep_tokens': 128,
+                         'token_layer': 1},
+        'flashvla': {'layer': 1, 'keep_fraction': 0.5}}).predict(observation())
+    assert chunk.info.kept_tokens == 64
+    assert [tokens for _, tokens, _ in chunk.info.record.scoring][1] == 128
     if 1 <= dropped < policy.cfg.text.num_hidden_layers - 1:
         with pytest.raises(ValueError, match=rf'reads decoder layer.*{dropped}'):
             accelerate(policy, ['efficientvla', 'flashvla'], {

@@ -30,8 +30,10 @@ from flashvla_ros.accel.flashvla import (
 )
 from flashvla_ros.accel.registry import accelerate
 from flashvla_ros.policy import ActionChunk, Observation, load_policy
+from flashvla_ros.policy.decode import decode_action
 from flashvla_ros.policy.flops import StepRecord
 from flashvla_ros.policy.preprocess import preprocess
+from flashvla_ros.policy.step import RunningStats
 from flashvla_ros.sim.tasks import Episode
 
 METHODS = ('gram', 'exact', 'lowrank')
@@ -60,9 +62,9 @@ def attention_output(policy, rgb, instruction, layer: int):
     llm = policy.model.language_model
     probes = []
     llm.reset_cache()
-    llm.run(seq, layout.positions(), range(layer + 1), {layer: 'attention_output'},
-            lambda i, hidden, probe: probes.append(probe))
-    return seq, probes[-1][0, layout.visual_span]
+    llm.run(seq, layout.positions(), range(layer + 1), {layer: {'attention_output'}},
+            lambda i, hidden, found: probes.append(found))
+    return seq, probes[-1]['attention_output'][0, layout.visual_span]
 
 
 def flashvla(policy, **options):
@@ -263,9 +265,9 @@ def test_pruning_drops_tokens_from_later_layers_and_their_caches(policies):
     hidden, _ = llm.run(seq, torch.arange(full), None, None,
                         lambda i, hidden, probe: index if i == 1 else None)
     first = llm.logits(hidden)
-    assert base.greedy(first) == action.token_ids[0]
+    assert int(first[0].argmax()) == action.token_ids[0]
     record = StepRecord(None, 4)
-    assert base.decode(first, full, None, record) == action.token_ids
+    assert decode_action(llm, range(4), first, full, 7, None, record) == action.token_ids
 
 
 @pytest.mark.parametrize('guess', ['previous', 'wrong', 'right'])
@@ -283,7 +285,7 @@ def test_draft_verification_decodes_the_same_tokens(tiny_dir, policies, guess, s
         full = seq.shape[1]
         record = StepRecord(layout, 4)
         first = llm(seq, torch.arange(full))
-        assert base.decode(first, full, draft, record) == expected
+        assert decode_action(llm, range(4), first, full, 7, draft, record) == expected
         calls = record.decode_calls
         assert calls[0] == (6, 0)  # all guesses fed at once
         accepted = next((i for i in range(1, 6) if draft[i] != expected[i]), 6)
@@ -332,10 +334,14 @@ def test_records_of_pruned_and_reused_steps_are_exact(policies):
             reused = prefill_record(layout, {}, [], stopped=True, vision=False)
         assert steps[2].info.record == reused
         assert np.array_equal(steps[2].values, steps[1].values)
-        assert steps[3].info.reuse_rate == 0.25
+        stats = RunningStats()
+        for s in steps:
+            stats.add(s.info)
+        assert stats.reuse_rate == 0.25
         done = sum(s.info.flops.total for s in steps)
         plain = predict(policies[0], rgb, instruction).info.flops.total
-        assert steps[3].info.flops_saved == pytest.approx(1 - done / (4 * plain))
+        assert steps[3].info.flops_full == plain
+        assert stats.flops_saved == pytest.approx(1 - done / (4 * plain))
 
 
 def test_memory_resets_on_instruction_change_and_reset(policies):

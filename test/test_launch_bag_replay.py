@@ -18,11 +18,11 @@ launch_testing: the policy node as `ros2 launch` starts it, fed a recorded bag, 
 Runs where launch_testing exists (a ROS workspace: `colcon test`); elsewhere it is skipped
 and test_replay_check.py / test_ros_nodes.py cover the same parts with real processes.
 
-It is also the template for testing your own setup (README, "Testing your own setup"): copy
-it into your package, point BAG, GOLDEN and PARAMS_FILE at your recording, golden commands
-and parameter file, set MODEL and OVERRIDES, and adjust EXPECT. Playing starts only when the
-node is active and matched (flashvla_ros.testing.replay), so no frame is lost to start-up or
-discovery.
+It is also the template for testing your own setup (docs/BAGS.md, "Testing your own
+setup"): copy it into your package, point BAG, GOLDEN and PARAMS_FILE at your recording,
+golden commands and parameter file, set MODEL and OVERRIDES, and adjust EXPECT. Playing
+starts only when the node is active and matched (flashvla_ros.testing.replay), so no frame is
+lost to start-up or discovery.
 """
 
 import json

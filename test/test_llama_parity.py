@@ -147,25 +147,38 @@ def test_plan_skips_layers_and_probes_report_what_the_layer_computed():
     embeds = torch.randn(1, 12, 64)
     seen, probes = {}, {}
 
-    def grab(i, h, probe):
-        probes[i] = probe
+    def grab(i, h, found):
+        probes[i] = found
 
-    ours.run(embeds, torch.arange(12), [0, 2], {0: 'attention_output', 2: 'attention_weights'},
+    ours.run(embeds, torch.arange(12), [0, 2], {0: {'attention_output'},
+                                                2: {'attention_weights', 'attention_output'}},
              grab, seen)
     assert seen == {0: 12, 2: 12}  # layer 1 never ran
+    assert set(probes[0]) == {'attention_output'} and set(probes[2]) == {
+        'attention_weights', 'attention_output'}  # a layer exposes every probe asked of it
     layer = ours.model.layers[0]
     cos, sin = ours.rotary(torch.arange(12), embeds.dtype)
     expected, _ = layer.self_attn(layer.input_layernorm(embeds), cos, sin)
-    assert torch.allclose(probes[0], expected, atol=1e-6)
-    weights = probes[2]  # [1, heads, 12, 12]: causal rows that sum to 1, as the eager oracle's
+    assert torch.allclose(probes[0]['attention_output'], expected, atol=1e-6)
+    weights = probes[2]['attention_weights']  # [1, heads, 12, 12]: causal rows summing to 1
     assert weights.shape == (1, 4, 12, 12)
     assert torch.allclose(weights.sum(-1), torch.ones(1, 4, 12))
     assert (weights.triu(1) == 0).all()
     out = hf(inputs_embeds=embeds, output_attentions=True, use_cache=False)
     assert (weights - out.attentions[2]).abs().max().item() > 0  # layer 1 was skipped here...
     probes.clear()
-    ours.run(embeds, torch.arange(12), None, {2: 'attention_weights'}, grab)
-    assert (probes[2] - out.attentions[2]).abs().max().item() < 1e-5  # ...and matches when not
+    ours.run(embeds, torch.arange(12), None, {2: {'attention_weights'}}, grab)
+    weights = probes[2]['attention_weights']
+    assert (weights - out.attentions[2]).abs().max().item() < 1e-5  # ...and matches when not
+    ours.setup_cache(32, static=True)  # position slots: the weights still index the tokens
+    ours.reset_cache()
+    ours.run(embeds, torch.arange(12), None, {2: {'attention_weights'}}, grab)
+    assert probes[2]['attention_weights'].shape == (1, 4, 12, 12)
+    assert (probes[2]['attention_weights'] - weights).abs().max().item() < 1e-6
+    with pytest.raises(ValueError, match='unknown probe'):
+        ours.run(embeds, torch.arange(12), None, {2: {'attention_scores'}}, grab)
+    with pytest.raises(TypeError, match='set of probe kinds'):
+        ours.run(embeds, torch.arange(12), None, {2: 'attention_weights'}, grab)
 
 
 def test_cache_overflow_is_an_error():

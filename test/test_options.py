@@ -13,7 +13,7 @@
 # limitations under the License.
 
 
-"""One options declaration per accelerator: parameters, YAML, README and parser agree with it."""
+"""One options declaration per accelerator: parameters, YAML, docs and parser agree with it."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from flashvla_ros.accel.base import Accelerator, option
-from flashvla_ros.accel.docs import markdown_rows, yaml_block
+from flashvla_ros.accel.docs import MARKDOWN_PAGE, generated_part, markdown_table, yaml_block
 from flashvla_ros.accel.registry import ACCELERATORS, accelerate, parse_accel, update_options
 from flashvla_ros.params import PARAM_BY_NAME, build_config, load_yaml
 from flashvla_ros.policy import Observation, load_policy
@@ -30,9 +30,13 @@ from flashvla_ros.sim.tasks import Episode
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_yaml_and_readme_are_written_from_the_declarations():
+def test_yaml_and_docs_table_are_written_from_the_declarations():
     assert (ROOT / 'config' / 'policy.yaml').read_text().endswith(yaml_block())
-    assert markdown_rows() in (ROOT / 'README.md').read_text()
+    page = (ROOT / MARKDOWN_PAGE).read_text()
+    assert generated_part(page) == markdown_table(), \
+        f'{MARKDOWN_PAGE} is stale: python -m flashvla_ros.accel.docs markdown --write'
+    with pytest.raises(ValueError, match='markers'):
+        generated_part('no markers here')
 
 
 @pytest.mark.parametrize('accel', ACCELERATORS.values(), ids=lambda a: a.name)

@@ -47,10 +47,15 @@ class Clock:
         return self.t
 
 
+def step_info(reused: bool) -> SimpleNamespace:
+    """Make what the runner reads of a step's info: whether it was reused, and its FLOPs."""
+    return SimpleNamespace(reused=reused, flops=SimpleNamespace(total=1), flops_full=2)
+
+
 @dataclass
 class Result:
     actions: np.ndarray  # [H, 7]: a chunk
-    info: object = field(default_factory=lambda: SimpleNamespace(reused=False))
+    info: object = field(default_factory=lambda: step_info(False))
 
 
 @dataclass
@@ -82,7 +87,7 @@ class ScriptedPolicy:
             raise out
         if isinstance(out, Reused):
             return Result(np.atleast_2d(np.asarray(out.actions, dtype=float)),
-                          SimpleNamespace(reused=True))
+                          step_info(True))
         return Result(np.atleast_2d(np.asarray(out, dtype=float)))
 
     def reset(self):
@@ -355,7 +360,7 @@ def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
             ticks.append(next_action(runner))
     finally:
         runner.stop()
-    assert policy.reused >= 1
+    assert runner.step_stats.reused >= 1
     for tick in ticks:
         assert ((tick.command >= tight.lower) & (tick.command <= tight.upper)).all()
         assert np.abs(tick.raw[:6]).max() > 1e-4  # the raw action was outside: clamped

@@ -14,17 +14,28 @@
 
 """Dataset generation and a short training run of the default-policy recipe."""
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 import json
+import math
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+import torch
 
 from flashvla_ros.policy import Observation, load_policy
+from flashvla_ros.policy.config import TextConfig
+from flashvla_ros.policy.layout import SequenceLayout
+from flashvla_ros.policy.llama import Llama, rotate_half
 from flashvla_ros.sim.tasks import Episode
 from flashvla_ros.train import dataset as ds
-from flashvla_ros.train.trainer import TrainConfig, train
+from flashvla_ros.train.trainer import (
+    FOCUS_LAYER,
+    TrainConfig,
+    attention_focus_loss,
+    run_with_attention,
+    train,
+)
 
 
 @pytest.fixture(scope='module')
@@ -75,7 +86,7 @@ def test_short_training_run_learns_and_saves_a_loadable_checkpoint(data_dir, tmp
     weights = load_file(str(tmp_path / 'a' / 'model.safetensors'))
     assert not any('aux' in k or 'patch_objects' in k for k in weights)  # plain OpenVLA
     policy = load_policy(str(tmp_path / 'a'))
-    assert policy.cfg.num_patches == 64 and policy.codec.vocab_size < 1000
+    assert policy.cfg.num_patches == 64 and policy.head.codec.vocab_size < 1000
     ep = Episode(ds.HELDOUT_SEED_START)
     action = policy.predict(Observation(ep.observe(), ep.instruction))
     assert action.values.shape == (7,) and action.info.visual_tokens == 64
@@ -193,3 +204,79 @@ def test_dagger_rollouts_execute_chunks_as_the_node_does():
     assert steps == 80 and len(calls) == 20 and not data['ep_success'].any()
     assert np.allclose(data['executed'][:, 0], 0.001 * (np.arange(steps) % 4))
     assert np.allclose(data['plan'][:, 0], data['action'])
+
+
+def reference_focus_loss(layer, hidden, cos, sin, batch, layout):
+    """Compute the focus loss as the trainer did before reading `Llama.run`'s probe."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    b = torch.arange(x.shape[0])
+    q = attn.q_proj(x[b, batch['first']]).view(len(b), attn.n_heads, attn.head_dim)
+    k = attn.k_proj(x).view(*x.shape[:2], attn.n_kv, attn.head_dim)
+    k = k.repeat_interleave(attn.n_heads // attn.n_kv, dim=2)
+    rot = batch['first']
+    q = q * cos[rot].unsqueeze(1) + rotate_half(q) * sin[rot].unsqueeze(1)
+    k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]
+    scores = torch.einsum('bhd,bthd->bht', q[:, :3], k[:, :, :3]) / math.sqrt(attn.head_dim)
+    visible = torch.arange(x.shape[1])[None, :] <= batch['first'][:, None]
+    scores = scores.masked_fill(~visible[:, None, :], float('-inf'))
+    log_p = scores.log_softmax(-1)[:, :, layout.visual_span]
+    target = batch['focus'] > 0
+    mass = torch.logsumexp(log_p.masked_fill(~target, float('-inf')), dim=-1)
+    return -(mass[target.any(-1)]).mean()
+
+
+def test_attention_focus_loss_from_the_layer_loops_probe_matches_the_old_computation(
+        monkeypatch):
+    torch.manual_seed(0)
+    llm = Llama(TextConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=64))  # grouped-query attention
+    with torch.no_grad():
+        for layer in llm.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+    layout = SequenceLayout(visual=9, prompt=8)
+    seq = torch.randn(3, layout.prefill, 32, requires_grad=True)
+    positions = layout.positions()
+    focus = (torch.rand(3, 3, layout.visual) < 0.3).float()
+    focus[1, 2] = 0  # no zone: that head is not supervised
+    focus[:, :, 0] = 1  # every other head has a target
+    batch = {'first': torch.tensor([12, 16, 10]), 'focus': focus}
+    # Before: the layers one by one, and the attention rebuilt from the focus layer's input.
+    cos, sin = llm.rotary(positions, seq.dtype)
+    hidden = seq
+    for i, layer in enumerate(llm.model.layers):
+        if i == FOCUS_LAYER:
+            old = reference_focus_loss(layer, hidden, cos, sin, batch, layout)
+        hidden = layer(hidden, cos, sin)[0]
+    old_grad = torch.autograd.grad(old, seq)[0]
+    # Now: the layer loop and its attention-weights probe.
+    out, weights = run_with_attention(llm, seq, positions, [0, 1, 2], FOCUS_LAYER)
+    new = attention_focus_loss(weights, batch, layout)
+    assert torch.equal(out, hidden)
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(new, seq)[0], old_grad, rtol=1e-4, atol=1e-6)
+    assert 1.0 < old.item() < 10.0  # a real -log mass, not a degenerate 0
+    # A plan without the focus layer (LayerDrop) has no weights to supervise.
+    assert run_with_attention(llm, seq, positions, [0, 2], FOCUS_LAYER)[1] is None
+    # The probe handed over as one tensor (a callback API of one probe kind) reads the same.
+    run = llm.run
+
+    def one_tensor(hidden, positions, plan, probes, after_layer):
+        return run(hidden, positions, plan, probes,
+                   lambda i, h, found: after_layer(i, h, next(iter(found.values()), None)))
+
+    monkeypatch.setattr(llm, 'run', one_tensor)
+    assert torch.equal(run_with_attention(llm, seq, positions, None, FOCUS_LAYER)[1], weights)
+
+
+def test_the_command_line_offers_every_training_option(capsys):
+    from flashvla_ros.train.cli import main
+
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = capsys.readouterr().out
+    assert 'flashvla-train: train the embedded default' in text
+    for flag in ['--data', '--out', '--plot-log', '--plot-out', '--init', '--stop-after',
+                 *(f'--{f.replace("_", "-")}' for f in asdict(TrainConfig()))]:
+        assert flag in text, flag

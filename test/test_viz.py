@@ -26,8 +26,8 @@ from flashvla_ros.bench.run import main as bench_main
 from flashvla_ros.bench.run import plot_size
 from flashvla_ros.ros.demo import FrameSink
 from flashvla_ros.sim.tasks import Episode
-from flashvla_ros.train.trainer import main as train_main
-from flashvla_ros.train.trainer import plot_losses
+from flashvla_ros.train.cli import main as train_main
+from flashvla_ros.train.plots import plot_losses
 from flashvla_ros.viz.figures import moving_mean_ci, wilson_ci
 from flashvla_ros.viz.video import FrameWriter, Viewer, annotate, wrap
 

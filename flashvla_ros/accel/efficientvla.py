@@ -144,7 +144,7 @@ class LayerSimilarity(Hooks):
         self._previous: torch.Tensor | None = None
 
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
-                    probe: torch.Tensor | None) -> None:
+                    probes: dict[str, torch.Tensor]) -> None:
         before = step.decoder_input if layer == 0 else self._previous
         assert before is not None and before.shape == hidden.shape  # every layer, every token
         cos = F.cosine_similarity(before.float(), hidden.float(), dim=-1)  # [B, T]
@@ -314,6 +314,7 @@ class EfficientVLA(Accelerator):
                     'mlp_sparsity': 0.25},
     }
     DEFAULT_PRESET = 'default'
+    caches = True
 
     def __init__(self, options: EfficientVLAOptions) -> None:
         super().__init__(options)
@@ -351,9 +352,9 @@ class EfficientVLA(Accelerator):
         self._token_layer = kept[min(self.options.token_layer, len(kept)) - 1]
         return kept
 
-    def probes(self) -> dict[int, str]:
+    def probes(self) -> dict[int, set[str]]:
         diverse = self._selects and self.options.selection == 'diverse'
-        return {self._token_layer: 'attention_weights'} if diverse else {}
+        return {self._token_layer: {'attention_weights'}} if diverse else {}
 
     def needs_layers(self) -> set[int]:
         return {self._token_layer} if self._selects else set()
@@ -362,7 +363,7 @@ class EfficientVLA(Accelerator):
         return dict(self._neurons)
 
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
-                    probe: torch.Tensor | None) -> torch.Tensor | None:
+                    probes: dict[str, torch.Tensor]) -> torch.Tensor | None:
         o = self.options
         n = step.visual_kept.numel()
         if layer != self._token_layer or not self._selects:
@@ -373,11 +374,8 @@ class EfficientVLA(Accelerator):
             self._steps += 1
             keep = torch.sort(torch.randperm(n, generator=gen)[:budget]).values
             return keep.to(hidden.device)
-        if probe is None:
-            raise ValueError('efficientvla needs the attention weights of its token layer: '
-                             'another accelerator changed the layer plan after it')
-        visual = slice(1, 1 + n)
-        relevance = task_relevance(probe, visual, slice(1 + n, hidden.shape[1]))
+        visual, text = step.layout.visual_present(n), step.layout.text_present(n)
+        relevance = task_relevance(probes['attention_weights'], visual, text)
         step.record.scoring.append(('diverse', n, hidden.shape[1] - n))
         return diverse_selection(relevance, hidden[0, visual], budget, o.key_tokens,
                                  o.relevance_share)

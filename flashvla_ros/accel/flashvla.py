@@ -305,23 +305,22 @@ class FlashVLA(Accelerator):
         self._layer = layers[self.options.layer - 1]
         return layers
 
-    def probes(self) -> dict[int, str]:
-        return {self._layer: 'attention_output'}
+    def probes(self) -> dict[int, set[str]]:
+        return {self._layer: {'attention_output'}}
 
     def before_step(self, step: Step) -> None:
         if self.options.reuse and self.options.gate == 'past':
             step.reuse = self._reusable(None)
 
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
-                    probe: torch.Tensor | None) -> torch.Tensor | None:
+                    probes: dict[str, torch.Tensor]) -> torch.Tensor | None:
         o = self.options
         if layer != self._layer:
             return None
         n = step.visual_kept.numel()
         if o.scores_tokens(n):
-            assert probe is not None
-            scores, rank = information_contribution(step.visual_hidden(probe)[0], o.energy,
-                                                    o.rank, o.svd)
+            output = step.visual_hidden(probes['attention_output'])[0]
+            scores, rank = information_contribution(output, o.energy, o.rank, o.svd)
             step.record.scoring.append((o.svd, n, o.rank))
             keep = select_tokens(scores, o.kept_tokens(n))
         else:  # keep everything: nothing to score

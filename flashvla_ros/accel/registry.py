@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ..policy.composition import check_roles
 from .base import Accelerator
 from .efficientvla import EfficientVLA
 from .flashvla import FlashVLA
@@ -51,10 +52,7 @@ def check_accel(names: Sequence[str], options: dict[str, dict[str, Any]]) -> dic
                          f'{[NONE, *sorted(ACCELERATORS)]}')
     if len(set(names)) != len(names):
         raise ValueError(f'accel {names} names an accelerator twice')
-    for role, what in (('gates', 'a reuse gate'), ('drafts', 'a decode draft')):
-        takers = [n for n in names if getattr(ACCELERATORS[n], role)]
-        if len(takers) > 1:
-            raise ValueError(f'accel {names}: {takers} each bring {what}; a step has one')
+    check_roles([ACCELERATORS[n] for n in names])
     return {n: ACCELERATORS[n].build_options(options.get(n)) for n in names}
 
 

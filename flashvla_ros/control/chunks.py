@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .safety import GRIPPER
+from ..policy.actions import GRIPPER
 
 
 def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:

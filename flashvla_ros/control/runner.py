@@ -45,11 +45,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..policy.actions import GRIPPER
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
-from ..policy.step import ActionChunk, Observation, StepInfo
+from ..policy.step import ActionChunk, Observation, RunningStats, StepInfo
 from .chunks import ChunkProgress, adaptive_ensemble
-from .safety import GRIPPER, SafetyLimits
+from .safety import SafetyLimits
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class PolicyRunner:
         self.lateness_ms: deque[float] = deque(maxlen=600)  # actual - planned tick time
         self.last_error = ''
         self.last_info: StepInfo | None = None  # of the last inference
+        self.step_stats = RunningStats()  # reuse and FLOPs saved over this runner's steps
         self._lock = threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
         # Arrival times of the newest valid frames, newest last: camera staleness reads the
@@ -478,6 +480,7 @@ class PolicyRunner:
             self.jit_margin_s = max(JIT_MARGIN_S, self.jit_margin_s - JIT_MARGIN_DECAY_S)
             self.inference_rate.mark(time.monotonic())
             self.last_info = chunk.info
+            self.step_stats.add(chunk.info)
             if episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GRIPPER = 6  # index of the gripper in OpenVLA's 7-D action
+from ..policy.actions import GRIPPER
+
 MOTION = slice(0, GRIPPER)  # the dimensions a hold sets to zero
 
 

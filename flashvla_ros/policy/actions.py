@@ -29,6 +29,10 @@ import numpy as np
 
 from .errors import CheckpointError
 
+# OpenVLA's action: end-effector deltas x, y, z, roll, pitch, yaw, then the gripper (1 closes).
+ACTION_DIM = 7
+GRIPPER = 6  # the gripper's index: never normalised, binarised by CogACT, kept by a hold
+
 
 @dataclass(frozen=True)
 class ActionCodec:

@@ -19,11 +19,13 @@ Layout: `config.json` (with `text_config` and `norm_stats`), `model.safetensors`
 listed in `model.safetensors.index.json`, and the tokenizer files. The model is built on the
 meta device, allocated once in the target dtype and device, and every tensor is copied
 straight in: peak memory is the model in its target dtype plus one tensor (a 7B checkpoint
-loads in bf16 without an fp32 copy).
+loads in bf16 without an fp32 copy). A CogACT diffusion head (`action_model.*`) stays float32
+whatever the VLM's dtype, loaded and stored, as CogACT deploys it beside a bf16 VLM.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 import hashlib
 import json
@@ -49,6 +51,8 @@ DTYPES = {
     'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
     'float16': torch.float16, 'fp16': torch.float16,
 }
+HEAD = 'action_model.'  # the diffusion head's parameters: float32 at any VLM dtype
+HEAD_DTYPE = torch.float32
 
 
 @dataclass
@@ -145,6 +149,28 @@ def known_unused(cfg: OpenVLAConfig) -> tuple[str, ...]:
     return tuple(prefixes)
 
 
+def summarise_keys(what: str, keys: list[str], groups: int = 8) -> str:
+    """
+    Summarise a list of weight names by module for an error message: counts, a few names.
+
+    Names are grouped by their first two components (`language_model.model.*`); a group of
+    three or fewer is listed in full, a larger one as its prefix and count. At most `groups`
+    groups are shown, largest first, so the message stays a line whatever the list's length.
+    """
+    prefixes = {key: '.'.join(key.split('.')[:2]) for key in keys}
+    counts = Counter(prefixes.values())
+    shown = []
+    for prefix, count in counts.most_common(groups):
+        if count <= 3:
+            shown += [key for key in keys if prefixes[key] == prefix]
+        else:
+            shown.append(f'{prefix}.* ({count})')
+    rest = len(counts) - min(groups, len(counts))
+    tail = f', and {rest} more groups' if rest else ''
+    noun = 'weight' if len(keys) == 1 else 'weights'
+    return f'{what} {len(keys)} {noun}: ' + ', '.join(shown) + tail
+
+
 def _our_name(key: str) -> str:
     # timm 1.x names LayerScale's parameter `gamma`; OpenVLA's checkpoint calls it `scale_factor`.
     if key.endswith('.gamma') and ('.ls1.' in key or '.ls2.' in key):
@@ -155,7 +181,12 @@ def _our_name(key: str) -> str:
 def load_model(
     path: str | Path, device: str | torch.device = 'cpu', dtype: str | torch.dtype = 'float32'
 ) -> tuple[OpenVLA, LoadReport]:
-    """Build the model for `path` and fill it from its safetensors files."""
+    """
+    Build the model for `path` and fill it from its safetensors files.
+
+    Every parameter is allocated in `dtype` except a diffusion head's (`action_model.*`),
+    which stays float32 (CogACT's deployment: fp32 head beside a bf16 VLM).
+    """
     start = time.perf_counter()
     path = expand_path(path)
     cfg = read_config(path)
@@ -164,7 +195,11 @@ def load_model(
 
     with torch.device('meta'):
         model = OpenVLA(cfg)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype)
+    head = getattr(model, 'action_model', None)
+    if head is not None:
+        head.to(dtype=HEAD_DTYPE)
+    model = model.to_empty(device=device)
     targets = model.state_dict()
     unused = known_unused(cfg)
     report = LoadReport(files=[str(f) for f in files])
@@ -193,8 +228,8 @@ def load_model(
     missing = [k for k in targets if k not in filled]
     if missing:
         raise CheckpointError(
-            f'{Path(path)}: {len(missing)} weights missing from {[f.name for f in files]}, e.g. '
-            f'{missing[:5]}'
+            f'{Path(path)}: {summarise_keys("missing", missing)} (from '
+            f'{[f.name for f in files]})'
         )
     report.loaded = len(filled)
     report.seconds = time.perf_counter() - start
@@ -209,15 +244,22 @@ def save_checkpoint(
     dtype: str | torch.dtype | None = 'bfloat16',
     max_shard_bytes: int = 5 * 1024**3,
 ) -> Path:
-    """Write config.json, weights (sharded with an index past `max_shard_bytes`), tokenizer."""
+    """
+    Write config.json, weights (sharded with an index past `max_shard_bytes`), tokenizer.
+
+    `dtype` is the stored dtype of the floating-point tensors (None: as given), except the
+    diffusion head's (`action_model.*`), stored float32 whatever the VLM's dtype.
+    """
     out = expand_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cast = parse_dtype(dtype) if dtype is not None else None
-    tensors = {
-        k: (v.to(cast) if cast is not None and v.is_floating_point() else v)
-        .detach().to('cpu').contiguous()
-        for k, v in state_dict.items()
-    }
+
+    def stored(key: str, v: torch.Tensor) -> torch.Tensor:
+        if cast is not None and v.is_floating_point():
+            v = v.to(HEAD_DTYPE if key.startswith(HEAD) else cast)
+        return v.detach().to('cpu').contiguous()
+
+    tensors = {k: stored(k, v) for k, v in state_dict.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, t in tensors.items():

@@ -33,7 +33,14 @@ import pickle
 
 import torch
 
-from .checkpoint import CONFIG, expand_path, known_unused, read_json, save_checkpoint
+from .checkpoint import (
+    CONFIG,
+    expand_path,
+    known_unused,
+    read_json,
+    save_checkpoint,
+    summarise_keys,
+)
 from .config import OpenVLAConfig
 from .dit import DiTConfig
 from .errors import CheckpointError
@@ -53,6 +60,7 @@ PREFIXES = (
     ('action_model.', 'action_model.'),
 )
 SKIPPED = ('ema_diffusion.',)  # the EMA copy of the head: kept out unless asked for
+PARTS = ('vision_backbone', 'projector', 'llm_backbone', 'action_model')  # a full .pt's parts
 
 
 def find_weights(run_dir: Path) -> Path:
@@ -117,6 +125,23 @@ def head_config(state: dict[str, torch.Tensor], size: str, chunk: int,
     return cfg
 
 
+def missing_parts_hint(state: dict[str, torch.Tensor], use_ema: bool = False) -> str:
+    """Say which of CogACT's parts a .pt lacks entirely, '' when it has them all."""
+    present = {key.partition('.')[0] for key in state}
+    if use_ema and 'ema_diffusion' in present:
+        present.add('action_model')
+    absent = [part for part in PARTS if part not in present]
+    if not absent:
+        return ''
+    full = ("CogACT's full checkpoint has vision_backbone, projector, llm_backbone and "
+            'action_model')
+    if absent == ['vision_backbone', 'projector', 'llm_backbone']:
+        return f'this .pt holds only the action model; {full}'
+    if absent == ['action_model']:
+        return f'this .pt holds no action model (a VLM-only checkpoint?); {full}'
+    return f'this .pt lacks {", ".join(absent)}; {full}'
+
+
 def convert_cogact(run_dir: str | Path, out_dir: str | Path, *,
                    tokenizer_dir: str | Path | None = None,
                    base_config: str | Path | None = None, size: str = 'DiT-B',
@@ -125,7 +150,9 @@ def convert_cogact(run_dir: str | Path, out_dir: str | Path, *,
     Convert a CogACT run directory into our checkpoint layout; return the output directory.
 
     `base_config` is an OpenVLA `config.json` giving the VLM's shapes when CogACT's
-    `vla.base_vlm` is not one we know. Missing and unexpected weights are named.
+    `vla.base_vlm` is not one we know. Missing and unexpected weights are summarised by
+    module, with what a wholly missing part suggests. `dtype` is the VLM's stored dtype; the
+    action head is stored float32 whatever it is (CogACT runs its head in fp32).
     """
     run = expand_path(run_dir)
     pt = find_weights(run)
@@ -140,11 +167,17 @@ def convert_cogact(run_dir: str | Path, out_dir: str | Path, *,
                                   f'{sorted(BASE_VLMS)}; give base_config')
         from .presets import openvla_7b_config
         vlm = openvla_7b_config()
-    state, unplaced = our_names(read_state(pt), use_ema)
+    raw_state = read_state(pt)
+    state, unplaced = our_names(raw_state, use_ema)
     embed = state.get('language_model.model.embed_tokens.weight')
     if embed is not None:  # Prismatic pads the vocabulary; the shape is the truth
         vlm = replace(vlm, text=replace(vlm.text, vocab_size=embed.shape[0]))
-    cfg = replace(vlm, norm_stats=stats, action_model=head_config(state, size, chunk))
+    try:
+        head = head_config(state, size, chunk)
+    except CheckpointError as exc:
+        hint = missing_parts_hint(raw_state, use_ema)
+        raise CheckpointError(f'{pt}: {exc}' + (f'; {hint}' if hint else '')) from exc
+    cfg = replace(vlm, norm_stats=stats, action_model=head)
     with torch.device('meta'):
         expected = OpenVLA(cfg).state_dict()
     missing = sorted(set(expected) - set(state))
@@ -152,8 +185,10 @@ def convert_cogact(run_dir: str | Path, out_dir: str | Path, *,
               if k in state and state[k].shape != expected[k].shape]
     unused = known_unused(cfg)  # ViT tails timm stores and inference never reads
     extra = sorted(k for k in set(state) - set(expected) if not k.startswith(unused)) + unplaced
-    problems = [f'missing: {missing}' if missing else '', f'unexpected: {extra}' if extra
-                else '', f'shapes: {shapes}' if shapes else '']
+    problems = [summarise_keys('missing', missing) if missing else '',
+                summarise_keys('unexpected', extra) if extra else '',
+                f'{len(shapes)} shapes differ: {shapes[:3]}' if shapes else '',
+                missing_parts_hint(raw_state, use_ema) if missing else '']
     if any(problems):
         raise CheckpointError(f'{pt}: ' + '; '.join(p for p in problems if p))
     return save_checkpoint(expand_path(out_dir), state, cfg, tokenizer_dir=tokenizer_dir,

@@ -84,6 +84,9 @@ class DiTConfig:
         if not 1 <= cfg.ddim_steps <= cfg.train_steps or cfg.train_steps % cfg.ddim_steps:
             raise CheckpointError(f'{source}: "action_model" ddim_steps {cfg.ddim_steps} must '
                                   f'divide train_steps {cfg.train_steps}')
+        if cfg.ddim_steps == 1 and cfg.train_steps <= 50:
+            raise CheckpointError(f'{source}: "action_model" one DDIM step samples at timestep '
+                                  f'50 (as CogACT): train_steps must exceed 50')
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,15 +228,58 @@ class ActionModel(nn.Module):
 # -- the diffusion ----------------------------------------------------------------------------
 
 
-def squaredcos_alphas_cumprod(steps: int) -> torch.Tensor:
-    """Cumulative products of 1 - beta for the squared-cosine schedule (betas capped at 0.999)."""
+def squaredcos_betas(steps: int) -> np.ndarray:
+    """Return the squared-cosine schedule's betas (capped at 0.999) as a float64 array."""
 
     def alpha_bar(s: float) -> float:
         return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    betas = torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999)
-                          for i in range(steps)], dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, dim=0)
+    return np.array([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999)
+                     for i in range(steps)], dtype=np.float64)
+
+
+def squaredcos_alphas_cumprod(steps: int) -> torch.Tensor:
+    """Return the cumulative products of 1 - beta of the squared-cosine schedule (float64)."""
+    return torch.from_numpy(np.cumprod(1.0 - squaredcos_betas(steps)))
+
+
+def ddim_timesteps(train_steps: int, ddim_steps: int) -> list[int]:
+    """
+    Return the original timesteps DDIM visits, ascending, as CogACT's "ddimN" respacing does.
+
+    N steps take every stride-th timestep from 0, the stride the smallest giving N of them
+    (train_steps / N when it divides); one step is CogACT's special case, timestep 50.
+    """
+    if ddim_steps == 1:
+        if train_steps <= 50:
+            raise ValueError(f'one DDIM step uses timestep 50 (as CogACT): train_steps '
+                             f'{train_steps} must exceed it')
+        return [50]
+    stride = next((s for s in range(1, train_steps) if -(-train_steps // s) == ddim_steps), None)
+    if stride is None:
+        raise ValueError(f'no integer stride gives {ddim_steps} of {train_steps} timesteps')
+    return list(range(0, train_steps, stride))
+
+
+def ddim_coefficients(train_steps: int, timesteps: list[int]) -> dict[str, np.ndarray]:
+    """
+    Return the respaced schedule's DDIM coefficients per step (float64, ascending steps).
+
+    As CogACT's SpacedDiffusion: the kept timesteps get new betas 1 - abar_t / abar_prev kept,
+    whose cumulative product is the respaced abar (not bit-equal to abar_t itself); then
+    sqrt(1 / abar), sqrt(1 / abar - 1) and abar_prev (1 before the first step), all float64.
+    """
+    full = np.cumprod(1.0 - squaredcos_betas(train_steps))
+    betas, last = [], 1.0
+    for t in timesteps:
+        betas.append(1 - full[t] / last)
+        last = full[t]
+    alphas = np.cumprod(1.0 - np.array(betas, dtype=np.float64))
+    return {
+        'recip': np.sqrt(1.0 / alphas),
+        'recipm1': np.sqrt(1.0 / alphas - 1),
+        'prev': np.append(1.0, alphas[:-1]),
+    }
 
 
 def diffusion_loss(net: DiT, actions: torch.Tensor, condition: torch.Tensor,
@@ -265,34 +311,43 @@ def frame_seed(rgb: np.ndarray, base: int = 0) -> int:
 def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,
                 block_cache: Callable[[int], BlockCache] | None = None) -> torch.Tensor:
     """
-    DDIM (eta 0) from `noise` [N, H, A] at the original timesteps T-s, ..., s, 0 (s = T/steps).
+    Run DDIM (eta 0) from `noise` [N, H, A] at CogACT's respaced timesteps, last to first.
 
+    Bit-for-bit CogACT's sampler: the coefficients are float64 arrays cast to float32 at use,
+    the square roots of abar_prev taken in float32, and the noise estimate recomputed from x0
+    before the step; x0 is not clipped (the caller clips). The net runs in its own parameter
+    dtype whatever the inputs' (the policy keeps the head fp32). The timestep embedding is
+    computed per step at the batch CogACT feeds it (a batched one differs in the last bits).
     With `cfg_scale` > 1 the batch doubles with the null condition and the noise estimate is
     uncond + scale (cond - uncond). `block_cache(step_index)` gives each denoising step's
-    block-cache hook. Returns the final x0 [N, H, A] (not clipped; the caller clips).
+    block-cache hook. Return the final x0 [N, H, A].
     """
     cfg = net.cfg
-    alphas = squaredcos_alphas_cumprod(cfg.train_steps)
-    stride = cfg.train_steps // cfg.ddim_steps
-    timesteps = list(range(cfg.train_steps - stride, -1, -stride))
+    dtype = next(net.parameters()).dtype
+    timesteps = ddim_timesteps(cfg.train_steps, cfg.ddim_steps)
+    coef = ddim_coefficients(cfg.train_steps, timesteps)
+
+    def at(name: str) -> torch.Tensor:  # float64 -> float32 on the sampler's device
+        return torch.from_numpy(coef[name]).to(device=noise.device).float()
+
+    recip, recipm1, prev = at('recip'), at('recipm1'), at('prev')
+    # eta 0: sigma is 0, so sqrt(1 - abar_prev - sigma^2) is sqrt(1 - abar_prev) to the bit.
+    keep, blend = torch.sqrt(prev), torch.sqrt(1 - prev)
     guided = cfg.cfg_scale > 1.0
     n = noise.shape[0]
-    z = condition
+    z = condition.to(dtype)
     if guided:
-        z = torch.cat([condition, net.z_embedder.uncondition.expand_as(condition)], dim=0)
-    # The condition and timestep embeddings do not depend on x: embed them once per call.
-    z = net.z_embedder(z)
-    t_rows = net.t_embedder(torch.tensor(timesteps, device=noise.device))[:, None, None]
-    x = noise
-    for k, t in enumerate(timesteps):
+        z = torch.cat([z, net.z_embedder.uncondition.expand_as(z)], dim=0)
+    z = net.z_embedder(z)  # the same input every step: embedded once, the same bits
+    x = noise.to(dtype)
+    for k, i in enumerate(reversed(range(len(timesteps)))):
         inputs = torch.cat([x, x], dim=0) if guided else x
+        t = torch.full((inputs.shape[0],), timesteps[i], device=noise.device)
         hook = compute_all if block_cache is None else block_cache(k)
-        eps = net.denoise(inputs, t_rows[k] + z, block_cache=hook)
+        eps = net.denoise(inputs.to(dtype), net.t_embedder(t)[:, None] + z, block_cache=hook)
         if guided:
             eps = eps[n:] + cfg.cfg_scale * (eps[:n] - eps[n:])
-        a_t = float(alphas[t])
-        a_prev = float(alphas[t - stride]) if t - stride >= 0 else 1.0
-        x0 = math.sqrt(1 / a_t) * x - math.sqrt(1 / a_t - 1) * eps
-        eps = (math.sqrt(1 / a_t) * x - x0) / math.sqrt(1 / a_t - 1)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+        x0 = recip[i] * x - recipm1[i] * eps
+        eps = (recip[i] * x - x0) / recipm1[i]
+        x = x0 * keep[i] + blend[i] * eps
     return x

@@ -38,12 +38,17 @@ class SequenceLayout:
 
     @property
     def visual_span(self) -> slice:
-        return slice(1, 1 + self.visual)
+        return self.visual_present(self.visual)
 
-    @property
-    def text_span(self) -> slice:
-        """Span the prompt after BOS (and, in training, the action tokens that follow it)."""
-        return slice(1 + self.visual, None)
+    @staticmethod
+    def visual_present(present: int) -> slice:
+        """Where `present` visual tokens sit once selections dropped the others: after BOS."""
+        return slice(1, 1 + present)
+
+    @staticmethod
+    def text_present(present: int) -> slice:
+        """Where the prompt after BOS (and any action tokens) sits, after `present` visual."""
+        return slice(1 + present, None)
 
     @property
     def prefill(self) -> int:
@@ -59,9 +64,6 @@ class SequenceLayout:
     def length(self) -> int:
         """Positions the whole step needs: the prefill and every action token."""
         return self.prefill + self.actions
-
-    def first_action_position(self) -> int:
-        return self.prefill
 
     def positions(self, device: torch.device | str = 'cpu') -> torch.Tensor:
         """Rotary positions of the prefill, in order."""
@@ -79,5 +81,6 @@ class SequenceLayout:
         after them is kept whole.
         """
         device = kept.device
-        return torch.cat([torch.zeros(1, dtype=torch.long, device=device), kept + 1,
-                          torch.arange(1 + present, tokens, device=device)])
+        visual, text = self.visual_present(present), self.text_present(present)
+        return torch.cat([torch.arange(visual.start, device=device), kept + visual.start,
+                          torch.arange(text.start, tokens, device=device)])

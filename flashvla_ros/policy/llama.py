@@ -26,14 +26,14 @@ Two caches, one interface (`update(k, v, positions) -> keys, values, mask`):
   preallocated length with a mask of the filled slots, so a decode step has one shape:
   what `torch.compile` and CUDA graphs need. Dropped tokens are slots never filled.
 
-`Llama.run` is the one layer loop: a layer plan (which layers run), one optional probe per
+`Llama.run` is the one layer loop: a layer plan (which layers run), the probes asked of a
 layer (the attention output or the attention weights, computed only where asked), and an
 after-layer callback that may keep a subset of the tokens or stop the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 import math
 
 import torch
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .config import TextConfig
 
-PROBES = ('attention_output', 'attention_weights')
+PROBES = ('attention_output', 'attention_weights')  # what a layer can be asked to expose
 
 
 class Stop:
@@ -51,8 +51,20 @@ class Stop:
 
 STOP = Stop()
 
-# after_layer(layer, hidden, probe) -> None (go on), an index of tokens to keep, or STOP.
-AfterLayer = Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor | Stop | None]
+# after_layer(layer, hidden, probes) -> None (go on), an index of tokens to keep, or STOP.
+AfterLayer = Callable[[int, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor | Stop | None]
+
+
+def narrow_probes(probes: dict[str, torch.Tensor], index: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+    """
+    Keep the probes of the tokens at `index` only, as the hidden states are narrowed.
+
+    The attention output [B, T, D] loses rows; the attention weights [B, H, T, T] (queries and
+    keys of the same tokens, see `Attention.forward`) lose rows and columns.
+    """
+    return {kind: probe[:, :, index][..., index] if kind == 'attention_weights'
+            else probe[:, index] for kind, probe in probes.items()}
 
 
 class RMSNorm(nn.Module):
@@ -173,6 +185,8 @@ class Attention(nn.Module):
             if mask is not None:
                 scores = scores.masked_fill(~mask, float('-inf'))
             probs = scores.softmax(-1)
+            if isinstance(self.cache, StaticKVCache):  # keys by position slot -> by token
+                probs = probs[..., positions]
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), probs
 
 
@@ -225,14 +239,15 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor | None = None, probe: str | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the layer's output and the `probe` asked for (None without one)."""
+                positions: torch.Tensor | None = None, probes: Collection[str] = ()
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the layer's output and the `probes` asked for, by kind."""
         attended, weights = self.self_attn(self.input_layernorm(x), cos, sin, positions,
-                                           weights=probe == 'attention_weights')
+                                           weights='attention_weights' in probes)
         x = x + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, attended if probe == 'attention_output' else weights
+        found = {'attention_output': attended, 'attention_weights': weights}
+        return x, {kind: found[kind] for kind in probes}
 
 
 class LlamaBody(nn.Module):
@@ -317,7 +332,7 @@ class Llama(nn.Module):
         hidden: torch.Tensor,
         positions: torch.Tensor,
         plan: Sequence[int] | None = None,
-        probes: dict[int, str] | None = None,
+        probes: dict[int, Collection[str]] | None = None,
         after_layer: AfterLayer | None = None,
         tokens_per_layer: dict[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -325,19 +340,24 @@ class Llama(nn.Module):
         Run the layers of `plan` (all, in order, by default) on `hidden` [B, T, D].
 
         Rotary `positions` [T] travel with the tokens. After each layer, `after_layer` sees
-        the hidden states and that layer's probe (`probes[layer]`: 'attention_output' or
-        'attention_weights'), and may return an index of the tokens to keep (the later
+        the hidden states and that layer's probes (`probes[layer]`, kinds of PROBES, by kind:
+        {} where none is asked), and may return an index of the tokens to keep (the later
         layers, and their KV caches, never see the others) or STOP. Returns the hidden
         states and positions that leave the last layer (no final norm), or None on STOP.
         `tokens_per_layer` receives the tokens that entered each layer that ran.
         """
         probes = probes or {}
+        if any(isinstance(kinds, str) for kinds in probes.values()):
+            raise TypeError(f'probes {probes}: each layer takes a set of probe kinds')
+        unknown = sorted({kind for kinds in probes.values() for kind in kinds} - set(PROBES))
+        if unknown:
+            raise ValueError(f'unknown probe(s) {unknown}; a layer exposes {list(PROBES)}')
         cos, sin = self.rotary(positions, hidden.dtype)
         for i in range(self.num_layers) if plan is None else plan:
             if tokens_per_layer is not None:
                 tokens_per_layer[i] = hidden.shape[1]
-            hidden, probe = self.model.layers[i](hidden, cos, sin, positions, probes.get(i))
-            outcome = None if after_layer is None else after_layer(i, hidden, probe)
+            hidden, found = self.model.layers[i](hidden, cos, sin, positions, probes.get(i, ()))
+            outcome = None if after_layer is None else after_layer(i, hidden, found)
             if outcome is STOP:
                 return None
             if outcome is not None:

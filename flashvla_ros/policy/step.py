@@ -54,8 +54,7 @@ class StepInfo:
     layers_run: int
     reused: bool = False
     non_action_tokens: int = 0
-    reuse_rate: float = 0.0  # running, since the policy was made
-    flops_saved: float = 0.0  # running share of the plain model's FLOPs not spent
+    flops_full: int = 0  # the plain model's FLOPs for the same step (what `flops` saves on)
     extras: dict[str, Any] = field(default_factory=dict)  # accelerator values (gate angles...)
 
     @property
@@ -67,8 +66,33 @@ class StepInfo:
         return {'reused': self.reused, 'prompt_tokens': self.prompt_tokens,
                 'visual_tokens': self.visual_tokens, 'kept_tokens': self.kept_tokens,
                 'layers_run': self.layers_run, 'non_action_tokens': self.non_action_tokens,
-                'reuse_rate': self.reuse_rate, 'flops_saved': self.flops_saved,
                 'flops_step': self.flops.total, **self.extras}
+
+
+class RunningStats:
+    """Reuse rate and FLOPs saved over the steps a reader saw (the node's, the bench's)."""
+
+    def __init__(self) -> None:
+        self.steps = self.reused = 0
+        self.flops_done = self.flops_full = 0
+
+    def add(self, info: StepInfo) -> None:
+        self.steps += 1
+        self.reused += info.reused
+        self.flops_done += info.flops.total
+        self.flops_full += info.flops_full
+
+    @property
+    def reuse_rate(self) -> float:
+        return self.reused / max(1, self.steps)
+
+    @property
+    def flops_saved(self) -> float:
+        """Share of the plain model's FLOPs on the same steps not spent."""
+        return 1.0 - self.flops_done / self.flops_full if self.flops_full else 0.0
+
+    def scalars(self) -> dict[str, float]:
+        return {'reuse_rate': self.reuse_rate, 'flops_saved': self.flops_saved}
 
 
 @dataclass
@@ -104,15 +128,17 @@ class Step:
 
     def visual_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Return the visual tokens still present in `hidden` [B, T, D]: [B, n, D]."""
-        return hidden[:, 1:1 + self.visual_kept.numel()]
+        return hidden[:, self.layout.visual_present(self.visual_kept.numel())]
 
 
 class Hooks:
     """Hook points of the one forward: an accelerator overrides those it needs (defaults: none)."""
 
     name = 'hooks'
-    gates = False  # it may end steps early (at most one reuse gate per composition)
-    drafts = False  # it proposes drafts for the head (at most one per composition)
+    # Roles a composition gives to one hook at most (policy/composition.py).
+    gates = False  # it may end steps early: a reuse gate
+    drafts = False  # it proposes drafts for the token head
+    caches = False  # it caches DiT block outputs (`block_cache`)
 
     def bind(self, policy: Any) -> None:
         """Read what it needs of the policy (shapes, statistics); raise ValueError if unfit."""
@@ -124,8 +150,8 @@ class Hooks:
         """Return the decoder layers to run, given the plan so far (pruning makes holes)."""
         return layers
 
-    def probes(self) -> dict[int, str]:
-        """Layer -> 'attention_output' or 'attention_weights', only where it needs one."""
+    def probes(self) -> dict[int, set[str]]:
+        """Layer -> the probes it reads there ('attention_output', 'attention_weights')."""
         return {}
 
     def mlp_neurons(self) -> dict[int, torch.Tensor]:
@@ -140,8 +166,13 @@ class Hooks:
         """Before vision: may set `step.reuse` (a memory-only gate)."""
 
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
-                    probe: torch.Tensor | None) -> torch.Tensor | None:
-        """After `layer`: indices of the present visual tokens to keep (ascending), or None."""
+                    probes: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """
+        After `layer`: indices of the present visual tokens to keep (ascending), or None.
+
+        `hidden` and `probes` (the kinds asked of this layer, by kind) hold only the tokens
+        still present: an earlier hook's selection is already applied.
+        """
         return None
 
     def block_cache(self, step: Step, denoising_step: int):
@@ -149,8 +180,8 @@ class Hooks:
         Diffusion head: return the block-cache hook of one denoising step.
 
         `block_cache(block, part, compute)` returns a DiT block part's output ('attn' or 'mlp');
-        calling `compute()` computes it, anything else reuses (feature caching). Overriding
-        this method plugs it in; the default computes every part.
+        calling `compute()` computes it, anything else reuses (feature caching). A hook that
+        overrides it sets `caches`; the default computes every part.
         """
         return lambda block, part, compute: compute()
 

@@ -66,11 +66,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..accel.registry import accelerate, update_options
 from ..control.runner import PolicyRunner, Tick
-from ..control.safety import GRIPPER, SafetyLimits
+from ..control.safety import SafetyLimits
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import InputError, PolicyError, StepInfo, load_policy, set_cpu_threads
+from ..policy.actions import GRIPPER
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
 from ..viz.debug_view import render_debug
@@ -534,6 +535,7 @@ class PolicyNode(LifecycleNode):
             s = runner.status()
             values.update(s)
             values.update(policy_values(runner.last_info))
+            values.update({f'policy_{k}': v for k, v in runner.step_stats.scalars().items()})
             if s['warning']:
                 warnings['latency'] = s['warning']
             if self.joint_state is not None:

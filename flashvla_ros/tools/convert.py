@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='the action head (CogACT does not record it)')
     parser.add_argument('--chunk', type=int, default=16, help='actions per prediction')
     parser.add_argument('--ema', action='store_true', help='use the EMA copy of the head')
-    parser.add_argument('--dtype', default='bfloat16', help='stored dtype')
+    parser.add_argument('--dtype', default='bfloat16',
+                        help='stored dtype of the VLM (default bfloat16); the action head is '
+                             'always stored float32, as CogACT runs it')
     args = parser.parse_args(argv)
     try:
         out = convert_cogact(args.cogact, args.out, tokenizer_dir=args.tokenizer,

@@ -48,14 +48,13 @@ import time
 
 import numpy as np
 
+from ..policy.actions import ACTION_DIM, GRIPPER
 from ..policy.step import Observation
 from ..sim.tasks import FAMILIES, Episode, Task, expert_action, is_success
 from ..sim.world import MAX_STEP, Block, WorldState, Zone, render
 from ..sim.world import step as world_step
 
 HELDOUT_SEED_START = 1_000_000
-ACTION_DIM = 7
-GRIPPER = 6
 PLAN_STEPS = 16  # CogACT's chunk
 
 

@@ -33,7 +33,6 @@ The recipe (why it learns on 2 CPU cores where plain cross-entropy did not):
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 import json
 import math
@@ -50,7 +49,7 @@ from ..policy.checkpoint import expand_path, load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from ..policy.dit import DiTConfig, diffusion_loss
 from ..policy.layout import SequenceLayout
-from ..policy.llama import rotate_half
+from ..policy.llama import Llama
 from ..policy.openvla import PROMPT, OpenVLA
 from ..policy.preprocess import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD
 from ..policy.presets import init_weights
@@ -58,6 +57,7 @@ from ..policy.tokenizer import SPACE, build_llama_tokenizer, save_tokenizer_file
 from ..sim.tasks import PUSH_DIRECTIONS
 from ..sim.world import BLOCK_COLOURS, LABELS, TABLE_SIZE, ZONE_COLOURS, label_map, render
 from . import dataset as ds
+from .plots import plot_losses, run_title
 
 
 @dataclass
@@ -268,15 +268,11 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     emb = llm.embed(batch['text'])
     layout = SequenceLayout(visual=patches.shape[1], prompt=emb.shape[1])  # actions in the text
     seq = layout.assemble(emb, patches)
-    positions = layout.positions(seq.device)
-    cos, sin = llm.rotary(positions, seq.dtype)
-    hidden, focus_loss = seq, seq.new_zeros(())
-    for i, layer in enumerate(llm.model.layers):
-        if i in skip:
-            continue
-        if i == FOCUS_LAYER:
-            focus_loss = attention_focus_loss(layer, hidden, cos, sin, batch, layout)
-        hidden, _ = layer(hidden, cos, sin)
+    plan = [i for i in range(llm.num_layers) if i not in skip]
+    hidden, weights = run_with_attention(llm, seq, layout.positions(seq.device), plan,
+                                         FOCUS_LAYER)
+    focus_loss = seq.new_zeros(()) if weights is None else \
+        attention_focus_loss(weights, batch, layout)
     hidden = llm.model.norm(hidden)
     if 'chunks' in batch:  # diffusion: the cognition token's state conditions the head
         b = torch.arange(hidden.shape[0], device=seq.device)
@@ -308,30 +304,45 @@ FOCUS_LAYER = 1  # layer 0 can bring the instruction's words to the query positi
 LAYER_DROP_FROM = 2  # the layers before run on every visual token (EfficientVLA's token_layer)
 
 
-def attention_focus_loss(layer, hidden, cos, sin, batch, layout: SequenceLayout) -> torch.Tensor:
+def run_with_attention(llm: Llama, hidden: torch.Tensor, positions: torch.Tensor,
+                       plan: list[int] | None, layer: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Run the decoder layers of `plan` on `hidden`; return their output and `layer`'s attention.
+
+    The attention weights [B, H, T, S] are `Llama.run`'s 'attention_weights' probe (softmax
+    in fp32, differentiable), None when `layer` is not in the plan (None: every layer). The
+    training model never sets up KV caches, so each layer attends causally over the whole
+    sequence.
+    """
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(i: int, _hidden: torch.Tensor, probe) -> None:
+        if i == layer:  # the probes by kind ({kind: tensor}), or a loop's one probe tensor
+            seen['weights'] = probe['attention_weights'] if isinstance(probe, dict) else probe
+
+    out = llm.run(hidden, positions, plan, probes={layer: {'attention_weights'}},
+                  after_layer=keep)
+    assert out is not None  # the callback never stops the step
+    return out[0], seen.get('weights')
+
+
+def attention_focus_loss(weights: torch.Tensor, batch: dict, layout: SequenceLayout
+                         ) -> torch.Tensor:
     """
     Supervise where three heads of one layer look from the first-action position.
 
     Head 0 should attend to the named block's patches, head 1 to the gripper's, head 2 to
     the named zone's (pick-and-place only): -log of the attention mass on those patches.
+    `weights` are that layer's attention weights [B, H, T, S].
     """
-    attn = layer.self_attn
-    x = layer.input_layernorm(hidden)
-    b = torch.arange(x.shape[0], device=x.device)
-    q = attn.q_proj(x[b, batch['first']]).view(len(b), attn.n_heads, attn.head_dim)
-    k = attn.k_proj(x).view(*x.shape[:2], attn.n_kv, attn.head_dim)
-    k = k.repeat_interleave(attn.n_heads // attn.n_kv, dim=2)
-    rot = batch['first']
-    q = q * cos[rot].unsqueeze(1) + rotate_half(q) * sin[rot].unsqueeze(1)
-    k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]
-    scores = torch.einsum('bhd,bthd->bht', q[:, :3], k[:, :, :3]) / math.sqrt(attn.head_dim)
-    visible = torch.arange(x.shape[1], device=x.device)[None, :] <= batch['first'][:, None]
-    scores = scores.masked_fill(~visible[:, None, :], float('-inf'))
-    log_p = scores.log_softmax(-1)[:, :, layout.visual_span]  # the patches
+    b = torch.arange(weights.shape[0], device=weights.device)
+    p = weights.transpose(1, 2)[b, batch['first']]  # [B, H, S]: from the first-action query
+    p = p[:, :3, layout.visual_span]  # the three heads, on the patches
     target = batch['focus'] > 0  # [B, 3, patches]
-    mass = torch.logsumexp(log_p.masked_fill(~target, float('-inf')), dim=-1)
+    mass = (p * target).sum(-1)
     used = target.any(-1)
-    return -(mass[used]).mean()
+    return -mass[used].log().mean()
 
 
 AUX_FILE = 'aux_heads.pt'  # training state beside the checkpoint; never part of the model
@@ -543,120 +554,7 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-LOSS_CURVES = (('action_loss', 'action tokens: soft-target cross-entropy, nats', 'tab:red'),
-               ('vision_loss', 'vision aux: objects BCE + 10 x offsets MSE + focus', 'tab:green'),
-               ('state_loss', 'state aux: position MSE, in (0.5 m)^2', 'tab:blue'))
-DIFFUSION_LABELS = {'action_loss': 'action: DiT noise-prediction MSE',
-                    'state_loss': 'state aux: position MSE + first-4-actions MSE'}
-
-
-def plot_losses(history: list[dict], path: Path, size=(1200, 480), title: str = '',
-                diffusion: bool = False) -> None:
-    """
-    Draw the training curves with matplotlib (Agg) into a PNG of `size` pixels.
-
-    Left: the three losses per optimizer step (log scale), as the moving mean over about 1%
-    of the run with its 95% CI band. Right: action-token accuracy (same smoothing) and the
-    learning-rate schedule.
-    """
-    from ..viz.figures import agg_figure, moving_mean_ci, save_png
-
-    steps = np.array([r['step'] for r in history])
-    window = max(1, len(history) // 100)
-    at = steps[window - 1:]  # a trailing window ends at this step
-    fig = agg_figure(*size)
-    ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 2]})
-    for key, label, colour in LOSS_CURVES:
-        label = DIFFUSION_LABELS.get(key, label) if diffusion else label
-        values = np.maximum([r[key] for r in history], 1e-6)
-        mean, lo, hi = moving_mean_ci(values, window)
-        ax_loss.plot(at, mean, color=colour, lw=1.3, label=label)
-        ax_loss.fill_between(at, np.maximum(lo, 1e-6), hi, color=colour, alpha=0.25, lw=0)
-    ax_loss.set_yscale('log')
-    ax_loss.set_xlabel('optimizer step')
-    ax_loss.set_ylabel('loss (log scale)')
-    ax_loss.set_title(f'losses: moving mean of {window} steps, 95% CI band' if window > 1
-                      else 'losses per step')
-    ax_loss.legend(fontsize=8, loc='best')
-    ax_loss.grid(alpha=0.3, which='both')
-    mean, lo, hi = moving_mean_ci(np.array([r['token_accuracy'] for r in history]) * 100,
-                                  window)
-    ax_acc.plot(at, mean, color='k', lw=1.3, label='action-token accuracy (exact bin)'
-                + (': none, a diffusion head' if diffusion else ''))
-    ax_acc.fill_between(at, lo, hi, color='k', alpha=0.2, lw=0)
-    ax_acc.set_ylim(0, 100)
-    ax_acc.set_xlabel('optimizer step')
-    ax_acc.set_ylabel('teacher-forced token accuracy, %')
-    ax_acc.grid(alpha=0.3)
-    ax_lr = ax_acc.twinx()
-    ax_lr.plot(steps, [r['lr'] for r in history], color='tab:orange', ls='--', lw=1,
-               label='learning rate')
-    ax_lr.set_ylabel('learning rate')
-    ax_lr.set_ylim(bottom=0)
-    lines = ax_acc.get_legend_handles_labels()
-    more = ax_lr.get_legend_handles_labels()
-    ax_acc.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc='lower right')
-    ax_acc.set_title('accuracy and schedule')
-    if title:
-        fig.suptitle(title, fontsize=11)
-    save_png(fig, path)
-
-
-def plot_log(log_path: Path, png: Path | None = None) -> Path:
-    """Re-draw the curves of a saved train_log.json (beside it as loss.png by default)."""
-    summary = json.loads(Path(log_path).read_text())
-    png = png or Path(log_path).with_name('loss.png')
-    plot_losses(summary['history'], png, title=run_title(summary),
-                diffusion=summary['config'].get('head') == 'diffusion')
-    return png
-
-
-def run_title(summary: dict) -> str:
-    cfg = summary['config']
-    return (f'{cfg["steps"]} steps, batch {cfg["batch"]}, peak lr {cfg["lr"]:g}, on '
-            f'{summary["samples"]} samples of {summary["episodes"]} episodes '
-            f'({summary["seconds"] / 60:.1f} min, {summary["device"]})')
-
-
 def compact(history: list[dict]) -> list[dict]:
     """Round the history to 5 significant digits: the record stays small enough for docs/."""
     return [{k: v if isinstance(v, int) else float(f'{v:.5g}') for k, v in r.items()}
             for r in history]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=expand_path, help='flashvla-dataset output (required)')
-    parser.add_argument('--out', type=expand_path, help='checkpoint directory (required)')
-    parser.add_argument('--plot-log', type=expand_path, metavar='TRAIN_LOG_JSON',
-                        help='only re-draw the curves of a saved train_log.json as loss.png '
-                             'beside it (or as --plot-out), then exit')
-    parser.add_argument('--plot-out', type=expand_path, help='PNG for --plot-log')
-    parser.add_argument('--init', type=expand_path,
-                        help='start from this checkpoint (fine-tuning)')
-    parser.add_argument('--stop-after', type=int, default=None,
-                        help='end after this step (a save point), writing the model as it '
-                             'stands; running again without it continues the schedule')
-    for f, default in asdict(TrainConfig()).items():
-        parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
-    args = parser.parse_args(argv)
-    if args.plot_log:
-        print(f'wrote {plot_log(args.plot_log, args.plot_out)}')
-        return
-    if args.data is None or args.out is None:
-        parser.error('--data and --out are required to train')
-    cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
-    if args.stop_after is not None and (args.stop_after % cfg.save_every
-                                        or not 0 < args.stop_after < cfg.steps):
-        parser.error('--stop-after must be a multiple of --save-every below --steps')
-    summary = train(args.data, args.out, cfg, init=args.init, stop_after=args.stop_after)
-    if summary is None:
-        print(f'stopped after step {args.stop_after} of {cfg.steps} (snapshot and resumable '
-              f'state in {args.out})')
-        return
-    print(f'trained {cfg.steps} steps in {summary["seconds"] / 60:.1f} min -> {args.out}')
-
-
-if __name__ == '__main__':
-    main()

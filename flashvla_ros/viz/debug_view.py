@@ -29,7 +29,7 @@ import math
 import cv2
 import numpy as np
 
-from ..control.safety import GRIPPER
+from ..policy.actions import GRIPPER
 
 FRESH, REUSED, HOLD = (60, 200, 60), (255, 150, 0), (230, 40, 40)  # RGB
 DROPPED_SHADE = 0.35  # brightness left on dropped tokens

@@ -1,0 +1,110 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""
+Greedy decoding as functions (gpt-fast style), one path for both KV caches.
+
+    out = prefill(llm, sequence, positions, plan, probes, after_layer)   # fills the caches
+    tokens = decode_action(llm, plan, llm.logits(out[0]), next_position, n, draft, record)
+
+`decode_one` is the one-token step (what `torch.compile` compiles: one shape with the static
+cache); `verify_draft` checks a guess of the whole action in one forward pass, speculative-
+decoding style. The greedy tokens stay on the device until the action is complete: one host
+sync per action (one more to count a draft's confirmed tokens), and a NaN/inf anywhere is
+remembered on the device and raised at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+import torch
+
+from .errors import NonFiniteOutputError
+from .flops import StepRecord
+from .llama import AfterLayer, Llama
+
+# decode_one(token [1, 1], position [1]) -> logits [1, vocab]: `decode_one` with its model
+# and plan bound (and maybe compiled).
+DecodeOne = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def prefill(llm: Llama, sequence: torch.Tensor, positions: torch.Tensor, plan: Sequence[int],
+            probes: dict[int, Collection[str]] | None = None,
+            after_layer: AfterLayer | None = None,
+            tokens_per_layer: dict[int, int] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Run the prefill into emptied KV caches, with the hooks' callbacks (see `Llama.run`)."""
+    llm.reset_cache()
+    return llm.run(sequence, positions, plan, probes, after_layer, tokens_per_layer)
+
+
+def decode_one(llm: Llama, plan: Sequence[int], token: torch.Tensor,
+               position: torch.Tensor) -> torch.Tensor:
+    """Feed one token [1, 1] at `position` [1]; return its logits [1, vocab]."""
+    return llm(llm.embed(token), position, plan)
+
+
+def verify_draft(llm: Llama, plan: Sequence[int], fed: torch.Tensor,
+                 next_position: int) -> torch.Tensor:
+    """Feed the tokens `fed` [T] from `next_position` on; return the logits of each [1, T, V]."""
+    positions = torch.arange(next_position, next_position + fed.numel(), device=fed.device)
+    return llm(llm.embed(fed[None]), positions, plan, last_only=False)
+
+
+def record_call(record: StepRecord, fed: int, cached: int) -> None:
+    """Count one decode forward: `fed` tokens, `cached` decoded tokens already in the cache."""
+    record.decode_calls.append((fed, cached))
+    record.head_positions += fed
+
+
+def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_position: int,
+                  n: int, draft: list[int] | None, record: StepRecord,
+                  step: DecodeOne | None = None) -> list[int]:
+    """
+    Greedy-decode `n` action tokens after the prefill; `first` holds its last logits [1, V].
+
+    With a `draft` (a guess of all n tokens, e.g. the previous action's) the guesses are
+    verified in one forward pass: every token is still the model's own greedy choice, a wrong
+    guess only costs the tokens after it, decoded one by one as without a draft. `step` is the
+    one-token step to use (default: `decode_one` on this model and plan).
+    """
+    device = first.device
+    step = step or (lambda token, position: decode_one(llm, plan, token, position))
+    tokens = torch.empty(n, dtype=torch.long, device=device)
+    tokens[0] = first[0].argmax()
+    finite = torch.isfinite(first).all()
+    done = 1
+    if draft is not None and len(draft) == n and n > 1:
+        fed = torch.tensor(draft[:n - 1], device=device)
+        fed[0] = tokens[0]
+        logits = verify_draft(llm, plan, fed, next_position)
+        record_call(record, n - 1, 0)
+        finite = finite & torch.isfinite(logits).all()
+        predicted = logits[0].argmax(-1)
+        right = predicted[:-1] == fed[1:]
+        accepted = int(torch.cumprod(right.long(), 0).sum())  # guesses confirmed in a row
+        tokens[1:2 + accepted] = predicted[:1 + accepted]
+        done = 2 + accepted
+        llm.truncate_cache(n - done)  # the entries after the first wrong guess
+    for i in range(done, n):
+        position = torch.tensor([next_position + i - 1], device=device)
+        record_call(record, 1, i - 1)
+        logits = step(tokens[i - 1:i].view(1, 1), position)
+        finite = finite & torch.isfinite(logits).all()
+        tokens[i] = logits[0].argmax()
+    if not bool(finite):
+        raise NonFiniteOutputError('the language model produced NaN/inf logits')
+    return tokens.tolist()
