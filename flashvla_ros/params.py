@@ -118,8 +118,9 @@ PARAMS: tuple[Param, ...] = (
           'chunk_steps actions of each chunk, one per tick) or ensemble (a prediction every '
           "tick, blended with the previous ones by CogACT's adaptive weights).",
           choices=('execute', 'ensemble')),
-    Param('chunk_steps', 0, 'execute: actions of each chunk to run before the next one (0: the '
-          'whole chunk; an autoregressive model gives chunks of one).', low=0, high=1024),
+    Param('chunk_steps', -1, 'execute: actions of each chunk to run before the next one (0: the '
+          'whole chunk; -1: what the model recommends in its config.json "execution", else the '
+          'whole chunk; an autoregressive model gives chunks of one).', low=-1, high=1024),
     Param('ensemble_horizon', 2, 'ensemble: the last K predictions blended (CogACT: 2 on the '
           'Google robot, 7 on WidowX).', low=1, high=64),
     Param('ensemble_alpha', 0.1, 'ensemble: weight exp(alpha * cos(prediction, newest)).',

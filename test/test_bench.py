@@ -106,8 +106,9 @@ def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
 
     import torch
 
-    from flashvla_ros.control.runner import ChunkExecution
+    from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution
     from flashvla_ros.policy.checkpoint import save_checkpoint
+    from flashvla_ros.policy.config import Execution
     from flashvla_ros.policy.dit import DiTConfig
     from flashvla_ros.policy.presets import tiny_config
     from flashvla_ros.tools.make_tiny import random_model
@@ -129,3 +130,14 @@ def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
     assert run['flops_per_step']['total'] == pytest.approx(2 * whole['flops_per_step']['total'])
     blend = benchmark(str(path), ['none'], chunks=ChunkExecution(mode='ensemble'), **quiet)
     assert blend['configs'][0]['steps'] == blend['configs'][0]['control_steps'] == 16
+    # A model that recommends 4 steps per chunk runs 4 where chunk_steps is left to it (-1),
+    # and what the user sets where it is not.
+    advised = save_checkpoint(tmp_path / 'advised', model.state_dict(),
+                              replace(model.cfg, execution=Execution(chunk_steps=4)),
+                              tokenizer_dir=tiny_dir, dtype='float32')
+    left = benchmark(str(advised), ['none'], chunks=ChunkExecution(steps=MODEL_STEPS), **quiet)
+    assert left['configs'][0]['chunk_steps'] == 4 and left['configs'][0]['steps'] == 4
+    told = benchmark(str(advised), ['none'], chunks=ChunkExecution(steps=0), **quiet)
+    assert told['configs'][0]['chunk_steps'] == 0 and told['configs'][0]['steps'] == 2
+    plain = benchmark(str(path), ['none'], chunks=ChunkExecution(steps=MODEL_STEPS), **quiet)
+    assert plain['configs'][0]['chunk_steps'] == 0  # no recommendation: the whole chunk

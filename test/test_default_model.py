@@ -19,7 +19,7 @@ import pytest
 
 from flashvla_ros.accel.efficientvla import CALIBRATION_FILE, Calibration
 from flashvla_ros.bench.run import benchmark
-from flashvla_ros.control.runner import ChunkExecution
+from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution
 from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.checkpoint import weights_digest
 from flashvla_ros.policy.flops import full_flops
@@ -73,11 +73,16 @@ def test_default_dit_has_cogacts_proportions():
     flops = full_flops(policy.cfg, chunk.info.record.layout)
     llm = flops.prefill + flops.decode
     assert llm >= 0.75 * flops.total and max(flops.vision, flops.head) < 0.25 * flops.total
+    # It carries its recommended execution: 4 actions of each chunk where the user sets none.
+    assert policy.cfg.execution.chunk_steps == 4
+    assert ChunkExecution(steps=MODEL_STEPS).for_model(policy.cfg.execution).steps == 4
+    assert ChunkExecution(steps=0).for_model(policy.cfg.execution).steps == 0
 
 
 @pytest.mark.slow  # about 20 s on 2 idle cores
 def test_default_dit_solves_held_out_episodes():
     report = benchmark(str(default_model_dir('default-dit')), ['none'], episodes=12,
                        seed=HELDOUT_SEED_START, log=lambda *a, **k: None,
-                       chunks=ChunkExecution(steps=4))
+                       chunks=ChunkExecution(steps=MODEL_STEPS))
+    assert report['configs'][0]['chunk_steps'] == 4
     assert report['configs'][0]['success'] >= 0.5, report['configs'][0]['per_family']

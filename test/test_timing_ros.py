@@ -50,3 +50,7 @@ def test_the_tick_keeps_its_period_seen_from_outside(probe, procs, model):
     assert f['command_rate_hz'] >= 9.0, f
     assert f['lateness_max_ms'] < 100.0, f
     assert f['holds'] == 0, f
+    # The shipped chunk_steps (-1) leaves the count to the model: default-dit recommends 4.
+    diag = probe.diagnostics()
+    assert (diag['chunk_steps'], diag['chunk_steps_from']) == (
+        ('4', 'model') if model == 'default-dit' else ('0', 'parameter')), diag

@@ -23,9 +23,10 @@ held-out episodes (seeds from --seed on, families in turn), interleaved episode 
 in-process with the mock-world simulator. JSON schema (one object):
 
   {"model": str, "episodes": int, "seed": int, "max_steps": int, "command": str,
-   "chunks": {"mode": str, "steps": int, "horizon": int, "alpha": float},
+   "chunks": {"mode": str, "steps": int, "horizon": int, "alpha": float},  # steps -1: each
+                                                                 # model's (configs' chunk_steps)
    "expert": {"success": float, "per_family": {family: float}},
-   "configs": [{"name": str, "options": {...},
+   "configs": [{"name": str, "options": {...}, "model": str, "chunk_steps": int,
      "success": float, "per_family": {family: float},
      "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
      "latency_ms": {part: {"median", "mean", "p99": float}},   # part: vision (with
@@ -56,8 +57,8 @@ import numpy as np
 import yaml
 
 from ..accel.registry import accelerate, parse_accel
-from ..control.chunks import ChunkProgress, adaptive_ensemble
-from ..control.runner import EXECUTE_CHUNKS, ChunkExecution
+from ..control.chunks import ChunkProgress, adaptive_ensemble, new_prediction
+from ..control.runner import EXECUTE_CHUNKS, MODEL_STEPS, ChunkExecution
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
@@ -85,6 +86,7 @@ class ConfigRun:
     digests: list[list[str]] = field(default_factory=list)  # per episode, per inference
     model: str = ''  # its checkpoint
     baseline: Any = None  # the same model without accelerators (fidelity), if accelerated
+    chunks: ChunkExecution = EXECUTE_CHUNKS  # as the node would execute this model's chunks
     executed: list[int] = field(default_factory=list)  # control steps each inference drove
 
 
@@ -106,8 +108,7 @@ def read_accel(spec: str) -> tuple[list[str], dict]:
 
 
 def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
-                baseline: OpenVLAPolicy | None, chunks: ChunkExecution = EXECUTE_CHUNKS
-                ) -> None:
+                baseline: OpenVLAPolicy | None) -> None:
     """
     Run one closed-loop episode, executing chunks as the node does.
 
@@ -115,6 +116,7 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
     every step, blended with the last ones.
     """
     ep = Episode(seed, family, max_steps=max_steps)
+    chunks = run.chunks
     run.policy.reset()
     run.digests.append([])
     predictions: deque[tuple[int, np.ndarray]] = deque(maxlen=chunks.horizon)
@@ -141,7 +143,7 @@ def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
             run.abs_diff.append(0.0)
         if chunks.mode == 'ensemble':
             step = ep.state.steps
-            if not (action.info.reused and len(action.actions) > 1):  # else: nothing new
+            if new_prediction(action):
                 predictions.append((step, action.actions))
             ep.step(adaptive_ensemble(np.stack([a[step - s] for s, a in predictions
                                                 if step - s < len(a)]), chunks.alpha))
@@ -202,6 +204,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     n = max(1, sum(run.executed))  # per control step: a chunk's FLOPs over the steps it drove
     return {
         'name': run.name, 'options': run.options, 'model': run.model,
+        'chunk_steps': run.chunks.steps,
         'success': float(np.mean(run.successes)),
         'per_family': per_family(run.successes, run.families),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
@@ -244,14 +247,15 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
             else accelerate(load_policy(path, device=device), names, options)
         label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
         runs.append(ConfigRun(f'{named}@{label}' if named else label, options, policy,
-                              model=path, baseline=None if policy is base else base))
+                              model=path, baseline=None if policy is base else base,
+                              chunks=chunks.for_model(base.cfg.execution)))
     expert = []
     start = time.perf_counter()
     for i in range(episodes):
         s, family = seed + i, FAMILIES[i % len(FAMILIES)]
         expert.append(run_expert(s, family)[0])
         for r in runs:
-            run_episode(r, s, family, max_steps, r.baseline, chunks)
+            run_episode(r, s, family, max_steps, r.baseline)
         if (i + 1) % 10 == 0 or i + 1 == episodes:
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{episodes} | {rates} | '
@@ -476,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--chunk-mode', default='execute', choices=('execute', 'ensemble'),
                         help="how chunks drive the robot, as the node's chunk_mode")
-    parser.add_argument('--chunk-steps', type=int, default=0,
-                        help='execute: actions of each chunk to run (0: all)')
+    parser.add_argument('--chunk-steps', type=int, default=MODEL_STEPS,
+                        help='execute: actions of each chunk to run (0: all; default -1: what '
+                             "each model's config.json recommends, else all)")
     parser.add_argument('--ensemble-horizon', type=int, default=2)
     parser.add_argument('--ensemble-alpha', type=float, default=0.1)
     parser.add_argument('--json', type=expand_path, help='write the report here')

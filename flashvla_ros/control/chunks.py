@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..policy.actions import GRIPPER
+from ..policy.step import ActionChunk
 
 
 def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
@@ -37,6 +38,16 @@ def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
     if np.isin(a[:, GRIPPER], (0.0, 1.0)).all():
         blended[GRIPPER] = float(blended[GRIPPER] > 0.5)
     return blended
+
+
+def new_prediction(chunk: ActionChunk) -> bool:
+    """
+    Whether a step's chunk is a new prediction to blend (ensemble mode).
+
+    A reused chunk of several actions is the last prediction again: the blend already holds
+    it. A one-action model's reused action is its whole plan, so it counts as new.
+    """
+    return not (chunk.info.reused and len(chunk.actions) > 1)
 
 
 class ChunkProgress:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 import threading
 import time
@@ -46,10 +46,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..policy.actions import GRIPPER
+from ..policy.config import Execution
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
 from ..policy.step import ActionChunk, Observation, RunningStats, StepInfo
-from .chunks import ChunkProgress, adaptive_ensemble
+from .chunks import ChunkProgress, adaptive_ensemble, new_prediction
 from .safety import SafetyLimits
 
 
@@ -58,12 +59,13 @@ class ChunkExecution:
     """
     How action chunks become commands, and when the next inference starts.
 
-    `execute`: the first `steps` actions of each chunk (0: all) are queued and run one per
-    tick. `ensemble` (CogACT's adaptive ensembling): a prediction every tick, and the command
-    for a tick blends what the last `horizon` chunks predicted for it with weights
-    exp(alpha * cos(a_k, a_newest)). `just_in_time`: the next inference starts from the
-    measured latency so that it finishes just before the tick that needs it, on the newest
-    frame (instead of as soon as the queue runs dry).
+    `execute`: the first `steps` actions of each chunk (0: all; MODEL_STEPS: the model's
+    recommendation, see `for_model`) are queued and run one per tick. `ensemble` (CogACT's
+    adaptive ensembling): a prediction every tick, and the command for a tick blends what the
+    last `horizon` chunks predicted for it with weights exp(alpha * cos(a_k, a_newest)).
+    `just_in_time`: the next inference starts from the measured latency so that it finishes
+    just before the tick that needs it, on the newest frame (instead of as soon as the queue
+    runs dry).
     """
 
     mode: str = 'execute'
@@ -72,8 +74,15 @@ class ChunkExecution:
     alpha: float = 0.1
     just_in_time: bool = False
 
+    def for_model(self, recommended: Execution) -> ChunkExecution:
+        """Return this execution with MODEL_STEPS replaced by the model's recommendation."""
+        if self.steps != MODEL_STEPS:
+            return self
+        return replace(self, steps=recommended.chunk_steps or 0)
 
-EXECUTE_CHUNKS = ChunkExecution()  # the default: every action of each chunk, as soon as due
+
+MODEL_STEPS = -1  # chunk_steps left to the model (its config.json "execution"; else 0: all)
+EXECUTE_CHUNKS = ChunkExecution()  # every action of each chunk, as soon as due
 # Just in time: the start leaves the largest recent latency plus a margin that doubles when a
 # result comes late (a starved tick while inferring: the load has risen) and shrinks by 1 ms
 # per inference back to the floor.
@@ -172,6 +181,7 @@ class PolicyRunner:
         chunks: ChunkExecution = EXECUTE_CHUNKS,
         control_period_s: float | None = None,
     ) -> None:
+        assert chunks.steps >= 0, 'resolve MODEL_STEPS with ChunkExecution.for_model first'
         self.policy = policy
         self.limits = limits
         self.max_image_age_s = max_image_age_s
@@ -300,6 +310,7 @@ class PolicyRunner:
         A change of how chunks execute (mode or steps) empties the queue, the chunk progress
         and the ensemble's predictions: they were planned for the old one.
         """
+        assert chunks.steps >= 0, 'resolve MODEL_STEPS with ChunkExecution.for_model first'
         with self._lock:
             self.limits = limits
             self.max_image_age_s = max_image_age_s
@@ -486,8 +497,8 @@ class PolicyRunner:
                 return
             actions = [QueuedAction(v, *times, episode, chunk.info, rgb) for v in values]
             if self.chunks.mode == 'ensemble':
-                if chunk.info.reused and len(actions) > 1:
-                    return  # nothing new to blend: the last predictions still cover the ticks
+                if not new_prediction(chunk):
+                    return  # the last predictions still cover the ticks
                 self._predicted_for = self._tick_index + 1  # its first action: the next tick
                 self._predictions.append((self._predicted_for, actions))
                 while len(self._predictions) > self.chunks.horizon:
@@ -662,6 +673,8 @@ class PolicyRunner:
                 'warning': warning,
                 'instruction': self._instruction,
                 'episode': self._episode,
+                'chunk_mode': self.chunks.mode,
+                'chunk_steps': self.chunks.steps,
                 'queue': len(self._queue),
                 'busy': self._busy_since is not None,
                 'last_gripper': self._last_gripper,

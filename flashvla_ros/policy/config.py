@@ -101,6 +101,34 @@ SUPPORTED_PROJECTORS = ('no-align+fused-gelu-mlp', 'fused-gelu-mlp')
 
 
 @dataclass(frozen=True)
+class Execution:
+    """
+    How a model is best executed, as measured by whoever trained it (`config.json` "execution").
+
+    Used where the user leaves the matching node parameter (and bench flag) unset: a model
+    trained for open-loop chunks knows how many of each chunk to run better than a default.
+    """
+
+    chunk_steps: int | None = None  # execute mode: actions of each chunk run before the next
+    measured: str = ''  # where the recommendation was measured (for people)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> Execution:
+        if not isinstance(raw, dict) or set(raw) - {'chunk_steps', 'measured'}:
+            raise CheckpointError(f'{source}: "execution" must be a mapping with chunk_steps '
+                                  f'and measured, not {raw!r}')
+        steps = raw.get('chunk_steps')
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 0):
+            raise CheckpointError(f'{source}: "execution" chunk_steps must be an integer >= 0, '
+                                  f'not {steps!r}')
+        return cls(steps, str(raw.get('measured', '')))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, '')}
+
+
+@dataclass(frozen=True)
 class OpenVLAConfig:
     """Everything the runtime needs to build and run an OpenVLA-architecture checkpoint."""
 
@@ -113,6 +141,7 @@ class OpenVLAConfig:
     timm_model_ids: tuple[str, ...] = ()
     # A CogACT-style diffusion action head (None: OpenVLA's action tokens).
     action_model: DiTConfig | None = None
+    execution: Execution = Execution()  # the recommended execution (none: the node's defaults)
 
     @property
     def image_size(self) -> int:
@@ -198,6 +227,7 @@ class OpenVLAConfig:
             arch_specifier=arch,
             timm_model_ids=timm_ids,
             action_model=None if head is None else DiTConfig.from_dict(head, source),
+            execution=Execution.from_dict(raw.get('execution', {}), source),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,8 +235,10 @@ class OpenVLAConfig:
         text = asdict(self.text)
         text['model_type'] = 'llama'
         head = {} if self.action_model is None else {'action_model': self.action_model.to_dict()}
+        execution = self.execution.to_dict()
         return {
             **head,
+            **({'execution': execution} if execution else {}),
             'architectures': ['OpenVLAForActionPrediction' if self.action_model is None
                               else 'CogACT'],
             'model_type': 'openvla',

@@ -65,7 +65,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..accel.registry import accelerate, update_options
-from ..control.runner import PolicyRunner, Tick
+from ..control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner, Tick
 from ..control.safety import SafetyLimits
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
@@ -173,7 +173,7 @@ class PolicyNode(LifecycleNode):
         self.runner = PolicyRunner(
             self.policy, SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
             c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now,
-            chunks=c.chunks, control_period_s=c.control_period_s)
+            chunks=self._chunks(), control_period_s=c.control_period_s)
         outputs = {
             'twist': (TwistStamped, '~/delta_twist_cmds'),
             'array': (Float64MultiArray, '~/commands'),
@@ -423,6 +423,10 @@ class PolicyNode(LifecycleNode):
                 reason = f'instruction rejected: {exc}'
         return reason or ''
 
+    def _chunks(self) -> ChunkExecution:
+        """Return the chunk execution: the parameters, chunk_steps -1 left to the model."""
+        return self.config.chunks.for_model(self.policy.cfg.execution)
+
     def _apply_parameters(self, params, values: dict[str, Any]) -> None:
         self.config = build_config(values)
         c = self.config
@@ -430,7 +434,7 @@ class PolicyNode(LifecycleNode):
         if self.runner is not None:
             self.runner.reconfigure(
                 SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, c.chunks)
+                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, self._chunks())
             if changes_instruction and not self._syncing_instruction \
                     and self.runner.set_instruction(c.instruction):
                 self.get_logger().info(f'new episode: {c.instruction!r}')
@@ -534,6 +538,8 @@ class PolicyNode(LifecycleNode):
         if runner is not None:
             s = runner.status()
             values.update(s)
+            values['chunk_steps_from'] = 'model' if self.config.chunk_steps == MODEL_STEPS \
+                and self.policy.cfg.execution.chunk_steps is not None else 'parameter'
             values.update(policy_values(runner.last_info))
             values.update({f'policy_{k}': v for k, v in runner.step_stats.scalars().items()})
             if s['warning']:
