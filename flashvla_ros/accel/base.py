@@ -25,8 +25,9 @@ declaration:
                                low_open=True, live=True)
 
 An option's declaration (type, default, help, range or choices, live) is the only one: the
-node's ROS parameters and their validation, `config/policy.yaml`, the README table and the
-bench's `name:key=value` parser all come from it (`test/test_options.py` checks the files).
+node's ROS parameters and their validation, `config/policy.yaml`, the options table of
+docs/ACCELERATORS.md and the bench's `name:key=value` parser all come from it
+(`test/test_options.py` checks the files).
 Live options may change while the robot runs (`ros2 param set`); the worker applies them
 between two steps. The others are fixed when the model is configured.
 """

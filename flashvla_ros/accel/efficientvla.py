@@ -303,13 +303,7 @@ class EfficientVLA(Accelerator):
     name = 'efficientvla'
     Options = EfficientVLAOptions
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # Started from the paper's proportions on CogACT (22 of 32 layers kept, 56 of 256
-        # tokens, cache interval 5, 25% MLP sparsity) and chosen on default-dit's tuning
-        # episodes (100, seeds from 1000400): 6 of 12 layers pruned kept success where 4 did
-        # (92% both; 5: 89%) at 40% of the FLOPs instead of 45%; 14 of 64 tokens kept.
-        # Re-checked on the LayerDrop model: 97% (plain 99%; 8 pruned layers: 91%). The
-        # paper's 25% MLP sparsity cost 0.8 points alone and 0.3 in the combination on 1200
-        # tuning episodes (seeds from 1000400, 1000700, 1001000). docs/efficientvla/.
+        # The paper's proportions on CogACT, tuned on default-dit: docs/ACCELERATORS.md.
         'default': {'prune_layers': 6, 'keep_fraction': 0.22, 'cache_interval': 5,
                     'mlp_sparsity': 0.25},
     }

@@ -243,23 +243,14 @@ class FlashVLA(Accelerator):
 
     name = 'flashvla'
     Options = FlashVLAOptions
-    # Measured on the embedded default (docs/BENCHMARKS.md); a preset fills every option it
-    # names and explicit options override it.
+    # A preset fills every option it names; explicit options override it. Why these values,
+    # and what they measured: docs/ACCELERATORS.md (FlashVLA presets; `reuse`: the combination
+    # after efficientvla, no token pruning of its own).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         'conservative': {'gate': 'current', 'keep_fraction': 0.625, 'eps1_deg': 15.0,
                          'eps2': 0.8, 'max_reuse': 1, 'draft': True},
         'fast': {'gate': 'past', 'keep_fraction': 0.5, 'eps1_deg': 15.0, 'eps2': 0.8,
                  'max_reuse': 2, 'draft': True},
-        # After efficientvla (accel: [efficientvla, flashvla]): no token pruning of its own.
-        # Chosen on default-dit's tuning episodes (300, seeds from 1000400; confirmed on 300
-        # from 1000700): one reuse at a time (a chunked model then runs at most twice its
-        # chunk_steps open-loop; two in a row lost 5 points), blocked when the last two
-        # actions turn by more than 120 degrees, as a gripper change does (success was flat
-        # from 90 to 150, 180 lost pick-and-place). The token-overlap test is off (0):
-        # EfficientVLA's diverse selection changes from step to step, and 0.5 only reused less.
-        # A chunk whose first 8 rows (chunk_steps 4, one reuse) change the gripper is not
-        # reused: on the same 1200 episodes the gate then cost no success against efficientvla
-        # alone (0.6 points without the check), reusing 29% of the steps instead of 36%.
         'reuse': {'layer': 3, 'gate': 'past', 'keep_fraction': 1.0, 'eps1_deg': 120.0,
                   'eps2': 0.0, 'max_reuse': 1, 'gripper_rows': 8, 'draft': True},
     }

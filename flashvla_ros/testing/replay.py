@@ -18,7 +18,7 @@ Replay a recorded bag through a running policy node and check what it commanded.
 Checking (`Expectations`, `check_commands`) is plain Python on (receive time, 7-D command)
 pairs; `replay` (needs rclpy) plays the bag once every subscriber has matched, while recording
 the node's outputs. `test/test_launch_bag_replay.py` is the template that puts the two together
-under launch_testing with your bag and parameter file; README "Testing your own setup".
+under launch_testing with your bag and parameter file; docs/BAGS.md "Testing your own setup".
 """
 
 from __future__ import annotations
