@@ -37,13 +37,12 @@ import yaml
 from .accel.registry import ACCELERATORS, NONE, check_accel
 from .control.runner import ChunkExecution
 from .control.safety import hold_outside_limits
-from .policy.actions import ACTION_DIM
+from .policy.actions import ACTION_DIM, ACTION_NAMES
 from .policy.checkpoint import expand_path
 from .policy.errors import InputError
 from .policy.instruction import check_instruction
 
 OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
-ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
 
 
 @dataclass(frozen=True)

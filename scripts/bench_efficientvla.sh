@@ -14,7 +14,8 @@ mkdir -p "$OUT"
 for model in default default-dit; do
   [[ -f flashvla_ros/models/$model/calibration.json ]] || $BIN/flashvla-calibrate --model $model
 done
-$BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
+# default-dit runs 4 actions of each chunk: its config.json recommends it (chunk_steps -1).
+$BIN/flashvla-bench --model default-dit --episodes "$EPISODES" \
   --accel none \
   --accel 'efficientvla:preset=,prune_layers=6' \
   --accel 'efficientvla:preset=,mlp_sparsity=0.25' \
@@ -23,6 +24,7 @@ $BIN/flashvla-bench --model default-dit --episodes "$EPISODES" --chunk-steps 4 \
   --accel 'efficientvla:preset=,keep_fraction=0.22,selection=random' \
   --accel efficientvla \
   --accel flashvla \
+  --accel 'efficientvla+flashvla' \
   --accel 'efficientvla+flashvla:reuse' \
   --accel 'default@none' \
   --json "$OUT/default-dit.json" --plot "$OUT/default-dit.png" --markdown "$OUT/default-dit.md"

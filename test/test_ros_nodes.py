@@ -103,7 +103,7 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
     # wrong, and verifying them runs the 32k-word LM head at 6 extra positions.
     assert -0.1 < float(diag['policy_flops_saved']) < 1.0
     assert float(diag['policy_gflops_step']) > 0
-    assert (diag['chunk_steps'], diag['chunk_steps_from']) == ('0', 'parameter')  # no advice
+    assert (diag['chunk_steps'], diag['chunk_steps_from']) == ('0', 'default')  # no advice
 
 
 def test_bag_replay_reproduces_golden_commands(probe, procs, tiny_dir):

@@ -20,7 +20,9 @@ never changes the gripper; every exit ends in exactly one hold; the node never s
 without saying why; one bad input never starves another.
 """
 
+import json
 import re
+import shutil
 import signal
 import time
 
@@ -225,6 +227,20 @@ def test_limits_that_exclude_zero_motion_are_refused_at_start_up(probe, procs, t
     probe.wait_for(lambda: node.poll() is not None, 30, 'policy_node to refuse to start')
     assert node.returncode == 2
     assert "exclude zero in motion dimensions ['x']" in node_log(procs)
+
+
+def test_a_model_whose_actions_are_not_7_d_is_refused_at_configure(
+        probe, procs, tiny_dir, tmp_path):
+    model = tmp_path / 'six'
+    shutil.copytree(tiny_dir, model)
+    config = json.loads((model / 'config.json').read_text())
+    for stats in config['norm_stats'].values():  # x, y, z, roll, pitch, yaw: no gripper
+        stats['action'] = {k: v[:6] for k, v in stats['action'].items()}
+    (model / 'config.json').write_text(json.dumps(config))
+    node = procs.start('policy_node', *policy_args(model))
+    probe.wait_for(lambda: node.poll() is not None, 60, 'policy_node to refuse the model')
+    assert node.returncode != 0
+    assert 'predicts 6-D actions; this node commands 7-D ones' in node_log(procs)
 
 
 def publish_frames(probe, publisher, rgb: np.ndarray, seconds: float, rate: float = 20.0,

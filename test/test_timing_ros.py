@@ -53,4 +53,4 @@ def test_the_tick_keeps_its_period_seen_from_outside(probe, procs, model):
     # The shipped chunk_steps (-1) leaves the count to the model: default-dit recommends 4.
     diag = probe.diagnostics()
     assert (diag['chunk_steps'], diag['chunk_steps_from']) == (
-        ('4', 'model') if model == 'default-dit' else ('0', 'parameter')), diag
+        ('4', 'model') if model == 'default-dit' else ('0', 'default')), diag

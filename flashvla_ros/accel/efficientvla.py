@@ -308,7 +308,6 @@ class EfficientVLA(Accelerator):
                     'mlp_sparsity': 0.25},
     }
     DEFAULT_PRESET = 'default'
-    caches = True
 
     def __init__(self, options: EfficientVLAOptions) -> None:
         super().__init__(options)

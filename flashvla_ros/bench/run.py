@@ -58,7 +58,7 @@ import yaml
 
 from ..accel.registry import accelerate, parse_accel
 from ..control.chunks import ChunkProgress, adaptive_ensemble, new_prediction
-from ..control.runner import EXECUTE_CHUNKS, MODEL_STEPS, ChunkExecution
+from ..control.runner import EXECUTE_CHUNKS, MODEL_CHUNKS, MODEL_STEPS, ChunkExecution
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
@@ -222,8 +222,8 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
-              device: str = 'cpu', log=print, chunks: ChunkExecution = EXECUTE_CHUNKS
-              ) -> dict:
+              device: str = 'cpu', log=print,
+              chunks: ChunkExecution = MODEL_CHUNKS) -> dict:
     """
     Run every configuration on the same held-out episodes.
 

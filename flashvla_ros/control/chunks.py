@@ -42,7 +42,7 @@ def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
 
 def new_prediction(chunk: ActionChunk) -> bool:
     """
-    Whether a step's chunk is a new prediction to blend (ensemble mode).
+    Return whether a step's chunk is a new prediction to blend (ensemble mode).
 
     A reused chunk of several actions is the last prediction again: the blend already holds
     it. A one-action model's reused action is its whole plan, so it counts as new.

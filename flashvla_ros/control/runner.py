@@ -82,7 +82,16 @@ class ChunkExecution:
 
 
 MODEL_STEPS = -1  # chunk_steps left to the model (its config.json "execution"; else 0: all)
+
+
+def check_resolved(chunks: ChunkExecution) -> None:
+    """Refuse an execution whose chunk_steps still waits for the model's recommendation."""
+    if chunks.steps < 0:
+        raise ValueError(f'chunk_steps {chunks.steps}: resolve it with for_model() first')
+
+
 EXECUTE_CHUNKS = ChunkExecution()  # every action of each chunk, as soon as due
+MODEL_CHUNKS = ChunkExecution(steps=MODEL_STEPS)  # as many as the model recommends
 # Just in time: the start leaves the largest recent latency plus a margin that doubles when a
 # result comes late (a starved tick while inferring: the load has risen) and shrinks by 1 ms
 # per inference back to the floor.
@@ -181,7 +190,7 @@ class PolicyRunner:
         chunks: ChunkExecution = EXECUTE_CHUNKS,
         control_period_s: float | None = None,
     ) -> None:
-        assert chunks.steps >= 0, 'resolve MODEL_STEPS with ChunkExecution.for_model first'
+        check_resolved(chunks)
         self.policy = policy
         self.limits = limits
         self.max_image_age_s = max_image_age_s
@@ -310,7 +319,7 @@ class PolicyRunner:
         A change of how chunks execute (mode or steps) empties the queue, the chunk progress
         and the ensemble's predictions: they were planned for the old one.
         """
-        assert chunks.steps >= 0, 'resolve MODEL_STEPS with ChunkExecution.for_model first'
+        check_resolved(chunks)
         with self._lock:
             self.limits = limits
             self.max_image_age_s = max_image_age_s
@@ -692,5 +701,6 @@ class PolicyRunner:
                 # docs/TIMING.md: actions per second after each episode's first action
                 'command_hz': c.commanding_commands / commanding_s if commanding_s else 0.0,
                 'last_error': self.last_error,
+                **{f'policy_{k}': v for k, v in self.step_stats.scalars().items()},
                 **vars(self.counters),
             }

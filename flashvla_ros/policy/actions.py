@@ -30,8 +30,9 @@ import numpy as np
 from .errors import CheckpointError
 
 # OpenVLA's action: end-effector deltas x, y, z, roll, pitch, yaw, then the gripper (1 closes).
-ACTION_DIM = 7
-GRIPPER = 6  # the gripper's index: never normalised, binarised by CogACT, kept by a hold
+ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
+ACTION_DIM = len(ACTION_NAMES)
+GRIPPER = ACTION_NAMES.index('gripper')  # never normalised, binarised by CogACT, kept by a hold
 
 
 @dataclass(frozen=True)

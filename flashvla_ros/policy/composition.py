@@ -16,7 +16,7 @@
 """
 The hooks of one step, composed: every check of a combination, and the one hook sequence.
 
-    composition = Composition(hooks, cfg)   # ValueError with the reason when they conflict
+    composition = Composition(hooks, policy.cfg, policy)   # ValueError: why they conflict
     composition.plan, composition.probes    # what the layer loop runs and exposes
 
 Hooks run in their declared order at every hook point. After a layer, a hook that keeps a
@@ -49,7 +49,7 @@ def check_roles(hooks: Sequence[Any]) -> None:
         takers = [h.name for h in hooks if getattr(h, role)]
         if len(takers) > 1:
             raise ValueError(f'{names}: {takers} each bring {what}; a step has one, so keep '
-                             'one of them (or turn the role off in its options)')
+                             'one of them')
 
 
 class Composition:
@@ -72,6 +72,9 @@ class Composition:
         probes: dict[int, set[str]] = {}
         for h in self.hooks:
             for layer, kinds in h.probes().items():
+                if isinstance(kinds, str):
+                    raise TypeError(f'{h.name}.probes() names {kinds!r} at layer {layer}: '
+                                    'give a set of probe kinds')
                 unknown = sorted(set(kinds) - set(PROBES))
                 if unknown:
                     raise ValueError(f'{h.name} asks decoder layer {layer} for unknown probe(s) '
@@ -94,6 +97,7 @@ class Composition:
     # -- the hook points, in order ---------------------------------------------------------
 
     def reset(self) -> None:
+        """Empty every hook's memory (a new episode or instruction)."""
         for h in self.hooks:
             h.reset()
 
@@ -126,6 +130,7 @@ class Composition:
         return index
 
     def draft(self, step: Step) -> list[int] | None:
+        """Return the first draft a hook proposes (at most one hook drafts), or None."""
         return next((d for h in self.hooks if (d := h.draft(step)) is not None), None)
 
     def block_cache(self, step: Step, denoising_step: int) -> BlockCache:
@@ -135,5 +140,6 @@ class Composition:
         return self._cache.block_cache(step, denoising_step)
 
     def after_step(self, step: Step, chunk: ActionChunk) -> None:
+        """Show every hook the step's chunk, inferred or reused."""
         for h in self.hooks:
             h.after_step(step, chunk)

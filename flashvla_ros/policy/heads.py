@@ -59,7 +59,7 @@ class ActionHead(Protocol):
     decoded_tokens: int  # tokens generated after the prefill (the layout's `actions`)
 
     def prompt_suffix(self, tokenizer: Any) -> list[int]:
-        """Token ids the prompt ends with for this head (after OpenVLA's '▁')."""
+        """Return the token ids the prompt ends with for this head (after OpenVLA's '▁')."""
 
     def bind(self, composition: Composition, compile: bool) -> None:
         """Take the hooks' layer plan (and compile what runs per token, if asked)."""

@@ -42,12 +42,12 @@ class SequenceLayout:
 
     @staticmethod
     def visual_present(present: int) -> slice:
-        """Where `present` visual tokens sit once selections dropped the others: after BOS."""
+        """Return where `present` visual tokens sit once selections dropped others: after BOS."""
         return slice(1, 1 + present)
 
     @staticmethod
     def text_present(present: int) -> slice:
-        """Where the prompt after BOS (and any action tokens) sits, after `present` visual."""
+        """Return where the prompt after BOS (and any action tokens) sits after them."""
         return slice(1 + present, None)
 
     @property

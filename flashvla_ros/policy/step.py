@@ -138,7 +138,12 @@ class Hooks:
     # Roles a composition gives to one hook at most (policy/composition.py).
     gates = False  # it may end steps early: a reuse gate
     drafts = False  # it proposes drafts for the token head
-    caches = False  # it caches DiT block outputs (`block_cache`)
+    caches = False  # it caches DiT block outputs: set for every class that overrides block_cache
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if 'block_cache' in vars(cls):  # a cache can never be plugged in unnoticed
+            cls.caches = True
 
     def bind(self, policy: Any) -> None:
         """Read what it needs of the policy (shapes, statistics); raise ValueError if unfit."""
@@ -151,7 +156,7 @@ class Hooks:
         return layers
 
     def probes(self) -> dict[int, set[str]]:
-        """Layer -> the probes it reads there ('attention_output', 'attention_weights')."""
+        """Name the probes it reads, by layer ('attention_output', 'attention_weights')."""
         return {}
 
     def mlp_neurons(self) -> dict[int, torch.Tensor]:
@@ -168,7 +173,7 @@ class Hooks:
     def after_layer(self, step: Step, layer: int, hidden: torch.Tensor,
                     probes: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """
-        After `layer`: indices of the present visual tokens to keep (ascending), or None.
+        Return the indices of the present visual tokens to keep after `layer` (ascending), or None.
 
         `hidden` and `probes` (the kinds asked of this layer, by kind) hold only the tokens
         still present: an earlier hook's selection is already applied.
@@ -180,8 +185,8 @@ class Hooks:
         Diffusion head: return the block-cache hook of one denoising step.
 
         `block_cache(block, part, compute)` returns a DiT block part's output ('attn' or 'mlp');
-        calling `compute()` computes it, anything else reuses (feature caching). A hook that
-        overrides it sets `caches`; the default computes every part.
+        calling `compute()` computes it, anything else reuses (feature caching). A class that
+        overrides it takes the `caches` role; the default computes every part.
         """
         return lambda block, part, compute: compute()
 

@@ -70,8 +70,15 @@ from ..control.safety import SafetyLimits
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
-from ..policy import InputError, PolicyError, StepInfo, load_policy, set_cpu_threads
-from ..policy.actions import GRIPPER
+from ..policy import (
+    CheckpointError,
+    InputError,
+    PolicyError,
+    StepInfo,
+    load_policy,
+    set_cpu_threads,
+)
+from ..policy.actions import ACTION_DIM, ACTION_NAMES, GRIPPER
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
 from ..viz.debug_view import render_debug
@@ -127,6 +134,7 @@ class PolicyNode(LifecycleNode):
         self.stop_reason = 'not activated yet'  # why the node is not commanding
         self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
+        self.chunk_steps_from = ''  # 'model', 'default' or 'parameter': whose chunk_steps runs
         self.cpu_threads = 0  # set at configure
         self._pub: dict[str, Any] = {}  # lifecycle publishers, while configured
         self._subs: list[Any] = []  # input subscriptions, while configured
@@ -163,6 +171,10 @@ class PolicyNode(LifecycleNode):
                                        unnorm_key=c.unnorm_key or None,
                                        center_crop=c.center_crop, static_cache=c.static_cache,
                                        compile=c.compile)
+            if plain_policy.action_dim != ACTION_DIM:  # the limits and outputs are 7-D
+                raise CheckpointError(f'{model} predicts {plain_policy.action_dim}-D actions; '
+                                      f'this node commands {ACTION_DIM}-D ones '
+                                      f'({", ".join(ACTION_NAMES)})')
             self.policy = accelerate(plain_policy, c.accel.names, c.accel.options)
             self.policy.warm_up()  # the first real step as fast as the tenth
         except (PolicyError, ValueError, OSError) as exc:
@@ -425,7 +437,11 @@ class PolicyNode(LifecycleNode):
 
     def _chunks(self) -> ChunkExecution:
         """Return the chunk execution: the parameters, chunk_steps -1 left to the model."""
-        return self.config.chunks.for_model(self.policy.cfg.execution)
+        recommended = self.policy.cfg.execution
+        left = self.config.chunk_steps == MODEL_STEPS
+        self.chunk_steps_from = ('model' if recommended.chunk_steps is not None else 'default') \
+            if left else 'parameter'
+        return self.config.chunks.for_model(recommended)
 
     def _apply_parameters(self, params, values: dict[str, Any]) -> None:
         self.config = build_config(values)
@@ -538,10 +554,8 @@ class PolicyNode(LifecycleNode):
         if runner is not None:
             s = runner.status()
             values.update(s)
-            values['chunk_steps_from'] = 'model' if self.config.chunk_steps == MODEL_STEPS \
-                and self.policy.cfg.execution.chunk_steps is not None else 'parameter'
+            values['chunk_steps_from'] = self.chunk_steps_from
             values.update(policy_values(runner.last_info))
-            values.update({f'policy_{k}': v for k, v in runner.step_stats.scalars().items()})
             if s['warning']:
                 warnings['latency'] = s['warning']
             if self.joint_state is not None:

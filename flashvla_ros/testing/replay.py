@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from ..policy.actions import ACTION_DIM
 from ..policy.step import Observation
 
 MOTION = slice(0, 6)  # dx, dy, dz, droll, dpitch, dyaw; index 6 is the gripper
@@ -61,7 +62,7 @@ def check_commands(stamps: Sequence[float], commands: Sequence[Sequence[float]],
                    expect: Expectations) -> list[str]:
     """Return every way the recorded commands miss `expect` (empty: all good)."""
     stamps = np.asarray(stamps, dtype=float)
-    values = np.asarray(commands, dtype=float).reshape(-1, 7)
+    values = np.asarray(commands, dtype=float).reshape(-1, ACTION_DIM)
     if len(stamps) != len(values):
         raise ValueError(f'{len(stamps)} stamps for {len(values)} commands')
     holds = np.array([is_hold(v) for v in values], dtype=bool)
@@ -96,7 +97,7 @@ def check_commands(stamps: Sequence[float], commands: Sequence[Sequence[float]],
             problems.append(f'{len(bad)} values beyond the {name} limits, first: message {i} '
                             f'dimension {d} = {values[i, d]:.6g} (limit {bound[d]})')
     if expect.golden is not None:
-        golden = np.asarray(expect.golden, dtype=float).reshape(-1, 7)
+        golden = np.asarray(expect.golden, dtype=float).reshape(-1, ACTION_DIM)
         got = values[acting]
         if len(got) != len(golden):
             problems.append(f'{len(got)} commands to compare with {len(golden)} golden ones')
@@ -121,7 +122,7 @@ def assert_commands(stamps, commands, expect: Expectations) -> None:
 def load_golden(path: str | Path, key: str = 'commands') -> np.ndarray:
     """Read the [N, 7] golden commands (or `raw_actions`) of a golden JSON file."""
     data = json.loads(Path(path).expanduser().read_text())
-    return np.asarray(data[key], dtype=float).reshape(-1, 7)
+    return np.asarray(data[key], dtype=float).reshape(-1, ACTION_DIM)
 
 
 def golden_from_bag(policy, bag: str | Path, instruction: str, limits,

@@ -318,8 +318,8 @@ def run_with_attention(llm: Llama, hidden: torch.Tensor, positions: torch.Tensor
     seen: dict[str, torch.Tensor] = {}
 
     def keep(i: int, _hidden: torch.Tensor, probe) -> None:
-        if i == layer:  # the probes by kind ({kind: tensor}), or a loop's one probe tensor
-            seen['weights'] = probe['attention_weights'] if isinstance(probe, dict) else probe
+        if i == layer:
+            seen['weights'] = probe['attention_weights']
 
     out = llm.run(hidden, positions, plan, probes={layer: {'attention_weights'}},
                   after_layer=keep)
@@ -340,7 +340,7 @@ def attention_focus_loss(weights: torch.Tensor, batch: dict, layout: SequenceLay
     p = weights.transpose(1, 2)[b, batch['first']]  # [B, H, S]: from the first-action query
     p = p[:, :3, layout.visual_span]  # the three heads, on the patches
     target = batch['focus'] > 0  # [B, 3, patches]
-    mass = (p * target).sum(-1)
+    mass = (p * target).sum(-1).clamp_min(torch.finfo(p.dtype).tiny)  # log(0): no inf loss
     used = target.any(-1)
     return -mass[used].log().mean()
 
