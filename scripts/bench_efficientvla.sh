@@ -36,5 +36,6 @@ $BIN/flashvla-bench --model default --episodes "$EPISODES_AR" \
   --accel 'efficientvla:preset=,keep_fraction=0.22,selection=random' \
   --accel 'efficientvla:prune_layers=1' \
   --accel flashvla \
+  --accel 'efficientvla:prune_layers=1+flashvla' \
   --accel 'efficientvla:prune_layers=1+flashvla:reuse' \
   --json "$OUT/default.json" --plot "$OUT/default.png" --markdown "$OUT/default.md"
