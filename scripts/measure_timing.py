@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from flashvla_ros.accel.registry import accelerate, parse_accel
-from flashvla_ros.control.runner import ChunkExecution, PolicyRunner
+from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner
 from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.policy import load_policy, set_cpu_threads
 from flashvla_ros.policy.presets import model_path
@@ -108,7 +108,8 @@ def main() -> None:
     parser.add_argument('--seconds', type=float, default=15.0, help='per mode and round')
     parser.add_argument('--rounds', type=int, default=8,
                         help='rounds per mode, each at its own camera phase')
-    parser.add_argument('--chunk-steps', type=int, default=0)
+    parser.add_argument('--chunk-steps', type=int, default=MODEL_STEPS,
+                        help="actions of each chunk to run (0: all; -1: the model's advice)")
     parser.add_argument('--cpu-threads', type=int, default=0,
                         help="torch's CPU threads, as the node's cpu_threads (0: its default)")
     parser.add_argument('--json', help='write the numbers here')
@@ -124,7 +125,8 @@ def main() -> None:
     for r in range(args.rounds):
         phase_s = r / args.rounds / CAMERA_HZ
         for mode, jit in modes.items():
-            out = run_mode(policy, ChunkExecution(steps=args.chunk_steps, just_in_time=jit),
+            chunks = ChunkExecution(steps=args.chunk_steps, just_in_time=jit)
+            out = run_mode(policy, chunks.for_model(policy.cfg.execution),
                            args.seconds, seed=1_000_000 + r, phase_s=phase_s)
             for k, v in out.items():
                 results[mode][k] += v

@@ -262,7 +262,8 @@ def summarize(results: list[dict], status: dict[str, str], probe) -> None:
     print(f'episodes: {len(results)}, succeeded: {sum(wins.values())}')
     for family, n in sorted(families.items()):
         print(f'  {family}: {wins[family]}/{n}')
-    for key in ('accel', 'accel_options', 'policy_reuse_rate', 'policy_kept_tokens',
+    for key in ('accel', 'accel_options', 'chunk_steps', 'chunk_steps_from',
+                'policy_reuse_rate', 'policy_kept_tokens',
                 'policy_flops_saved', 'latency_p50_ms', 'latency_p99_ms', 'inferences',
                 'dropped_frames', 'holds', 'clamped_values', 'rejected_inputs'):
         if key in status:
