@@ -25,6 +25,16 @@ Per configuration: the first step's time (after configure's warm-up, as the node
 median and p99 per stage over the steady-state steps, and peak GPU memory. The frames come from
 mock-world episodes driven by the (random) policy, so reuse gates see a moving scene. On CPU it
 runs at tiny shapes (`--shapes tiny`), which is what the tests do.
+
+Random weights decide nothing useful (no stable action to reuse, wrong drafts, no calibration),
+so `--replay FILE` times a trained model's decisions instead (bench/replay.py): every
+configuration that `flashvla-bench --decisions FILE` recorded, step by step, on these shapes
+(OpenVLA-7B for an autoregressive recording, CogACT-7B for a diffusion one):
+
+    flashvla-bench --model default-dit --episodes 20 --accel none --accel efficientvla \
+        --decisions decisions.json
+    python -m flashvla_ros.bench.latency --replay decisions.json --shapes cogact-7b \
+        --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ import numpy as np
 import torch
 
 from ..accel.registry import accelerate, parse_accel
+from ..policy.flops import count_flops, full_flops, project
 from ..policy.openvla import OpenVLA, OpenVLAPolicy
-from ..policy.presets import openvla_7b_config, tiny_config
+from ..policy.presets import cogact_7b_config, openvla_7b_config, tiny_cogact_config, tiny_config
 from ..policy.step import Observation
 from ..policy.tokenizer import (
     LLAMA2_SPACE_ID,
@@ -52,15 +63,18 @@ from ..policy.tokenizer import (
 )
 from ..sim.tasks import FAMILIES, Episode
 from ..tools.make_tiny import random_model
+from .replay import Replay, read_decisions
 
 STAGES = ('preprocess', 'vision', 'prefill', 'decode', 'head', 'total')
 CONFIGS = ('none', 'flashvla', 'flashvla:fast')
 PATHS = ('reference', 'static', 'compiled')
+SHAPES = {'tiny': tiny_config, 'tiny-dit': tiny_cogact_config, '7b': openvla_7b_config,
+          'cogact-7b': cogact_7b_config}
 
 
 def build_model(shapes: str, device: str, dtype: torch.dtype) -> tuple[OpenVLA, object]:
     """Make a randomly initialised model (make_tiny's init) and a Llama-2-sized tokenizer."""
-    cfg = openvla_7b_config() if shapes == '7b' else tiny_config()
+    cfg = SHAPES[shapes]()
     with torch.device(device):
         model = random_model(cfg, seed=0)
     tok = build_llama_tokenizer(instruction_corpus(), vocab_size=32000,
@@ -143,6 +157,41 @@ def run(shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32', steps
     return report
 
 
+def replay(decisions: dict, shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32',
+           path: str = 'reference', log=print, save=None) -> dict:
+    """Time every recorded configuration's decisions on `shapes` (random weights)."""
+    model, tokenizer = build_model(shapes, device, getattr(torch, dtype))
+    cfg = model.cfg
+    source = Path(decisions['model']).name
+    label = (f'{shapes} shapes, random weights, decisions replayed from {source}, '
+             f'{decisions["episodes"]} episodes')
+    results: list[dict] = []
+    report = {'shapes': shapes, 'device': device, 'dtype': dtype, 'decisions': label,
+              'gpu': torch.cuda.get_device_name() if device.startswith('cuda') else None,
+              'torch': torch.__version__,
+              'command': ' '.join(['python -m flashvla_ros.bench.latency', *sys.argv[1:]]),
+              'results': results}
+    for name, records in decisions['configs'].items():
+        policy = OpenVLAPolicy(model, tokenizer, static_cache=path != 'reference',
+                               compile=path == 'compiled')
+        policy.set_hooks([Replay(records)])
+        projected = [project(r, cfg) for r in records]
+        flops = sum(count_flops(cfg, r).total for r in projected)
+        full = sum(full_flops(cfg, r.layout).total for r in projected)
+        result = {'config': name, 'path': path, 'decisions': label,
+                  'flops_vs_full': round(flops / full, 4),
+                  **measure(policy, frames(len(records)), device)}
+        results.append(result)
+        log(f'{name:>28} {path:>9}: median {result["median_ms"]["total"]:.1f} ms, mean '
+            f'{result["mean_ms"]:.1f} ms, FLOPs {result["flops_vs_full"]:.1%} of full',
+            file=sys.stderr)
+        if save is not None:
+            save(report)
+        if device.startswith('cuda'):
+            torch.compiler.reset()
+    return report
+
+
 def table(report: dict) -> str:
     head = ['config', 'path', 'first step ms', 'median ms', 'mean ms', 'p99 ms',
             'vision / prefill / decode median ms', 'mean vs none (same path)', 'reuse',
@@ -164,7 +213,7 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--shapes', choices=('tiny', '7b'), default='tiny')
+    parser.add_argument('--shapes', choices=sorted(SHAPES), default='tiny')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', default='float32',
                         choices=('float32', 'bfloat16', 'float16'))
@@ -172,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--accel', action='append', help=f'configurations (default: {CONFIGS})')
     parser.add_argument('--path', action='append', choices=PATHS,
                         help=f'decode paths (default: all of {PATHS})')
+    parser.add_argument('--replay', type=Path, metavar='DECISIONS.json',
+                        help="time the decisions flashvla-bench --decisions recorded (each "
+                             "configuration's steps, replayed) instead of --accel")
     parser.add_argument('--json', type=Path, help='write the report here')
     args = parser.parse_args(argv)
 
@@ -179,9 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + '\n')
 
-    report = run(args.shapes, args.device, args.dtype, args.steps,
-                 tuple(args.accel or CONFIGS), tuple(args.path or PATHS),
-                 save=save if args.json else None)
+    if args.replay:
+        decisions = read_decisions(args.replay)
+        report = {'results': []}
+        for path in args.path or PATHS:
+            part = replay(decisions, args.shapes, args.device, args.dtype, path)
+            report = {**part, 'results': report['results'] + part['results']}
+            if args.json:
+                save(report)
+    else:
+        report = run(args.shapes, args.device, args.dtype, args.steps,
+                     tuple(args.accel or CONFIGS), tuple(args.path or PATHS),
+                     save=save if args.json else None)
     print(table(report))
     return 0
 

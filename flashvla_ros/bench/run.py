@@ -223,12 +223,13 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print,
-              chunks: ChunkExecution = MODEL_CHUNKS) -> dict:
+              chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None) -> dict:
     """
     Run every configuration on the same held-out episodes.
 
     A configuration is `[MODEL@]ACCEL`: MODEL (a path or an embedded name) runs instead of
-    `model`, so two models compare side by side, paired on the same seeds.
+    `model`, so two models compare side by side, paired on the same seeds. `decisions`: write
+    every step's record there, per configuration (bench/replay.py replays them).
     """
     plain: dict[str, OpenVLAPolicy] = {}
 
@@ -260,6 +261,8 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{episodes} | {rates} | '
                 f'{time.perf_counter() - start:.0f} s', file=sys.stderr)
+    if decisions is not None:
+        write_decisions(decisions, model, episodes, seed, runs)
     return {
         'model': model, 'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
         'chunks': {'mode': chunks.mode, 'steps': chunks.steps, 'horizon': chunks.horizon,
@@ -270,6 +273,16 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         'configs': [summarize(r, runs[0] if k else None)
                     for k, r in enumerate(runs)],
     }
+
+
+def write_decisions(path: Path, model: str, episodes: int, seed: int,
+                    runs: list[ConfigRun]) -> None:
+    """Write what every step of every configuration ran (its StepRecord), in order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        'model': model, 'episodes': episodes, 'seed': seed,
+        'configs': {r.name: [record.to_dict() for record in r.records] for r in runs},
+    }) + '\n')
 
 
 def table(report: dict) -> str:
@@ -492,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
                         help='rewrite this page (docs/BENCHMARKS.md)')
     parser.add_argument('--report', type=expand_path,
                         help='render --plot/--markdown from this saved JSON instead of running')
+    parser.add_argument('--decisions', type=expand_path, metavar='FILE.json',
+                        help="write every step's decisions (its StepRecord), per configuration, "
+                             'to replay them at 7B shapes (python -m flashvla_ros.bench.latency '
+                             '--replay FILE.json)')
     parser.add_argument('--compare', type=expand_path, metavar='BEFORE.json',
                         help='check that every config named in both reports took the same '
                              'actions at every step (exit 1 if not)')
@@ -509,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         chunks = ChunkExecution(mode=args.chunk_mode, steps=args.chunk_steps,
                                 horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
-                           args.max_steps, args.device, log=print, chunks=chunks)
+                           args.max_steps, args.device, log=print, chunks=chunks,
+                           decisions=args.decisions)
         if args.model in (None, *EMBEDDED_MODELS):
             report['model'] = f'flashvla_ros/models/{args.model or "default"} (embedded)'
     print(table(report))

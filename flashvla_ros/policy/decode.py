@@ -29,6 +29,7 @@ remembered on the device and raised at the end.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -39,6 +40,19 @@ from .llama import AfterLayer, Llama
 # decode_one(token [1, 1], position [1]) -> logits [1, vocab]: `decode_one` with its model
 # and plan bound (and maybe compiled).
 DecodeOne = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """
+    A guess of the whole action, with how many guesses to take as confirmed (`accept`).
+
+    `accept` replays a recorded decision on other weights (bench/replay.py): the same passes
+    run, whatever this model would have confirmed. A plain list of tokens is verified.
+    """
+
+    tokens: list[int]
+    accept: int | None = None
 
 
 def prefill(llm: Llama, sequence: torch.Tensor, positions: torch.Tensor, plan: Sequence[int],
@@ -71,7 +85,7 @@ def record_call(record: StepRecord, fed: int, cached: int) -> None:
 
 
 def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_position: int,
-                  n: int, draft: list[int] | None, record: StepRecord,
+                  n: int, draft: list[int] | Draft | None, record: StepRecord,
                   step: DecodeOne | None = None) -> list[int]:
     """
     Greedy-decode `n` action tokens after the prefill; `first` holds its last logits [1, V].
@@ -82,6 +96,8 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
     one-token step to use (default: `decode_one` on this model and plan).
     """
     device = first.device
+    forced = draft.accept if isinstance(draft, Draft) else None
+    draft = draft.tokens if isinstance(draft, Draft) else draft
     step = step or (lambda token, position: decode_one(llm, plan, token, position))
     tokens = torch.empty(n, dtype=torch.long, device=device)
     tokens[0] = first[0].argmax()
@@ -95,7 +111,8 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
         finite = finite & torch.isfinite(logits).all()
         predicted = logits[0].argmax(-1)
         right = predicted[:-1] == fed[1:]
-        accepted = int(torch.cumprod(right.long(), 0).sum())  # guesses confirmed in a row
+        accepted = int(torch.cumprod(right.long(), 0).sum()) if forced is None \
+            else min(forced, n - 2)  # guesses confirmed in a row
         tokens[1:2 + accepted] = predicted[:1 + accepted]
         done = 2 + accepted
         llm.truncate_cache(n - done)  # the entries after the first wrong guess

@@ -32,7 +32,7 @@ such as FlashVLA's SVD; an operation-count estimate, see `svd_flops`).
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, fields, replace
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 
 from .config import OpenVLAConfig, TextConfig, ViTConfig
 from .dit import FREQUENCY_SIZE, DiTConfig
@@ -81,6 +81,22 @@ class StepRecord:
     @property
     def layers_run(self) -> int:
         return len(self.layer_tokens)
+
+    def to_dict(self) -> dict:
+        """Return the record as JSON-able values (what a decision recording stores)."""
+        values = asdict(self)
+        values['layer_tokens'] = [[k, v] for k, v in self.layer_tokens.items()]
+        values['mlp_kept'] = [[k, v] for k, v in self.mlp_kept.items()]
+        return values
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> StepRecord:
+        """Read a record written by `to_dict`."""
+        return cls(SequenceLayout(**raw['layout']), raw['depth'], tuple(raw['plan']),
+                   raw['stopped'], raw['vision'], {k: v for k, v in raw['layer_tokens']},
+                   [tuple(c) for c in raw['decode_calls']], raw['head_positions'],
+                   [tuple(s) for s in raw['scoring']], raw['dit_passes'], dict(raw['dit_parts']),
+                   raw['dit_depth'], {k: v for k, v in raw['mlp_kept']})
 
     @classmethod
     def full(cls, layout: SequenceLayout, layers: int,
