@@ -126,10 +126,14 @@ def measure(policy: OpenVLAPolicy, observations: list[Observation], device: str)
 
 def run(shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32', steps: int = 30,
         configs: tuple[str, ...] = CONFIGS, paths: tuple[str, ...] = PATHS, log=print,
-        save=None) -> dict:
-    """Time every configuration on every path; `save(report)` gets the report after each one."""
+        save=None, built: tuple[OpenVLA, object] | None = None) -> dict:
+    """
+    Time every configuration on every path; `save(report)` gets the report after each one.
+
+    `built`: the model and tokenizer of `build_model(shapes, ...)`, when already made.
+    """
     torch_dtype = getattr(torch, dtype)
-    model, tokenizer = build_model(shapes, device, torch_dtype)
+    model, tokenizer = built or build_model(shapes, device, torch_dtype)
     observations = frames(steps)
     results: list[dict] = []
     report = {
@@ -158,9 +162,10 @@ def run(shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32', steps
 
 
 def replay(decisions: dict, shapes: str = 'tiny', device: str = 'cpu', dtype: str = 'float32',
-           path: str = 'reference', log=print, save=None) -> dict:
+           path: str = 'reference', log=print, save=None,
+           built: tuple[OpenVLA, object] | None = None) -> dict:
     """Time every recorded configuration's decisions on `shapes` (random weights)."""
-    model, tokenizer = build_model(shapes, device, getattr(torch, dtype))
+    model, tokenizer = built or build_model(shapes, device, getattr(torch, dtype))
     cfg = model.cfg
     source = Path(decisions['model']).name
     label = (f'{shapes} shapes, random weights, decisions replayed from {source}, '

@@ -1,0 +1,229 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""
+The GPU check (scripts/gpu_check.sh): 7B-shape step times, per configuration, in one run.
+
+    python -m flashvla_ros.bench.gpu_check --device cuda --dtype bfloat16 \
+        --json docs/latency/gpu.json --readme README.md
+
+For each head (OpenVLA-7B shapes with the autoregressive default's decisions, CogACT-7B
+shapes with default-dit's): the plain model; every recorded configuration with its decisions
+replayed from the trained model (bench/replay.py); and each accelerator set up to decide
+nothing (every token kept, no reuse, drafts that random weights reject), which must cost
+nothing. Beside them, a floor: the weights read once per pass at the measured memory
+bandwidth plus the prefill's FLOPs at the measured matmul rate (an estimate, labelled so).
+It writes `--json` and the GPU table of `--readme` (between its markers), and says which
+targets are met. On CPU at tiny shapes it is what the tests run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import re
+import sys
+import time
+
+import torch
+
+from ..policy.flops import full_flops
+from ..policy.layout import SequenceLayout
+from .latency import SHAPES, build_model, replay, run
+from .replay import read_decisions
+
+ROOT = Path(__file__).resolve().parents[2]
+DECISIONS = {'openvla-7b': ROOT / 'docs' / 'latency' / 'decisions_default.json',
+             'cogact-7b': ROOT / 'docs' / 'latency' / 'decisions_default-dit.json'}
+DECIDE_NOTHING = {  # each accelerator's hooks running, deciding nothing
+    'openvla-7b': ('flashvla:keep_fraction=1.0,reuse=false',),
+    'cogact-7b': ('efficientvla:preset=', 'flashvla:keep_fraction=1.0,reuse=false'),
+}
+# Targets on one H200, bf16, batch 1 (issue 25): (shapes, config or kind, bound, what).
+TARGETS = (('openvla-7b', 'none', 40.0, 'median ms'),
+           ('openvla-7b', 'decide nothing', 1.03, 'mean vs none'),
+           ('cogact-7b', 'decide nothing', 1.03, 'mean vs none'),
+           ('openvla-7b', 'flashvla', 0.7, 'mean vs none'),
+           ('cogact-7b', 'efficientvla', 0.6, 'mean vs none'),
+           ('cogact-7b', 'efficientvla+flashvla:reuse', 0.45, 'mean vs none'))
+BEGIN, END = '<!-- BEGIN gpu table: scripts/gpu_check.sh -->', '<!-- END gpu table -->'
+
+
+def measured_rates(device: str, dtype: torch.dtype) -> tuple[float, float]:
+    """Measure memory bandwidth (bytes/s, a large copy) and matmul rate (FLOP/s) here."""
+    def timed(fn, reps: int = 5) -> float:
+        fn()
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / reps
+
+    size = 2**28 if device.startswith('cuda') else 2**24  # elements
+    a = torch.empty(size, dtype=dtype, device=device)
+    b = torch.empty_like(a)
+    bandwidth = 2 * a.numel() * a.element_size() / timed(lambda: b.copy_(a))
+    n = 8192 if device.startswith('cuda') else 512
+    x = torch.randn(n, n, dtype=dtype, device=device)
+    rate = 2 * n**3 / timed(lambda: x @ x)
+    return bandwidth, rate
+
+
+def floor_ms(shapes: str, bandwidth: float, rate: float, dtype: torch.dtype) -> float:
+    """
+    Estimate the step's floor: every weight read once per pass, plus the prefill's compute.
+
+    Passes: the prefill, and one per action token after the first (OpenVLA) or each DiT
+    forward (the diffusion head's weights only); the prefill of a 20-token prompt is counted
+    at the measured matmul rate.
+    """
+    cfg = SHAPES[shapes]()
+    size = torch.tensor([], dtype=dtype).element_size()
+    text = cfg.text
+    llm = text.num_hidden_layers * (4 * text.hidden_size**2 + 3 * text.hidden_size
+                                    * text.intermediate_size) + text.vocab_size * text.hidden_size
+    layout = SequenceLayout(cfg.num_patches, 20, 0 if cfg.action_model else 7)
+    flops = full_flops(cfg, layout)
+    reads = llm * size  # the prefill pass
+    if cfg.action_model is None:
+        reads += (layout.actions - 1) * llm * size
+    else:
+        head = cfg.action_model
+        dit = head.depth * 12 * head.hidden_size**2 * size
+        reads += head.ddim_steps * dit
+    return 1e3 * (reads / bandwidth + (flops.vision + flops.prefill) / rate)
+
+
+def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
+          shapes: dict[str, str] | None = None, decisions: dict[str, Path] | None = None,
+          steps: int = 30, log=print) -> dict:
+    """Run every row; return the gpu.json report (its shape: docs/latency/README.md)."""
+    shapes = shapes or {'openvla-7b': '7b', 'cogact-7b': 'cogact-7b'}
+    decisions = decisions or DECISIONS
+    torch_dtype = getattr(torch, dtype)
+    bandwidth, rate = measured_rates(device, torch_dtype)
+    report: dict = {
+        'device': torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu',
+        'dtype': dtype, 'path': path, 'torch': torch.__version__,
+        'bandwidth_gb_s': round(bandwidth / 1e9, 1), 'matmul_tflop_s': round(rate / 1e12, 2),
+        'floor_ms': {}, 'results': []}
+    for name, shape in shapes.items():
+        report['floor_ms'][name] = round(floor_ms(shape, bandwidth, rate, torch_dtype), 2)
+        recorded = read_decisions(decisions[name])
+        built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
+        rows = replay(recorded, shape, device, dtype, path, log=log, built=built)['results']
+        none = next(r for r in rows if r['config'] == 'none')
+        nothing = run(shape, device, dtype, steps, ('none', *DECIDE_NOTHING[name]), (path,),
+                      log=log, built=built)['results']
+        del built
+        plain = next(r for r in nothing if r['config'] == 'none')
+        label = name if shape in ('7b', 'cogact-7b') else shape  # what actually ran
+        for r in rows:
+            report['results'].append(row(r, name, label, r['decisions'], path, none))
+        for r in nothing:
+            if r['config'] != 'none':
+                report['results'].append(row(r, name, label, 'decide nothing', path, plain))
+        if device.startswith('cuda'):
+            torch.cuda.empty_cache()
+    report['targets'] = targets(report)
+    return report
+
+
+def row(r: dict, head: str, shapes: str, decisions: str, path: str, none: dict) -> dict:
+    return {'config': r['config'], 'head': head, 'shapes': shapes, 'decisions': decisions,
+            'path': path,
+            'median_ms': r['median_ms']['total'], 'mean_ms': r['mean_ms'],
+            'first_step_ms': r['first_step_ms'],
+            'stages_median_ms': {s: r['median_ms'][s] for s in ('vision', 'prefill', 'decode',
+                                                                 'head')},
+            'ratio_mean_vs_none': round(r['mean_ms'] / none['mean_ms'], 4),
+            'flops_vs_full': r.get('flops_vs_full'), 'reuse_rate': r['reuse_rate']}
+
+
+def targets(report: dict) -> list[dict]:
+    """Say, per target, the value reached and whether it is met (7B shapes only)."""
+    out = []
+    for shapes, what, bound, unit in TARGETS:
+        rows = [r for r in report['results'] if r['shapes'] == shapes and (
+            r['decisions'] == 'decide nothing' if what == 'decide nothing'
+            else r['config'] == what and r['decisions'] != 'decide nothing')]
+        if not rows:
+            continue
+        key = 'median_ms' if unit == 'median ms' else 'ratio_mean_vs_none'
+        worst = max(r[key] for r in rows)
+        out.append({'shapes': shapes, 'config': what, 'value': worst, 'bound': bound,
+                    'unit': unit, 'met': worst <= bound})
+    return out
+
+
+def table(report: dict) -> str:
+    """The GPU table: one line per row, the floor and the targets under it."""
+    lines = [f'{report["device"]}, {report["dtype"]}, path `{report["path"]}`; floor '
+             'estimate (weights read once per pass + prefill compute): '
+             + ', '.join(f'{k} {v:.1f} ms' for k, v in report['floor_ms'].items()), '',
+             '| config | shapes | decisions | median ms | mean ms | mean vs none '
+             '| first step ms |', '|---|---|---|---|---|---|---|']
+    for r in report['results']:
+        lines.append(f'| `{r["config"]}` | {r["shapes"]} | {r["decisions"]} | '
+                     f'{r["median_ms"]:.1f} | {r["mean_ms"]:.1f} | '
+                     f'{r["ratio_mean_vs_none"]:.2f}x | {r["first_step_ms"]:.1f} |')
+    lines += ['', 'Targets (issue 25): ' + ('; '.join(
+        f'{t["shapes"]} {t["config"]} {t["unit"]} {t["value"]:.2f} '
+        f'({"met" if t["met"] else "missed"}, at most {t["bound"]:g})'
+        for t in report['targets']) or 'they apply at 7B shapes')]
+    return '\n'.join(lines)
+
+
+def write_table(readme: Path, text: str) -> None:
+    """Replace what lies between the GPU table's markers in `readme`."""
+    page = readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + '.*?' + re.escape(END), re.S)
+    if not pattern.search(page):
+        raise ValueError(f'{readme} has no GPU table markers ({BEGIN} ... {END})')
+    readme.write_text(pattern.sub(lambda _: f'{BEGIN}\n{text}\n{END}', page))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', default='bfloat16',
+                        choices=('float32', 'bfloat16', 'float16'))
+    parser.add_argument('--path', default='compiled', choices=('reference', 'static',
+                                                               'compiled'))
+    parser.add_argument('--tiny', action='store_true',
+                        help='tiny shapes instead of 7B ones (a dry run on CPU)')
+    parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--json', type=Path)
+    parser.add_argument('--readme', type=Path, help='rewrite the GPU table of this page')
+    args = parser.parse_args(argv)
+    shapes = {'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'} if args.tiny else None
+    report = check(args.device, args.dtype, args.path, shapes, steps=args.steps)
+    text = table(report)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + '\n')
+    if args.readme:
+        write_table(args.readme, text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,70 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""The GPU check's dry run on CPU: every row, the report's shape, the README table."""
+
+import json
+from pathlib import Path
+
+from flashvla_ros.bench import gpu_check
+from flashvla_ros.bench.replay import read_decisions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shortened(path: Path, out: Path, steps: int) -> Path:
+    """Keep the first `steps` steps of each recorded configuration (a quick dry run)."""
+    raw = json.loads(path.read_text())
+    raw['configs'] = {k: v[:steps] for k, v in raw['configs'].items()}
+    out.write_text(json.dumps(raw))
+    return out
+
+
+def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
+    decisions = {name: shortened(path, tmp_path / path.name, 6)
+                 for name, path in gpu_check.DECISIONS.items()}
+    report = gpu_check.check('cpu', 'float32', 'reference',
+                             {'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'}, decisions,
+                             steps=3, log=lambda *a, **k: None)
+    rows = report['results']
+    for head, path in decisions.items():
+        recorded = read_decisions(path)['configs']
+        replayed = [r for r in rows if r['head'] == head and r['decisions'] != 'decide nothing']
+        assert [r['config'] for r in replayed] == list(recorded)
+        assert all('decisions replayed from default' in r['decisions'] for r in replayed)
+        nothing = [r['config'] for r in rows if r['head'] == head
+                   and r['decisions'] == 'decide nothing']
+        assert nothing == list(gpu_check.DECIDE_NOTHING[head])
+    assert {r['shapes'] for r in rows} == {'tiny', 'tiny-dit'}
+    assert all(r['ratio_mean_vs_none'] > 0 and r['median_ms'] > 0 for r in rows)
+    assert set(report['floor_ms']) == {'openvla-7b', 'cogact-7b'}
+    assert report['targets'] == []  # they apply at 7B shapes
+    readme = tmp_path / 'README.md'
+    readme.write_text((ROOT / 'README.md').read_text())
+    gpu_check.write_table(readme, gpu_check.table(report))
+    page = readme.read_text()
+    assert page.count(gpu_check.BEGIN) == 1 and '| `efficientvla` | tiny-dit |' in page
+    assert 'Targets (issue 25): they apply at 7B shapes' in page
+
+
+def test_targets_are_read_from_the_7b_rows():
+    rows = [{'config': 'none', 'shapes': 'openvla-7b', 'decisions': 'replayed',
+             'median_ms': 38.0, 'ratio_mean_vs_none': 1.0},
+            {'config': 'flashvla', 'shapes': 'openvla-7b', 'decisions': 'replayed',
+             'median_ms': 30.0, 'ratio_mean_vs_none': 0.75},
+            {'config': 'flashvla:keep_fraction=1.0,reuse=false', 'shapes': 'openvla-7b',
+             'decisions': 'decide nothing', 'median_ms': 39.0, 'ratio_mean_vs_none': 1.02}]
+    got = {(t['config'], t['met']) for t in gpu_check.targets({'results': rows})}
+    assert got == {('none', True), ('flashvla', False), ('decide nothing', True)}
