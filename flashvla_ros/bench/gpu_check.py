@@ -59,6 +59,7 @@ TARGETS = (('openvla-7b', 'none', 40.0, 'median ms'),
            ('openvla-7b', 'flashvla', 0.7, 'mean vs none'),
            ('cogact-7b', 'efficientvla', 0.6, 'mean vs none'),
            ('cogact-7b', 'efficientvla+flashvla:reuse', 0.45, 'mean vs none'))
+STAGES = ('vision', 'prefill', 'decode', 'head')
 BEGIN, END = '<!-- BEGIN gpu table: scripts/gpu_check.sh -->', '<!-- END gpu table -->'
 
 
@@ -150,8 +151,7 @@ def row(r: dict, head: str, shapes: str, decisions: str, path: str, none: dict) 
             'path': path,
             'median_ms': r['median_ms']['total'], 'mean_ms': r['mean_ms'],
             'first_step_ms': r['first_step_ms'],
-            'stages_median_ms': {s: r['median_ms'][s] for s in ('vision', 'prefill', 'decode',
-                                                                 'head')},
+            'stages_median_ms': {s: r['median_ms'][s] for s in STAGES},
             'ratio_mean_vs_none': round(r['mean_ms'] / none['mean_ms'], 4),
             'flops_vs_full': r.get('flops_vs_full'), 'reuse_rate': r['reuse_rate']}
 
@@ -173,7 +173,7 @@ def targets(report: dict) -> list[dict]:
 
 
 def table(report: dict) -> str:
-    """The GPU table: one line per row, the floor and the targets under it."""
+    """Render the GPU table: one line per row, the floor above it, the targets under it."""
     lines = [f'{report["device"]}, {report["dtype"]}, path `{report["path"]}`; floor '
              'estimate (weights read once per pass + prefill compute): '
              + ', '.join(f'{k} {v:.1f} ms' for k, v in report['floor_ms'].items()), '',

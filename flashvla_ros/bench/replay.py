@@ -82,12 +82,11 @@ class Replay(Hooks):
         # The scoring work of each selection, at the layer after which the tokens drop: the
         # layer that n scored tokens entered, and fewer left (composed selections: several).
         prompt, ran = full.layout.prompt, full.layer_tokens
-        self._keep_after = {a: ran[b] - prompt for a, b in zip(self._plan, self._plan[1:],
-                                                              strict=False)
-                            if a in ran and b in ran}
+        pairs = list(zip(self._plan, self._plan[1:], strict=False))
+        self._keep_after = {a: ran[b] - prompt for a, b in pairs if a in ran and b in ran}
         self._scoring: dict[int, list[tuple[str, int, int]]] = {}
         for entry in full.scoring:
-            layer = next((a for a, b in zip(self._plan, self._plan[1:], strict=False)
+            layer = next((a for a, b in pairs
                           if ran.get(a, 0) - prompt >= entry[1] > ran.get(b, 0) - prompt),
                          None)
             if layer is not None:
