@@ -19,17 +19,18 @@ Greedy decoding as functions (gpt-fast style), one path for both KV caches.
     out = prefill(llm, sequence, positions, plan, probes, after_layer)   # fills the caches
     tokens = decode_action(llm, plan, llm.logits(out[0]), next_position, n, draft, record)
 
-`decode_one` is the one-token step (what `torch.compile` compiles: one shape with the static
-cache); `verify_draft` checks a guess of the whole action in one forward pass, speculative-
-decoding style. The greedy tokens stay on the device until the action is complete: one host
-sync per action (one more to count a draft's confirmed tokens), and a NaN/inf anywhere is
-remembered on the device and raised at the end.
+`decode_one` is the one-token step and `verify_draft` the pass that checks a guess of the whole
+action at once, speculative-decoding style: each has one shape with the static cache, and both
+are what `compile` compiles. The greedy tokens stay on the device until the action is
+complete: one host sync per action (one more to count a draft's confirmed tokens), and a
+NaN/inf anywhere is remembered on the device and raised at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -37,8 +38,8 @@ from .errors import NonFiniteOutputError
 from .flops import StepRecord
 from .llama import AfterLayer, Llama
 
-# decode_one(token [1, 1], position [1]) -> logits [1, vocab]: `decode_one` with its model
-# and plan bound (and maybe compiled).
+# A pass with its model and plan bound (and maybe compiled): tokens and their positions in,
+# logits out. decode_one: [1, 1] and [1] -> [1, vocab]; verify_draft: [T] and [T] -> [1, T, V].
 DecodeOne = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -72,9 +73,8 @@ def decode_one(llm: Llama, plan: Sequence[int], token: torch.Tensor,
 
 
 def verify_draft(llm: Llama, plan: Sequence[int], fed: torch.Tensor,
-                 next_position: int) -> torch.Tensor:
-    """Feed the tokens `fed` [T] from `next_position` on; return the logits of each [1, T, V]."""
-    positions = torch.arange(next_position, next_position + fed.numel(), device=fed.device)
+                 positions: torch.Tensor) -> torch.Tensor:
+    """Feed the tokens `fed` [T] at `positions` [T]; return the logits of each [1, T, V]."""
     return llm(llm.embed(fed[None]), positions, plan, last_only=False)
 
 
@@ -86,14 +86,15 @@ def record_call(record: StepRecord, fed: int, cached: int) -> None:
 
 def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_position: int,
                   n: int, draft: list[int] | Draft | None, record: StepRecord,
-                  step: DecodeOne | None = None) -> list[int]:
+                  step: DecodeOne | None = None, verify: DecodeOne | None = None) -> list[int]:
     """
     Greedy-decode `n` action tokens after the prefill; `first` holds its last logits [1, V].
 
     With a `draft` (a guess of all n tokens, e.g. the previous action's) the guesses are
     verified in one forward pass: every token is still the model's own greedy choice, a wrong
-    guess only costs the tokens after it, decoded one by one as without a draft. `step` is the
-    one-token step to use (default: `decode_one` on this model and plan).
+    guess only costs the tokens after it, decoded one by one as without a draft. `step` and
+    `verify` are the passes to use (default: `decode_one` and `verify_draft` on this model and
+    plan).
     """
     device = first.device
     forced = draft.accept if isinstance(draft, Draft) else None
@@ -106,7 +107,8 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
     if draft is not None and len(draft) == n and n > 1:
         fed = torch.tensor(draft[:n - 1], device=device)
         fed[0] = tokens[0]
-        logits = verify_draft(llm, plan, fed, next_position)
+        positions = torch.arange(next_position, next_position + n - 1, device=device)
+        logits = (verify or partial(verify_draft, llm, plan))(fed, positions)
         record_call(record, n - 1, 0)
         finite = finite & torch.isfinite(logits).all()
         predicted = logits[0].argmax(-1)

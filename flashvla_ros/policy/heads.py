@@ -35,7 +35,7 @@ import torch
 
 from .actions import GRIPPER, ActionCodec, NormStats
 from .composition import Composition
-from .decode import DecodeOne, decode_action, decode_one
+from .decode import DecodeOne, decode_action, decode_one, verify_draft
 from .dit import ddim_sample, frame_seed
 from .errors import NonFiniteOutputError
 from .step import Step
@@ -77,16 +77,19 @@ class TokenHead:
         self.codec, self.stats = codec, stats
         self.decoded_tokens = stats.action_dim
         self.step: DecodeOne | None = None
+        self.verify: DecodeOne | None = None
 
     def prompt_suffix(self, tokenizer: Any) -> list[int]:
         return []
 
     def bind(self, composition: Composition, compile: bool) -> None:
         self.step = partial(decode_one, self.llm, composition.plan)
-        if compile:
+        self.verify = partial(verify_draft, self.llm, composition.plan)
+        if compile:  # each pass has one shape: a CUDA graph each on CUDA
             device = self.llm.lm_head.weight.device
             mode = 'reduce-overhead' if device.type == 'cuda' else None
             self.step = torch.compile(self.step, mode=mode, fullgraph=True)
+            self.verify = torch.compile(self.verify, mode=mode, fullgraph=True)
 
     def run(self, step: Step, hidden: torch.Tensor, composition: Composition,
             clock: Clock) -> HeadOutput:
@@ -95,7 +98,8 @@ class TokenHead:
         record.head_positions += 1
         clock.mark('prefill')
         tokens = decode_action(self.llm, composition.plan, first, step.layout.prefill,
-                               self.decoded_tokens, composition.draft(step), record, self.step)
+                               self.decoded_tokens, composition.draft(step), record, self.step,
+                               self.verify)
         clock.mark('decode')
         normalized = self.codec.decode(np.array(tokens))
         values = self.stats.unnormalize(normalized)

@@ -312,8 +312,13 @@ class OpenVLAPolicy:
         """Forget every accelerator's memory (a new episode or instruction)."""
         self.composition.reset()
 
-    def warm_up(self, steps: int = 1) -> None:
-        """Run `steps` predictions on a blank frame so the first real step is not the slowest."""
+    def warm_up(self, steps: int = 2) -> None:
+        """
+        Run `steps` predictions on a blank frame so the first real step is not the slowest.
+
+        Two by default: the second one drafts (FlashVLA), so the draft-verifying pass is
+        built (compiled, with `compile`) before the robot needs it, too.
+        """
         size = self.cfg.image_size
         blank = np.zeros((size, size, 3), np.uint8)
         for _ in range(steps):
