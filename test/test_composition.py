@@ -147,3 +147,21 @@ def test_every_conflict_is_refused_with_the_reason(policy):
         check_accel(['flashvla', 'flashvla'], {})
     policy.set_hooks([])
     assert policy.composition.probes == {} and policy.plan == list(range(4))
+
+
+@torch.inference_mode()
+def test_accelerators_that_decide_nothing_run_exactly_the_plain_step(policy):
+    """Every token kept, no reuse, no draft, no cache: the same record, FLOPs and tokens."""
+    obs = observation()
+    policy.set_hooks([])
+    plain = policy.predict(obs)
+    for names, options in (
+            (['efficientvla'], {'efficientvla': {'preset': ''}}),
+            (['flashvla'], {'flashvla': {'keep_fraction': 1.0, 'reuse': False,
+                                         'draft': False}}),
+            (['efficientvla', 'flashvla'], {'efficientvla': {'preset': ''}, 'flashvla': {
+                'keep_fraction': 1.0, 'reuse': False, 'draft': False}})):
+        chunk = accelerate(policy, names, options).predict(obs)
+        assert chunk.info.record == plain.info.record, names
+        assert chunk.info.flops == plain.info.flops and chunk.token_ids == plain.token_ids
+    policy.set_hooks([])
