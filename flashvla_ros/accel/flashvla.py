@@ -316,7 +316,8 @@ class FlashVLA(Accelerator):
             keep = select_tokens(scores, o.kept_tokens(n))
         else:  # keep everything: nothing to score
             keep, rank = torch.arange(n, device=hidden.device), 0
-        self._kept = frozenset(step.visual_kept[keep].tolist())
+        if o.reuse:  # the gate compares token sets (on the host); without it, none is needed
+            self._kept = frozenset(step.visual_kept[keep].tolist())
         step.extras['svd_rank'] = rank
         if o.reuse and o.gate == 'current':
             step.reuse = self._reusable(self._kept)

@@ -124,6 +124,7 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
         logits = step(tokens[i - 1:i].view(1, 1), position)
         finite = finite & torch.isfinite(logits).all()
         tokens[i] = logits[0].argmax()
-    if not bool(finite):
+    *ids, nonfinite = torch.cat([tokens, (~finite).long()[None]]).tolist()  # one transfer
+    if nonfinite:
         raise NonFiniteOutputError('the language model produced NaN/inf logits')
-    return tokens.tolist()
+    return ids

@@ -299,8 +299,7 @@ class OpenVLAPolicy:
             timings_ms=clock.timings(), record=record, flops=count_flops(self.cfg, record),
             prompt_tokens=layout.prompt, visual_tokens=layout.visual,
             kept_tokens=kept if ran else 0,
-            kept_indices=tuple(step.visual_kept.tolist()) if ran and kept < layout.visual
-            else None,
+            kept=step.visual_kept if ran and kept < layout.visual else None,
             layers_run=record.layers_run, reused=reused,
             non_action_tokens=result.non_action_tokens,
             flops_full=self._full_flops[layout.prompt], extras=dict(step.extras))

@@ -50,12 +50,17 @@ class StepInfo:
     prompt_tokens: int
     visual_tokens: int
     kept_tokens: int  # visual tokens that reached the last layer
-    kept_indices: tuple[int, ...] | None  # which ones (None: every token, or nothing ran)
+    kept: torch.Tensor | None  # which ones (None: every token, or nothing ran), on the device
     layers_run: int
     reused: bool = False
     non_action_tokens: int = 0
     flops_full: int = 0  # the plain model's FLOPs for the same step (what `flops` saves on)
     extras: dict[str, Any] = field(default_factory=dict)  # accelerator values (gate angles...)
+
+    @property
+    def kept_indices(self) -> tuple[int, ...] | None:
+        """Return the kept visual tokens' indices (read from the device when first asked)."""
+        return None if self.kept is None else tuple(self.kept.tolist())
 
     @property
     def decode_calls(self) -> list[tuple[int, int]]:
