@@ -51,12 +51,28 @@ def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
     assert all(r['ratio_mean_vs_none'] > 0 and r['median_ms'] > 0 for r in rows)
     assert set(report['floor_ms']) == {'openvla-7b', 'cogact-7b'}
     assert report['targets'] == []  # they apply at 7B shapes
+    estimates = report['jetson_estimate']
+    assert len(estimates) == 2 * len(rows) and all(e['mean_ms'] > 0 for e in estimates)
+    agx, nx = (next(e for e in estimates if e['device'] == d and e['config'] == 'none')
+               for d in gpu_check.JETSONS)
+    assert nx['median_ms'] > agx['median_ms']  # half the bandwidth, a third of the compute
     readme = tmp_path / 'README.md'
     readme.write_text((ROOT / 'README.md').read_text())
     gpu_check.write_table(readme, gpu_check.table(report))
     page = readme.read_text()
     assert page.count(gpu_check.BEGIN) == 1 and '| `efficientvla` | tiny-dit |' in page
     assert 'Targets (issue 25): they apply at 7B shapes' in page
+
+
+def test_jetson_estimates_scale_decode_with_bandwidth_and_the_rest_with_compute():
+    report = {'bandwidth_gb_s': 4096.0, 'matmul_tflop_s': 425.0, 'weights_gib': {'h': 14.1},
+              'results': [{'config': 'none', 'head': 'h', 'decisions': 'd', 'median_ms': 50.0,
+                           'mean_ms': 50.0,
+                           'stages_mean_ms': {'vision': 10.0, 'prefill': 20.0,
+                                              'decode': 20.0, 'head': 0.0}}]}
+    agx, nx = gpu_check.jetson_estimate(report)
+    assert agx['mean_ms'] == round(30.0 * 10 + 20.0 * 20, 1)  # compute 10x, bandwidth 20x
+    assert agx['median_ms'] == agx['mean_ms'] and agx['weights_fit'] and not nx['weights_fit']
 
 
 def test_targets_are_read_from_the_7b_rows():

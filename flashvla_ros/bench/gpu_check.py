@@ -60,6 +60,14 @@ TARGETS = (('openvla-7b', 'none', 40.0, 'median ms'),
            ('cogact-7b', 'efficientvla', 0.6, 'mean vs none'),
            ('cogact-7b', 'efficientvla+flashvla:reuse', 0.45, 'mean vs none'))
 STAGES = ('vision', 'prefill', 'decode', 'head')
+# Published figures of the edge targets: memory bandwidth (LPDDR5) and dense FP16 tensor rate
+# (the GPU's sparse INT8 TOPS / 4: AGX Orin 64 GB 170, Orin NX 16 GB 60), and memory size.
+JETSONS = {'Jetson AGX Orin 64GB': {'bandwidth_gb_s': 204.8, 'fp16_tflop_s': 42.5,
+                                    'memory_gib': 64},
+           'Jetson Orin NX 16GB': {'bandwidth_gb_s': 102.4, 'fp16_tflop_s': 15.0,
+                                   'memory_gib': 16}}
+MEMORY_SHARE = 0.75  # of a Jetson's memory (shared with the CPU) the weights may take
+MEMORY_BOUND = ('decode',)  # a pass per token reads every weight: scales with bandwidth
 BEGIN, END = '<!-- BEGIN gpu table: scripts/gpu_check.sh -->', '<!-- END gpu table -->'
 
 
@@ -128,6 +136,8 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         report['floor_ms'][name] = round(floor_ms(shape, bandwidth, rate, torch_dtype), 2)
         recorded = read_decisions(decisions[name])
         built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
+        report.setdefault('weights_gib', {})[name] = round(sum(
+            p.numel() * p.element_size() for p in built[0].parameters()) / 2**30, 2)
         rows = replay(recorded, shape, device, dtype, path, log=log, built=built)['results']
         none = next(r for r in rows if r['config'] == 'none')
         nothing = run(shape, device, dtype, steps, ('none', *DECIDE_NOTHING[name]), (path,),
@@ -143,7 +153,37 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
     report['targets'] = targets(report)
+    report['jetson_estimate'] = jetson_estimate(report)
     return report
+
+
+def jetson_estimate(report: dict) -> list[dict]:
+    """
+    Estimate each measured row on the Jetsons from the per-stage times measured here.
+
+    The decode stage (one pass per token, every weight read) scales with memory bandwidth;
+    vision, prefill and head (compute-bound at these sizes) with the dense FP16 rate, each at
+    its mean over the steps (reused ones included); the median scales as the mean does. What
+    it assumes: the same kernels reach the same share of each device's peak. `weights_fit`
+    says whether the weights, in the measured dtype, take at most MEMORY_SHARE of the
+    device's memory (15 GB of bf16 at OpenVLA-7B do not, on 16 GB: that needs int8 or int4).
+    """
+    out = []
+    for device, spec in JETSONS.items():
+        slower_memory = report['bandwidth_gb_s'] / spec['bandwidth_gb_s']
+        slower_compute = report['matmul_tflop_s'] / spec['fp16_tflop_s']
+        for r in report['results']:
+            stages = r['stages_mean_ms']
+            mean = sum(ms * (slower_memory if s in MEMORY_BOUND else slower_compute)
+                       for s, ms in stages.items())
+            scale = mean / max(1e-9, sum(stages.values()))
+            out.append({'device': device, 'config': r['config'], 'head': r['head'],
+                        'decisions': r['decisions'], 'mean_ms': round(mean, 1),
+                        'median_ms': round(r['median_ms'] * scale, 1),
+                        'weights_fit': report['weights_gib'][r['head']]
+                        <= MEMORY_SHARE * spec['memory_gib'],
+                        'label': 'estimate from published bandwidth and FP16 rate'})
+    return out
 
 
 def row(r: dict, head: str, shapes: str, decisions: str, path: str, none: dict) -> dict:
@@ -152,6 +192,7 @@ def row(r: dict, head: str, shapes: str, decisions: str, path: str, none: dict) 
             'median_ms': r['median_ms']['total'], 'mean_ms': r['mean_ms'],
             'first_step_ms': r['first_step_ms'],
             'stages_median_ms': {s: r['median_ms'][s] for s in STAGES},
+            'stages_mean_ms': {s: r['stage_mean_ms'][s] for s in STAGES},
             'ratio_mean_vs_none': round(r['mean_ms'] / none['mean_ms'], 4),
             'flops_vs_full': r.get('flops_vs_full'), 'reuse_rate': r['reuse_rate']}
 
@@ -183,6 +224,15 @@ def table(report: dict) -> str:
         lines.append(f'| `{r["config"]}` | {r["shapes"]} | {r["decisions"]} | '
                      f'{r["median_ms"]:.1f} | {r["mean_ms"]:.1f} | '
                      f'{r["ratio_mean_vs_none"]:.2f}x | {r["first_step_ms"]:.1f} |')
+    for device in JETSONS:
+        rows = [e for e in report.get('jetson_estimate', []) if e['device'] == device
+                and e['decisions'] != 'decide nothing']
+        if rows:
+            lines += ['', f'{device}, an estimate (published bandwidth and FP16 rate, the '
+                      'stages measured here): ' + '; '.join(
+                          f'{e["head"]} `{e["config"]}` mean {e["mean_ms"]:.0f} ms'
+                          + ('' if e['weights_fit'] else ' (weights do not fit)')
+                          for e in rows)]
     lines += ['', 'Targets (issue 25): ' + ('; '.join(
         f'{t["shapes"]} {t["config"]} {t["unit"]} {t["value"]:.2f} '
         f'({"met" if t["met"] else "missed"}, at most {t["bound"]:g})'

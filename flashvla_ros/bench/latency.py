@@ -119,6 +119,7 @@ def measure(policy: OpenVLAPolicy, observations: list[Observation], device: str)
         'median_ms': {s: round(float(np.median(v)), 3) for s, v in steady.items()},
         'p99_ms': {s: round(float(np.percentile(v, 99)), 3) for s, v in steady.items()},
         'mean_ms': round(float(np.mean(steady['total'])), 3),  # time per control step
+        'stage_mean_ms': {s: round(float(np.mean(v)), 3) for s, v in steady.items()},
         'steps': len(observations), 'reuse_rate': reused / len(observations),
         'peak_memory_gib': round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
