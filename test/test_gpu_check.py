@@ -77,10 +77,11 @@ def test_jetson_estimates_scale_decode_with_bandwidth_and_the_rest_with_compute(
 
 def test_targets_are_read_from_the_7b_rows():
     rows = [{'config': 'none', 'shapes': 'openvla-7b', 'decisions': 'replayed',
-             'median_ms': 38.0, 'ratio_mean_vs_none': 1.0},
+             'median_ms': 38.0, 'ratio_mean_vs_none': 1.0, 'first_step_ms': 50.0},
             {'config': 'flashvla', 'shapes': 'openvla-7b', 'decisions': 'replayed',
              'median_ms': 30.0, 'ratio_mean_vs_none': 0.75},
             {'config': 'flashvla:keep_fraction=1.0,reuse=false', 'shapes': 'openvla-7b',
              'decisions': 'decide nothing', 'median_ms': 39.0, 'ratio_mean_vs_none': 1.02}]
-    got = {(t['config'], t['met']) for t in gpu_check.targets({'results': rows})}
-    assert got == {('none', True), ('flashvla', False), ('decide nothing', True)}
+    got = {(t['config'], t['unit'], t['met']) for t in gpu_check.targets({'results': rows})}
+    assert got == {('none', 'median ms', True), ('none', 'first step vs median', False),
+                   ('flashvla', 'mean vs none', False), ('decide nothing', 'mean vs none', True)}

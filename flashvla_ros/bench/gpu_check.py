@@ -54,6 +54,8 @@ DECIDE_NOTHING = {  # each accelerator's hooks running, deciding nothing
 }
 # Targets on one H200, bf16, batch 1 (issue 25): (shapes, config or kind, bound, what).
 TARGETS = (('openvla-7b', 'none', 40.0, 'median ms'),
+           ('openvla-7b', 'none', 1.2, 'first step vs median'),
+           ('cogact-7b', 'none', 1.2, 'first step vs median'),
            ('openvla-7b', 'decide nothing', 1.03, 'mean vs none'),
            ('cogact-7b', 'decide nothing', 1.03, 'mean vs none'),
            ('openvla-7b', 'flashvla', 0.7, 'mean vs none'),
@@ -206,11 +208,19 @@ def targets(report: dict) -> list[dict]:
             else r['config'] == what and r['decisions'] != 'decide nothing')]
         if not rows:
             continue
-        key = 'median_ms' if unit == 'median ms' else 'ratio_mean_vs_none'
-        worst = max(r[key] for r in rows)
+        worst = max(value(r, unit) for r in rows)
         out.append({'shapes': shapes, 'config': what, 'value': worst, 'bound': bound,
                     'unit': unit, 'met': worst <= bound})
     return out
+
+
+def value(r: dict, unit: str) -> float:
+    """Read one row's value in a target's unit."""
+    if unit == 'median ms':
+        return r['median_ms']
+    if unit == 'first step vs median':  # the warm-up at configure: the first step as fast
+        return round(r['first_step_ms'] / r['median_ms'], 3)
+    return r['ratio_mean_vs_none']
 
 
 def table(report: dict) -> str:
