@@ -8,15 +8,17 @@
 # It needs only a Python with torch, numpy, opencv, pyyaml, safetensors and tokenizers (a
 # CUDA machine's image usually has them; nothing is installed): the package runs from this
 # checkout. PYTHON picks the interpreter (default: .venv's if there is one, else python3).
-# TINY=1 is a dry run on CPU at tiny shapes (what test/test_gpu_check.py runs in-process).
+# TINY=1 is a dry run on CPU at tiny shapes (what test/test_gpu_check.py runs in-process); it
+# writes /tmp/gpu_check_tiny.json and leaves the README alone.
+# The report is written after each head, so a run cut off by LIMIT_S keeps what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
-args=(--json "${JSON:-docs/latency/gpu.json}" --readme README.md --path "${DECODE_PATH:-compiled}")
-if [[ -n "${TINY:-}" ]]; then
-  args+=(--tiny --device cpu --dtype float32 --steps 8)
+args=(--path "${DECODE_PATH:-compiled}")
+if [[ -n "${TINY:-}" ]]; then  # never over the real figures
+  args+=(--tiny --device cpu --dtype float32 --steps 8 --json "${JSON:-/tmp/gpu_check_tiny.json}")
 else
-  args+=(--device cuda --dtype bfloat16)
+  args+=(--device cuda --dtype bfloat16 --json "${JSON:-docs/latency/gpu.json}" --readme README.md)
 fi
 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 \
   timeout "${LIMIT_S:-480}" "$python" -m flashvla_ros.bench.gpu_check "${args[@]}"

@@ -46,7 +46,8 @@ def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
         assert all('decisions replayed from default' in r['decisions'] for r in replayed)
         nothing = [r['config'] for r in rows if r['head'] == head
                    and r['decisions'] == 'decide nothing']
-        assert nothing == list(gpu_check.DECIDE_NOTHING[head])
+        rejected = [gpu_check.REJECTED] if head == 'openvla-7b' else []  # token head only
+        assert nothing == rejected + list(gpu_check.DECIDE_NOTHING[head])
     assert {r['shapes'] for r in rows} == {'tiny', 'tiny-dit'}
     assert all(r['ratio_mean_vs_none'] > 0 and r['median_ms'] > 0 for r in rows)
     assert set(report['floor_ms']) == {'openvla-7b', 'cogact-7b'}

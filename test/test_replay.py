@@ -109,3 +109,22 @@ def test_a_replayed_step_counts_the_projected_flops(tiny_dir, tmp_path):
                        layer_tokens={k: v - record.layout.prompt + info.record.layout.prompt
                                      for k, v in record.layer_tokens.items()})
         assert count_flops(policy.cfg, info.record) == count_flops(policy.cfg, mine)
+
+
+def test_a_new_instruction_does_not_rewind_the_replay(tiny_dir, tmp_path):
+    """The recorded steps run in order, whatever instructions the timed frames carry."""
+    spec = 'flashvla:keep_tokens=100,gate=past,eps1_deg=180,eps2=0,max_reuse=1'
+    benchmark(str(tiny_dir), [spec], decisions=tmp_path / 'd.json', **QUIET)
+    records = read_decisions(tmp_path / 'd.json')['configs'][spec]
+    assert any(r.stopped for r in records) and any(len(r.decode_calls) > 1 for r in records)
+    policy = load_policy(str(tiny_dir))
+    replay_hook = Replay(records)
+    policy.set_hooks([replay_hook])
+    policy.warm_up()
+    replay_hook.rewind()
+    observations = frames(len(records), seed=2_000_000)
+    for i, (obs, record) in enumerate(zip(observations, records, strict=True)):
+        other = 'push the blue block' if i % 2 else 'pick up the red block'
+        info = policy.predict(replace(obs, instruction=other)).info  # a reset every step
+        assert info.record.decode_calls == record.decode_calls
+        assert info.reused == record.stopped

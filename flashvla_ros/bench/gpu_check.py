@@ -32,6 +32,7 @@ targets are met. On CPU at tiny shapes it is what the tests run.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 from pathlib import Path
 import re
@@ -48,10 +49,12 @@ from .replay import read_decisions
 ROOT = Path(__file__).resolve().parents[2]
 DECISIONS = {'openvla-7b': ROOT / 'docs' / 'latency' / 'decisions_default.json',
              'cogact-7b': ROOT / 'docs' / 'latency' / 'decisions_default-dit.json'}
-DECIDE_NOTHING = {  # each accelerator's hooks running, deciding nothing
-    'openvla-7b': ('flashvla:keep_fraction=1.0,reuse=false',),
-    'cogact-7b': ('efficientvla:preset=', 'flashvla:keep_fraction=1.0,reuse=false'),
+DECIDE_NOTHING = {  # each accelerator's hooks running, deciding nothing (no draft either:
+    # random weights may accept one; a rejected draft is the replayed REJECTED row)
+    'openvla-7b': ('flashvla:keep_fraction=1.0,reuse=false,draft=false',),
+    'cogact-7b': ('efficientvla:preset=', 'flashvla:keep_fraction=1.0,reuse=false,draft=false'),
 }
+REJECTED = 'flashvla drafts, every one rejected'
 # Targets on one H200, bf16, batch 1 (issue 25): (shapes, config or kind, bound, what).
 TARGETS = (('openvla-7b', 'none', 40.0, 'median ms'),
            ('openvla-7b', 'none', 1.2, 'first step vs median'),
@@ -123,7 +126,7 @@ def floor_ms(shapes: str, bandwidth: float, rate: float, dtype: torch.dtype) -> 
 
 def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
           shapes: dict[str, str] | None = None, decisions: dict[str, Path] | None = None,
-          steps: int = 30, log=print) -> dict:
+          steps: int = 30, log=print, save=None) -> dict:
     """Run every row; return the gpu.json report (its shape: docs/latency/README.md)."""
     shapes = shapes or {'openvla-7b': '7b', 'cogact-7b': 'cogact-7b'}
     decisions = decisions or DECISIONS
@@ -137,6 +140,12 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
     for name, shape in shapes.items():
         report['floor_ms'][name] = round(floor_ms(shape, bandwidth, rate, torch_dtype), 2)
         recorded = read_decisions(decisions[name])
+        plain_records = recorded['configs']['none']
+        n = plain_records[0].layout.actions
+        if n > 1:  # a token head: every step drafts, and every guess is wrong at once
+            recorded['configs'][REJECTED] = [
+                replace(r, decode_calls=[(n - 1, 0)] + [(1, k) for k in range(1, n - 1)])
+                for r in plain_records]
         built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
         report.setdefault('weights_gib', {})[name] = round(sum(
             p.numel() * p.element_size() for p in built[0].parameters()) / 2**30, 2)
@@ -148,12 +157,15 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         plain = next(r for r in nothing if r['config'] == 'none')
         label = name if shape in ('7b', 'cogact-7b') else shape  # what actually ran
         for r in rows:
-            report['results'].append(row(r, name, label, r['decisions'], path, none))
+            kind = 'decide nothing' if r['config'] == REJECTED else r['decisions']
+            report['results'].append(row(r, name, label, kind, path, none))
         for r in nothing:
             if r['config'] != 'none':
                 report['results'].append(row(r, name, label, 'decide nothing', path, plain))
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
+        if save is not None:  # a run cut off by its time limit keeps the heads it finished
+            save(report)
     report['targets'] = targets(report)
     report['jetson_estimate'] = jetson_estimate(report)
     return report
@@ -274,12 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--readme', type=Path, help='rewrite the GPU table of this page')
     args = parser.parse_args(argv)
     shapes = {'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'} if args.tiny else None
-    report = check(args.device, args.dtype, args.path, shapes, steps=args.steps)
+
+    def save(report: dict) -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + '\n')
+
+    report = check(args.device, args.dtype, args.path, shapes, steps=args.steps,
+                   save=save if args.json else None)
     text = table(report)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + '\n')
+        save(report)
     if args.readme:
         write_table(args.readme, text)
     return 0

@@ -97,12 +97,15 @@ def frames(steps: int, seed: int = 1_000_000) -> list[Observation]:
     return out
 
 
-def measure(policy: OpenVLAPolicy, observations: list[Observation], device: str) -> dict:
+def measure(policy: OpenVLAPolicy, observations: list[Observation], device: str,
+            after_warm_up=None) -> dict:
     """Warm up (as configure does), then time every step; the first one on its own."""
     cuda = device.startswith('cuda')
     start = time.perf_counter()
     policy.warm_up()
     warm_up_s = time.perf_counter() - start
+    if after_warm_up is not None:
+        after_warm_up()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -180,13 +183,14 @@ def replay(decisions: dict, shapes: str = 'tiny', device: str = 'cpu', dtype: st
     for name, records in decisions['configs'].items():
         policy = OpenVLAPolicy(model, tokenizer, static_cache=path != 'reference',
                                compile=path == 'compiled')
-        policy.set_hooks([Replay(records)])
+        replayed = Replay(records)
+        policy.set_hooks([replayed])
         projected = [project(r, cfg) for r in records]
         flops = sum(count_flops(cfg, r).total for r in projected)
         full = sum(full_flops(cfg, r.layout).total for r in projected)
         result = {'config': name, 'path': path, 'decisions': label,
                   'flops_vs_full': round(flops / full, 4),
-                  **measure(policy, frames(len(records)), device)}
+                  **measure(policy, frames(len(records)), device, replayed.rewind)}
         results.append(result)
         log(f'{name:>28} {path:>9}: median {result["median_ms"]["total"]:.1f} ms, mean '
             f'{result["mean_ms"]:.1f} ms, FLOPs {result["flops_vs_full"]:.1%} of full',

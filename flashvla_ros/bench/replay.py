@@ -24,9 +24,9 @@ the decode calls, the DiT parts computed, the MLP shares), and `Replay` runs tho
 a model of other shapes, as `flops.project` counts them: the same share of visual tokens at the
 same layer index, the layers skipped at the same relative depth, the same draft guesses taken
 as confirmed, the same steps reused, the same DiT parts cached, the same scoring work. A
-replayed step's record is that projection (test_replay.py), so its time is the time of those
-decisions on those shapes. Which tokens it keeps is not replayed (evenly spaced ones): on
-random weights only their number matters.
+replayed step runs the decisions of that projection (test_replay.py checks it record by
+record), so its time is the time of those decisions on those shapes. Which tokens it keeps is
+not replayed (evenly spaced ones): on random weights only their number matters.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ class Replay(Hooks):
         prompt, ran = full.layout.prompt, full.layer_tokens
         pairs = list(zip(self._plan, self._plan[1:], strict=False))
         self._keep_after = {a: ran[b] - prompt for a, b in pairs if a in ran and b in ran}
+        self._next = 0  # the record the next step replays: a new instruction does not rewind
+        self._last: ActionChunk | None = None
+        self._now: StepRecord | None = None
+        self._features: dict[tuple[int, str], torch.Tensor] = {}
         self._scoring: dict[int, list[tuple[str, int, int]]] = {}
         for entry in full.scoring:
             layer = next((a for a, b in pairs
@@ -91,13 +95,13 @@ class Replay(Hooks):
                          None)
             if layer is not None:
                 self._scoring.setdefault(layer, []).append(entry)
-        self.reset()
+
+    def rewind(self) -> None:
+        """Replay from the first recorded step again (after a warm-up)."""
+        self._next = 0
 
     def reset(self) -> None:
-        self._next = 0
-        self._last: ActionChunk | None = None
-        self._now: StepRecord | None = None
-        self._features: dict[tuple[int, str], torch.Tensor] = {}
+        """Keep everything: the recorded decisions, not the frames' instructions, lead."""
 
     def plan(self, layers: list[int]) -> list[int]:
         return list(self._plan)

@@ -280,7 +280,7 @@ def write_decisions(path: Path, model: str, episodes: int, seed: int,
     """Write what every step of every configuration ran (its StepRecord), in order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
-        'model': model, 'episodes': episodes, 'seed': seed,
+        'model': Path(model).name, 'episodes': episodes, 'seed': seed,
         'configs': {r.name: [record.to_dict() for record in r.records] for r in runs},
     }) + '\n')
 

@@ -316,7 +316,8 @@ class OpenVLAPolicy:
         Run `steps` predictions on a blank frame so the first real step is not the slowest.
 
         Two by default: the second one drafts (FlashVLA), so the draft-verifying pass is
-        built (compiled, with `compile`) before the robot needs it, too.
+        traced and compiled too (with `compile`) before the robot needs it; a CUDA graph may
+        still be recorded on a later call.
         """
         size = self.cfg.image_size
         blank = np.zeros((size, size, 3), np.uint8)
