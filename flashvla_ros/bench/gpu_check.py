@@ -41,9 +41,11 @@ import time
 
 import torch
 
+from ..policy.actions import ACTION_DIM
 from ..policy.flops import full_flops
 from ..policy.layout import SequenceLayout
-from .latency import SHAPES, build_model, replay, run
+from ..policy.openvla import OpenVLA
+from .latency import build_model, replay, run
 from .replay import read_decisions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,28 +101,25 @@ def measured_rates(device: str, dtype: torch.dtype) -> tuple[float, float]:
     return bandwidth, rate
 
 
-def floor_ms(shapes: str, bandwidth: float, rate: float, dtype: torch.dtype) -> float:
-    """
-    Estimate the step's floor: every weight read once per pass, plus the prefill's compute.
+def weight_bytes(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
-    Passes: the prefill, and one per action token after the first (OpenVLA) or each DiT
-    forward (the diffusion head's weights only); the prefill of a 20-token prompt is counted
-    at the measured matmul rate.
+
+def floor_ms(model: OpenVLA, bandwidth: float, rate: float) -> float:
     """
-    cfg = SHAPES[shapes]()
-    size = torch.tensor([], dtype=dtype).element_size()
-    text = cfg.text
-    llm = text.num_hidden_layers * (4 * text.hidden_size**2 + 3 * text.hidden_size
-                                    * text.intermediate_size) + text.vocab_size * text.hidden_size
-    layout = SequenceLayout(cfg.num_patches, 20, 0 if cfg.action_model else 7)
+    Estimate the step's floor: the weights a pass reads, once per pass, plus the compute.
+
+    Passes: the prefill, then one per action token after the first (OpenVLA: the decoder
+    layers and the LM head) or one per DiT forward (its weights only, as stored). The vision
+    towers and the prefill of a 20-token prompt are counted at the measured matmul rate.
+    """
+    cfg, llm = model.cfg, model.language_model
+    decoder = weight_bytes(llm.model.layers, llm.lm_head)
+    layout = SequenceLayout(cfg.num_patches, 20, 0 if cfg.action_model else ACTION_DIM)
     flops = full_flops(cfg, layout)
-    reads = llm * size  # the prefill pass
-    if cfg.action_model is None:
-        reads += (layout.actions - 1) * llm * size
-    else:
-        head = cfg.action_model
-        dit = head.depth * 12 * head.hidden_size**2 * size
-        reads += head.ddim_steps * dit
+    reads = decoder * max(1, layout.actions)  # the prefill, then actions - 1 decode passes
+    if cfg.action_model is not None:
+        reads += cfg.action_model.ddim_steps * weight_bytes(model.action_model)
     return 1e3 * (reads / bandwidth + (flops.vision + flops.prefill) / rate)
 
 
@@ -138,7 +137,6 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         'bandwidth_gb_s': round(bandwidth / 1e9, 1), 'matmul_tflop_s': round(rate / 1e12, 2),
         'floor_ms': {}, 'results': []}
     for name, shape in shapes.items():
-        report['floor_ms'][name] = round(floor_ms(shape, bandwidth, rate, torch_dtype), 2)
         recorded = read_decisions(decisions[name])
         plain_records = recorded['configs']['none']
         n = plain_records[0].layout.actions
@@ -147,8 +145,8 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
                 replace(r, decode_calls=[(n - 1, 0)] + [(1, k) for k in range(1, n - 1)])
                 for r in plain_records]
         built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
-        report.setdefault('weights_gib', {})[name] = round(sum(
-            p.numel() * p.element_size() for p in built[0].parameters()) / 2**30, 2)
+        report['floor_ms'][name] = round(floor_ms(built[0], bandwidth, rate), 2)
+        report.setdefault('weights_gib', {})[name] = round(weight_bytes(built[0]) / 2**30, 2)
         rows = replay(recorded, shape, device, dtype, path, log=log, built=built)['results']
         none = next(r for r in rows if r['config'] == 'none')
         nothing = run(shape, device, dtype, steps, ('none', *DECIDE_NOTHING[name]), (path,),

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..accel.registry import accelerate, parse_accel
+from ..policy.checkpoint import HEAD_DTYPE
 from ..policy.flops import count_flops, full_flops, project
 from ..policy.openvla import OpenVLA, OpenVLAPolicy
 from ..policy.presets import cogact_7b_config, openvla_7b_config, tiny_cogact_config, tiny_config
@@ -82,7 +83,10 @@ def build_model(shapes: str, device: str, dtype: torch.dtype) -> tuple[OpenVLA, 
     with tempfile.TemporaryDirectory() as tmp:  # the files, as a checkpoint holds them
         save_tokenizer_files(tok, Path(tmp), model_max_length=cfg.text.max_position_embeddings)
         tokenizer = load_tokenizer(tmp)
-    return model.to(dtype).eval(), tokenizer
+    model = model.to(dtype).eval()
+    if cfg.action_model is not None:  # the diffusion head stays fp32, as load_model keeps it
+        model.action_model.to(HEAD_DTYPE)
+    return model, tokenizer
 
 
 def frames(steps: int, seed: int = 1_000_000) -> list[Observation]:

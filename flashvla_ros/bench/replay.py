@@ -37,13 +37,14 @@ from typing import Any
 
 import torch
 
-from ..accel.efficientvla import diverse_selection, task_relevance
+from ..accel.efficientvla import EfficientVLAOptions, diverse_selection, task_relevance
 from ..accel.flashvla import information_contribution
 from ..policy.decode import Draft
 from ..policy.flops import StepRecord, project
 from ..policy.step import ActionChunk, Hooks, Step
 
 SELECTION_PROBES = {'diverse': 'attention_weights'}  # else FlashVLA's SVDs: the output
+DIVERSE = EfficientVLAOptions()  # the diverse selection's own defaults (its work, not choice)
 
 
 def read_decisions(path: str | Path) -> dict[str, Any]:
@@ -155,7 +156,8 @@ class Replay(Hooks):
             budget = entries[i + 1][1] if i + 1 < len(entries) else keep
             if method == 'diverse':  # its third value: the text tokens it read
                 relevance = task_relevance(probes['attention_weights'], visual, text)[:n]
-                diverse_selection(relevance, hidden[0, visual][:n], budget, 4, 0.5)
+                diverse_selection(relevance, hidden[0, visual][:n], budget,
+                                  DIVERSE.key_tokens, DIVERSE.relevance_share)
                 rank = hidden.shape[1] - present
             else:
                 information_contribution(probes['attention_output'][0, visual][:n], rank=rank,

@@ -116,13 +116,14 @@ class Composition:
         A hook that keeps a subset narrows `hidden` and `probes` before the next hook sees them.
         """
         index = None
-        for h in self.hooks:
+        for i, h in enumerate(self.hooks):
             keep = h.after_layer(step, layer, hidden, probes)
             if keep is not None:
                 present = step.visual_kept.numel()
                 local = step.layout.keep_visual(present, keep, hidden.shape[1])
                 hidden = hidden[:, local]
-                probes = narrow_probes(probes, local)
+                if i + 1 < len(self.hooks):  # only a later hook reads them
+                    probes = narrow_probes(probes, local)
                 index = local if index is None else index[local]
                 step.visual_kept = step.visual_kept[keep]
             if step.reuse is not None:

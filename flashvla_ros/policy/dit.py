@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+import functools
 import hashlib
 import math
 from typing import Any
@@ -308,6 +309,28 @@ def frame_seed(rgb: np.ndarray, base: int = 0) -> int:
     return (int.from_bytes(digest, 'little') + base) % 2**63
 
 
+@functools.lru_cache(maxsize=8)
+def ddim_schedule(train_steps: int, ddim_steps: int, device: torch.device
+                  ) -> tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor]:
+    """
+    Return the timesteps and the float32 coefficients of every DDIM step, on `device`.
+
+    Worked out once per schedule and device, not on every step of the robot: the float64
+    arrays cast to float32 at use (as CogACT's `_extract_into_tensor`), and the square roots
+    of abar_prev taken in float32. With eta 0, sigma is 0, so sqrt(1 - abar_prev - sigma^2)
+    is sqrt(1 - abar_prev) to the bit.
+    """
+    timesteps = ddim_timesteps(train_steps, ddim_steps)
+    coef = ddim_coefficients(train_steps, timesteps)
+
+    def at(name: str) -> torch.Tensor:
+        return torch.from_numpy(coef[name]).to(device=device).float()
+
+    prev = at('prev')
+    return tuple(timesteps), at('recip'), at('recipm1'), torch.sqrt(prev), torch.sqrt(1 - prev)
+
+
 def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,
                 block_cache: Callable[[int], BlockCache] | None = None) -> torch.Tensor:
     """
@@ -324,15 +347,8 @@ def ddim_sample(net: DiT, condition: torch.Tensor, noise: torch.Tensor,
     """
     cfg = net.cfg
     dtype = next(net.parameters()).dtype
-    timesteps = ddim_timesteps(cfg.train_steps, cfg.ddim_steps)
-    coef = ddim_coefficients(cfg.train_steps, timesteps)
-
-    def at(name: str) -> torch.Tensor:  # float64 -> float32 on the sampler's device
-        return torch.from_numpy(coef[name]).to(device=noise.device).float()
-
-    recip, recipm1, prev = at('recip'), at('recipm1'), at('prev')
-    # eta 0: sigma is 0, so sqrt(1 - abar_prev - sigma^2) is sqrt(1 - abar_prev) to the bit.
-    keep, blend = torch.sqrt(prev), torch.sqrt(1 - prev)
+    timesteps, recip, recipm1, keep, blend = ddim_schedule(cfg.train_steps, cfg.ddim_steps,
+                                                           noise.device)
     guided = cfg.cfg_scale > 1.0
     n = noise.shape[0]
     z = condition.to(dtype)
