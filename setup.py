@@ -18,6 +18,9 @@ from setuptools import find_packages, setup
 
 package_name = 'flashvla_ros'
 PLOT = ['matplotlib>=3.5']  # 3.5: Ubuntu 22.04's python3-matplotlib (Humble)
+# Weight-only int8/int4 (policy/quantize.py): PyTorch's own quantization library, with CPU and
+# CUDA (sm_80+, so Jetson Orin) kernels; its tensor subclasses move with .to() and compile.
+QUANTIZE = ['torchao>=0.18']
 
 setup(
     name=package_name,
@@ -51,11 +54,14 @@ setup(
         # curves, flashvla-demo --view): the node on a robot never draws, and matplotlib with
         # its 9 dependencies stays off it. Without it those tools say how to get it.
         'plot': PLOT,
+        # `quantize: int8 | int4`; without it the node runs full precision and says how to
+        # get it when asked to quantize.
+        'quantize': QUANTIZE,
         # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the
         # real-process tests where no ROS is installed (a ROS install provides its own).
-        # The figures are part of what the suite checks, so it brings the plot extra.
-        'test': [*PLOT, 'pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]', 'ros-std-msgs',
-                 'ros-sensor-msgs', 'ros-geometry-msgs', 'ros-trajectory-msgs',
+        # The figures and quantization are part of what the suite checks: it brings both.
+        'test': [*PLOT, *QUANTIZE, 'pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]',
+                 'ros-std-msgs', 'ros-sensor-msgs', 'ros-geometry-msgs', 'ros-trajectory-msgs',
                  'ros-diagnostic-msgs', 'ros-std-srvs', 'ros-lifecycle-msgs',
                  'ros-builtin-interfaces'],
     },

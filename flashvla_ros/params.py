@@ -41,6 +41,7 @@ from .policy.actions import ACTION_DIM, ACTION_NAMES
 from .policy.checkpoint import expand_path
 from .policy.errors import InputError
 from .policy.instruction import check_instruction
+from .policy.quantize import FORMATS
 
 OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
 
@@ -63,6 +64,10 @@ PARAMS: tuple[Param, ...] = (
     Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
     Param('dtype', 'float32', 'Weights dtype.', read_only=True,
           choices=('float32', 'bfloat16', 'float16')),
+    Param('quantize', 'none', "Weight-only quantization of the decoder's linear layers: none, "
+          'int8, or int4 (int4 on CUDA needs dtype bfloat16; on CPU it stores int4 values in '
+          'int8). Needs torchao; a format with no kernel here is refused at configure.',
+          read_only=True, choices=FORMATS),
     Param('cpu_threads', 0, "Torch CPU threads for inference; 0: torch's default less one (at "
           'least 1), leaving a core to the camera, the control tick and ROS.', read_only=True,
           low=0, high=1024),
@@ -154,6 +159,7 @@ class NodeConfig:
     model: str
     device: str
     dtype: str
+    quantize: str
     cpu_threads: int
     static_cache: bool
     compile: bool

@@ -16,7 +16,7 @@
 Launch the VLA policy node, and optionally the mock world, with one YAML parameter file.
 
     ros2 launch flashvla_ros policy.launch.py model:=/path/to/openvla-7b device:=cuda \
-        dtype:=bfloat16 use_mock_world:=false
+        dtype:=bfloat16 quantize:=int4 use_mock_world:=false
 
 Launch arguments left empty keep the YAML file's value.
 """
@@ -33,6 +33,7 @@ ARGUMENTS = {
                'Parameter file for policy_node.'),
     'device': ('', 'cpu, cuda or cuda:N; empty: YAML value.'),
     'dtype': ('', 'float32, bfloat16 or float16; empty: YAML value.'),
+    'quantize': ('', 'none, int8 or int4 (weight-only, needs torchao); empty: YAML value.'),
     'namespace': ('', 'Namespace of both nodes.'),
     'use_mock_world': ('true', 'Also start the Gazebo-free mock world and close the loop.'),
     'use_sim_time': ('false', 'Use /clock time.'),
@@ -45,7 +46,8 @@ def nodes(context):
 
     sim_time = arg('use_sim_time').lower() == 'true'
     overrides = {'use_sim_time': sim_time}
-    overrides.update({k: arg(k) for k in ('model', 'device', 'dtype') if arg(k)})
+    overrides.update({k: arg(k) for k in ('model', 'device', 'dtype', 'quantize')
+                      if arg(k)})
     actions = [Node(package='flashvla_ros', executable='policy_node', name='policy_node',
                     namespace=arg('namespace'), output='screen',
                     parameters=[arg('config'), overrides])]

@@ -16,16 +16,23 @@
 Measure checkpoint load time and peak memory (RSS) in fresh processes.
 
     python scripts/measure_load.py --tiny             # the tiny model
-    python scripts/measure_load.py --synthetic 1.6B   # real vision towers + a 1 B Llama, bf16
+    python scripts/measure_load.py --synthetic        # real vision towers + a 1 B Llama, bf16
+    python scripts/measure_load.py --openvla-7b --dir /tmp/openvla7b --loads bfloat16 \
+        bfloat16:int8 bfloat16:int4 --json docs/quantization/load_7b.json
 
-Each load runs in its own process, which reports its RSS before loading, its peak (VmHWM)
-and its RSS after, and the peak of anonymous memory that loading added (sampled). Loading is
-tensor by tensor into the target dtype: the anonymous peak is the weights in that dtype plus
-one tensor; VmHWM also counts the memory-mapped file's clean, reclaimable pages.
+--openvla-7b writes OpenVLA-7B's shapes (random bf16 weights in the real layout, 5 GB
+shards with an index, 15 GB) to --dir, once, and reuses them. Each load (DTYPE[:QUANTIZE])
+runs in its own process, which reports its RSS before loading, its peak (VmHWM) and its RSS
+after, and the peak of anonymous memory that loading added (sampled). Loading is tensor by
+tensor into the target dtype: the anonymous peak is the weights in that dtype plus one
+tensor, and with quantization the quantized weights plus one tensor (`bound_mb`: the issue's
+limit, quantized size + the largest shard + 1.5 GB); VmHWM also counts the memory-mapped
+file's clean, reclaimable pages.
 """
 
 import argparse
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -35,9 +42,10 @@ import time
 from safetensors.torch import save_file
 import torch
 
+from flashvla_ros.policy.checkpoint import INDEX
 from flashvla_ros.policy.config import OpenVLAConfig
 from flashvla_ros.policy.openvla import OpenVLA
-from flashvla_ros.policy.presets import TINY_NORM_STATS
+from flashvla_ros.policy.presets import TINY_NORM_STATS, openvla_7b_config
 from flashvla_ros.tools.make_tiny import make_tiny
 
 CHILD = '''
@@ -59,12 +67,15 @@ base, base_anon = mem('VmRSS'), mem('RssAnon')
 sampler = threading.Thread(target=sample)
 sampler.start()
 t = time.perf_counter()
-model, report = load_model(sys.argv[1], dtype=sys.argv[2])
+dtype, _, quantize = sys.argv[2].partition(':')
+model, report = load_model(sys.argv[1], dtype=dtype, quantize=quantize or None)
 dt = time.perf_counter() - t
 done.set()
 sampler.join()
-n = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-print(json.dumps({'dtype': sys.argv[2], 'seconds': round(dt, 2), 'weights_mb': round(n),
+from flashvla_ros.policy.quantize import weight_bytes
+n = weight_bytes(model) / 2**20
+print(json.dumps({'dtype': dtype, 'quantize': quantize or 'none', 'seconds': round(dt, 2),
+                  'weights_mb': round(n), 'quantized_layers': report.quantized,
                   'rss_before_mb': round(base), 'peak_rss_mb': round(mem('VmHWM')),
                   'rss_after_mb': round(mem('VmRSS')),
                   'anon_added_peak_mb': round(peak_anon[0] - base_anon),
@@ -90,11 +101,48 @@ def synthetic(out: Path) -> Path:
     return out
 
 
+def openvla_7b(out: Path, shard_bytes: int = 5 * 2**30) -> Path:
+    """Write OpenVLA-7B's shapes in its layout, random bf16, in shards; reuse them if there."""
+    if (out / INDEX).is_file():
+        return out
+    cfg = openvla_7b_config()
+    with torch.device('meta'):
+        shapes = {k: v.shape for k, v in OpenVLA(cfg).state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    groups: list[list[str]] = [[]]
+    size = 0
+    for key, shape in shapes.items():
+        nbytes = shape.numel() * 2
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += nbytes
+    weight_map = {}
+    for i, keys in enumerate(groups, start=1):
+        name = f'model-{i:05d}-of-{len(groups):05d}.safetensors'
+        save_file({k: torch.randn(shapes[k], dtype=torch.bfloat16) * 0.02 for k in keys},
+                  str(out / name), metadata={'format': 'pt'})
+        weight_map.update(dict.fromkeys(keys, name))
+    total = sum(s.numel() * 2 for s in shapes.values())
+    (out / INDEX).write_text(json.dumps({'metadata': {'total_size': total},
+                                         'weight_map': weight_map}))
+    (out / 'config.json').write_text(json.dumps(cfg.to_dict()))
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tiny', action='store_true')
     parser.add_argument('--synthetic', action='store_true')
+    parser.add_argument('--openvla-7b', action='store_true')
+    parser.add_argument('--dir', type=Path, help='where --openvla-7b keeps its checkpoint')
+    parser.add_argument('--loads', nargs='+', default=['bfloat16', 'float32'],
+                        help='DTYPE[:QUANTIZE] per load, e.g. bfloat16:int8')
+    parser.add_argument('--json', type=Path, help='write the results here')
     args = parser.parse_args()
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
         if args.tiny:
@@ -103,12 +151,27 @@ def main() -> None:
             t = time.perf_counter()
             runs.append(('synthetic-1.6B', synthetic(Path(tmp) / 'synthetic')))
             print(f'wrote synthetic checkpoint in {time.perf_counter() - t:.1f} s')
+        if args.openvla_7b:
+            t = time.perf_counter()
+            runs.append(('openvla-7b-shapes', openvla_7b(args.dir or Path(tmp) / '7b')))
+            print(f'7B-shaped checkpoint ready in {time.perf_counter() - t:.1f} s')
         for name, path in runs:
-            size = sum(f.stat().st_size for f in path.glob('*.safetensors')) / 2**20
-            for dtype in ('bfloat16', 'float32'):
-                out = subprocess.run([sys.executable, '-c', CHILD, str(path), dtype],
+            files = list(path.glob('*.safetensors'))
+            size, shard = (sum(f.stat().st_size for f in files) / 2**20,
+                           max(f.stat().st_size for f in files) / 2**20)
+            for load in args.loads:
+                out = subprocess.run([sys.executable, '-c', CHILD, str(path), load],
                                      capture_output=True, text=True, check=True)
-                print(name, f'file {size:.0f} MB', out.stdout.strip())
+                row = {'checkpoint': name, 'file_mb': round(size), 'largest_shard_mb':
+                       round(shard), **json.loads(out.stdout.strip().splitlines()[-1])}
+                row['bound_mb'] = round(row['weights_mb'] + shard + 1536)
+                print(json.dumps(row), flush=True)
+                results.append(row)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({'command': ' '.join(['python', *sys.argv]),
+                                         'cpus': os.cpu_count(), 'torch': torch.__version__,
+                                         'loads': results}, indent=1) + '\n')
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ('control_rate_hz', float('inf'), 'finite'),
     ('control_rate_hz', 'fast', 'must be a number'),
     ('dtype', 'int8', "choose one of ['float32', 'bfloat16', 'float16']"),
+    ('quantize', 'fp8', "choose one of ['none', 'int8', 'int4']"),
     ('outputs', ['twist', 'laser'], "['laser']"),
     ('outputs', [], 'no entries'),
     ('action_scale', [1.0] * 6, 'needs 7 entries'),

@@ -63,7 +63,8 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
                 '-r', f'commands:={COMMANDS}')
     listen_once(probe, Image, '/policy_node/debug_image')
     listen_once(probe, TimeReference, TIMING, 100)
-    procs.start('policy_node', *policy_args(tiny_dir, 'debug_image:=true'))
+    # Quantized through the real node: int8 decoder weights under the shipped accelerator.
+    procs.start('policy_node', *policy_args(tiny_dir, 'debug_image:=true', 'quantize:=int8'))
     wait_active(probe, procs)
     probe.wait_for(lambda: len(commands(probe)) > 3, 60, 'commands', procs)
     probe.spin(0.2)
@@ -98,6 +99,7 @@ def test_closed_loop_with_the_mock_world(probe, procs, tiny_dir):
     assert float(diag['latency_p50_ms']) > 0 and int(diag['inferences']) > 10
     # The shipped configuration accelerates: FlashVLA's conservative preset keeps 160 of 256.
     assert diag['accel'] == 'flashvla' and diag['policy_kept_tokens'] == '160', diag
+    assert diag['quantize'] == 'int8'
     assert 0.0 <= float(diag['policy_reuse_rate']) <= 1.0
     # Saved FLOPs can be slightly negative on this random model: its draft guesses are mostly
     # wrong, and verifying them runs the 32k-word LM head at 6 extra positions.

@@ -16,17 +16,20 @@
 flashvla-bench: closed-loop success, latency, FLOPs, reuse and fidelity, side by side.
 
     flashvla-bench --accel none --episodes 200 --json out.json --plot out.png
+    flashvla-bench --quantize none --quantize int8 --quantize int4 --accel none --accel flashvla
 
 Every configuration (`--accel NAME[:PRESET][,KEY=VALUE...]`, several accelerators joined by
-`+` in hook order, or a YAML parameter file with an `accel: [names]` list) runs the same
-held-out episodes (seeds from --seed on, families in turn), interleaved episode by episode,
-in-process with the mock-world simulator. JSON schema (one object):
+`+` in hook order, or a YAML parameter file with an `accel: [names]` list; crossed with each
+`--quantize FORMAT[:SCOPE]`, quantization first) runs the same held-out episodes (seeds from
+--seed on, families in turn), interleaved episode by episode, in-process with the mock-world
+simulator. JSON schema (one object):
 
   {"model": str, "episodes": int, "seed": int, "max_steps": int, "command": str,
    "chunks": {"mode": str, "steps": int, "horizon": int, "alpha": float},  # steps -1: each
                                                                  # model's (configs' chunk_steps)
    "expert": {"success": float, "per_family": {family: float}},
    "configs": [{"name": str, "options": {...}, "model": str, "chunk_steps": int,
+     "quantize": str,   # none, int8, int4 (name: "ACCEL [FORMAT]" when not none)
      "success": float, "per_family": {family: float},
      "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
      "latency_ms": {part: {"median", "mean", "p99": float}},   # part: vision (with
@@ -35,7 +38,8 @@ in-process with the mock-world simulator. JSON schema (one object):
      "reuse_rate": float, "steps": int,   # inferences
      "control_steps": int,   # actions executed (a chunk drives several; FLOPs are per one)
      "flops_vs_full_7b_shapes": float,   # the same steps counted on OpenVLA-7B's shapes
-     "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs --accel none
+     "fidelity": {"token_match": float, "mean_abs_diff": float}}]}  # vs the same model,
+                                                    # full precision, no accelerator
 
 `--markdown docs/BENCHMARKS.md` rewrites that page from the same run.
 """
@@ -63,6 +67,7 @@ from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
 from ..policy.presets import EMBEDDED_MODELS, cogact_7b_config, model_path, openvla_7b_config
+from ..policy.quantize import Quantization
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
@@ -88,6 +93,7 @@ class ConfigRun:
     baseline: Any = None  # the same model without accelerators (fidelity), if accelerated
     chunks: ChunkExecution = EXECUTE_CHUNKS  # as the node would execute this model's chunks
     executed: list[int] = field(default_factory=list)  # control steps each inference drove
+    quantize: str = 'none'
 
 
 def read_accel(spec: str) -> tuple[list[str], dict]:
@@ -204,7 +210,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     n = max(1, sum(run.executed))  # per control step: a chunk's FLOPs over the steps it drove
     return {
         'name': run.name, 'options': run.options, 'model': run.model,
-        'chunk_steps': run.chunks.steps,
+        'chunk_steps': run.chunks.steps, 'quantize': run.quantize,
         'success': float(np.mean(run.successes)),
         'per_family': per_family(run.successes, run.families),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
@@ -223,13 +229,15 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print,
-              chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None) -> dict:
+              chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None,
+              quantize: list[str] | None = None) -> dict:
     """
     Run every configuration on the same held-out episodes.
 
     A configuration is `[MODEL@]ACCEL`: MODEL (a path or an embedded name) runs instead of
-    `model`, so two models compare side by side, paired on the same seeds. `decisions`: write
-    every step's record there, per configuration (bench/replay.py replays them).
+    `model`, so two models compare side by side, paired on the same seeds. Each of `quantize`
+    (default: none) crosses every configuration, in order. `decisions`: write every step's
+    record there, per configuration (bench/replay.py replays them).
     """
     plain: dict[str, OpenVLAPolicy] = {}
 
@@ -239,17 +247,22 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
         return plain[path]
 
     runs = []
-    for spec in accels:
-        named, _, accel = spec.rpartition('@')
-        path = str(model_path(named)) if named else model
-        names, options = read_accel(accel)
-        base = plain_policy(path)
-        policy = base if names in ([], ['none']) \
-            else accelerate(load_policy(path, device=device), names, options)
-        label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
-        runs.append(ConfigRun(f'{named}@{label}' if named else label, options, policy,
-                              model=path, baseline=None if policy is base else base,
-                              chunks=chunks.for_model(base.cfg.execution)))
+    for quant in [Quantization.parse(q) for q in quantize or ['none']]:
+        for spec in accels:
+            named, _, accel = spec.rpartition('@')
+            path = str(model_path(named)) if named else model
+            names, options = read_accel(accel)
+            base = plain_policy(path)
+            policy = base
+            if quant.enabled or names not in ([], ['none']):
+                policy = accelerate(load_policy(path, device=device, quantize=quant),
+                                    names, options)
+            label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
+            label = f'{named}@{label}' if named else label
+            runs.append(ConfigRun(label + (f' [{quant}]' if quant.enabled else ''), options,
+                                  policy, model=path, quantize=str(quant),
+                                  baseline=None if policy is base else base,
+                                  chunks=chunks.for_model(base.cfg.execution)))
     expert = []
     start = time.perf_counter()
     for i in range(episodes):
@@ -485,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                              'default), default-dit')
     parser.add_argument('--accel', action='append',
                         help='none, NAME[:PRESET][,KEY=VALUE...] (a+b composes), or a YAML file')
+    parser.add_argument('--quantize', action='append', metavar='FORMAT[:SCOPE]',
+                        help='none, int8 or int4 (:all also quantizes the vision towers, the '
+                             'projector and the LM head); repeat to cross with every --accel')
     parser.add_argument('--episodes', type=int, default=200)
     parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
                         help='first held-out seed (training never uses seeds from '
@@ -527,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                                 horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print, chunks=chunks,
-                           decisions=args.decisions)
+                           decisions=args.decisions, quantize=args.quantize)
         if args.model in (None, *EMBEDDED_MODELS):
             report['model'] = f'flashvla_ros/models/{args.model or "default"} (embedded)'
     print(table(report))

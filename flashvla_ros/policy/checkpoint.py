@@ -21,6 +21,10 @@ meta device, allocated once in the target dtype and device, and every tensor is 
 straight in: peak memory is the model in its target dtype plus one tensor (a 7B checkpoint
 loads in bf16 without an fp32 copy). A CogACT diffusion head (`action_model.*`) stays float32
 whatever the VLM's dtype, loaded and stored, as CogACT deploys it beside a bf16 VLM.
+
+Quantized loading (`quantize='int8'`, `'int4'`) streams: the layers to quantize stay on the
+meta device, and each weight is quantized as it is read, so the full-precision model never
+exists: peak memory is the quantized model plus one tensor (`scripts/measure_load.py`).
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ import time
 from safetensors import safe_open
 from safetensors.torch import save_file
 import torch
+from torch import nn
 
 from .config import OpenVLAConfig
 from .errors import CheckpointError
 from .openvla import OpenVLA, OpenVLAPolicy
+from .quantize import Quantization, quantize_weight
 from .tokenizer import TOKENIZER_FILES, load_tokenizer
 from .vision import unused_tower_keys
 
@@ -61,6 +67,7 @@ class LoadReport:
     loaded: int = 0
     skipped_unused: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    quantized: int = 0  # linear layers whose weights were quantized while loading
     seconds: float = 0.0
 
 
@@ -179,19 +186,23 @@ def _our_name(key: str) -> str:
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = 'cpu', dtype: str | torch.dtype = 'float32'
+    path: str | Path, device: str | torch.device = 'cpu', dtype: str | torch.dtype = 'float32',
+    quantize: str | Quantization | None = None,
 ) -> tuple[OpenVLA, LoadReport]:
     """
     Build the model for `path` and fill it from its safetensors files.
 
     Every parameter is allocated in `dtype` except a diffusion head's (`action_model.*`),
-    which stays float32 (CogACT's deployment: fp32 head beside a bf16 VLM).
+    which stays float32 (CogACT's deployment: fp32 head beside a bf16 VLM). `quantize`
+    (`policy/quantize.py`): the covered linear layers' weights are quantized as they are read.
     """
     start = time.perf_counter()
     path = expand_path(path)
     cfg = read_config(path)
     files = weight_files(path)
     device, dtype = parse_device(device), parse_dtype(dtype)
+    quant = Quantization.parse(quantize)
+    quant.check(device, dtype)
 
     with torch.device('meta'):
         model = OpenVLA(cfg)
@@ -199,8 +210,16 @@ def load_model(
     head = getattr(model, 'action_model', None)
     if head is not None:
         head.to(dtype=HEAD_DTYPE)
-    model = model.to_empty(device=device)
-    targets = model.state_dict()
+    targets = model.state_dict()  # names and shapes (meta)
+    names = set(quant.linear_names(model))
+    quantized = {name: m for name, m in model.named_modules() if name in names}
+    for name, module in model.named_modules():
+        if name not in quantized:
+            module.to_empty(device=device, recurse=False)
+        elif module.bias is not None:  # the weight waits on the meta device for its file
+            module.bias = nn.Parameter(torch.empty_like(module.bias, device=device),
+                                       requires_grad=False)
+    allocated = model.state_dict()
     unused = known_unused(cfg)
     report = LoadReport(files=[str(f) for f in files])
     filled: set[str] = set()
@@ -223,7 +242,14 @@ def load_model(
                             f'{file.name}: "{key}" has shape {list(shape)}, the config implies '
                             f'{list(targets[name].shape)}'
                         )
-                    targets[name].copy_(f.get_tensor(key))
+                    module = quantized.get(name.removesuffix('.weight'))
+                    if module is None:
+                        allocated[name].copy_(f.get_tensor(key))
+                    else:
+                        weight = f.get_tensor(key).to(device=device, dtype=dtype)
+                        module.weight = nn.Parameter(quantize_weight(weight, quant.format),
+                                                     requires_grad=False)
+                        report.quantized += 1
                     filled.add(name)
     missing = [k for k in targets if k not in filled]
     if missing:
@@ -300,13 +326,15 @@ def load_policy(
     center_crop: bool = False,
     static_cache: bool = False,
     compile: bool = False,
+    quantize: str | Quantization | None = None,
 ) -> OpenVLAPolicy:
     """Load a local OpenVLA checkpoint directory and its tokenizer into a ready policy."""
-    model, _report = load_model(path, device=device, dtype=dtype)
+    model, _report = load_model(path, device=device, dtype=dtype, quantize=quantize)
     tokenizer = load_tokenizer(path)
     policy = OpenVLAPolicy(model, tokenizer, unnorm_key=unnorm_key, center_crop=center_crop,
                            static_cache=static_cache, compile=compile)
     policy.checkpoint_dir = _checkpoint_dir(path)
+    policy.quantization = Quantization.parse(quantize)
     return policy
 
 

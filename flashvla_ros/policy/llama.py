@@ -41,6 +41,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .config import TextConfig
+from .quantize import select
 
 PROBES = ('attention_output', 'attention_weights')  # what a layer can be asked to expose
 
@@ -213,15 +214,16 @@ class MLP(nn.Module):
         Run only these intermediate neurons from now on (None: all of them).
 
         The kept rows and columns are copied once into dense weights, so a sparse step runs
-        plain, smaller matrix products (the full weights stay, for `keep(None)`).
+        plain, smaller matrix products (the full weights stay, for `keep(None)`); quantized
+        weights are selected in their own format (`quantize.select`).
         """
         if neurons is None:
             self.kept = None
             return
         with torch.no_grad():
-            self.kept = (self.gate_proj.weight[neurons].contiguous(),
-                         self.up_proj.weight[neurons].contiguous(),
-                         self.down_proj.weight[:, neurons].contiguous())
+            self.kept = (select(self.gate_proj.weight, neurons, 0),
+                         select(self.up_proj.weight, neurons, 0),
+                         select(self.down_proj.weight, neurons, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kept is None:

@@ -49,6 +49,7 @@ from .instruction import check_instruction
 from .layout import SequenceLayout
 from .llama import Llama
 from .preprocess import check_rgb, preprocess
+from .quantize import Quantization
 from .step import ActionChunk, Hooks, Observation, Step, StepInfo
 from .tokenizer import SPACE
 from .vision import FusedProjector, FusedVisionBackbone
@@ -154,6 +155,7 @@ class OpenVLAPolicy:
         self.head: ActionHead = (TokenHead(model, codec, self.stats) if diffusion is None
                                  else DiffusionHead(model, self.stats))
         self.checkpoint_dir: Path | None = None  # set by load_policy: where the weights live
+        self.quantization = Quantization()  # set by load_policy: which weights are quantized
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         capacity = self.layout(max_prompt_tokens).length  # positions of the longest step

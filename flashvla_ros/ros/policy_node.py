@@ -170,7 +170,7 @@ class PolicyNode(LifecycleNode):
             plain_policy = load_policy(model, device=c.device, dtype=c.dtype,
                                        unnorm_key=c.unnorm_key or None,
                                        center_crop=c.center_crop, static_cache=c.static_cache,
-                                       compile=c.compile)
+                                       compile=c.compile, quantize=c.quantize)
             if plain_policy.action_dim != ACTION_DIM:  # the limits and outputs are 7-D
                 raise CheckpointError(f'{model} predicts {plain_policy.action_dim}-D actions; '
                                       f'this node commands {ACTION_DIM}-D ones '
@@ -205,6 +205,7 @@ class PolicyNode(LifecycleNode):
             self._follow(c.instruction)
         self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
         self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
+                               f'quantize {c.quantize}, '
                                f'{self.cpu_threads} CPU threads, '
                                f'accel {list(c.accel.names)} {c.accel.options}); '
                                f'outputs: {list(c.outputs)}')
@@ -538,6 +539,7 @@ class PolicyNode(LifecycleNode):
         accel = self.config.accel
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
                                   'device': self.config.device, 'dtype': self.config.dtype,
+                                  'quantize': self.config.quantize,
                                   'cpu_threads': self.cpu_threads,
                                   'control_rate_hz': self.config.control_rate_hz,
                                   'accel': '+'.join(accel.names) or 'none',

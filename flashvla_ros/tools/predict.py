@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--unnorm-key', default=None, help='dataset statistics to un-normalise')
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     parser.add_argument('--dtype', default='float32', help='float32, bfloat16 or float16')
+    parser.add_argument('--quantize', default='none', metavar='FORMAT[:SCOPE]',
+                        help='weight-only quantization: none, int8 or int4 (:all also the '
+                             'vision towers, the projector and the LM head); needs torchao')
     parser.add_argument('--center-crop', action='store_true', help='90%% centre crop (LIBERO)')
     parser.add_argument('--accel', default='none',
                         help="accelerators, as flashvla-bench's --accel (default: none)")
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         names, options = parse_accel(args.accel)
         policy = load_policy(args.model, device=args.device, dtype=args.dtype,
                              unnorm_key=args.unnorm_key, center_crop=args.center_crop,
-                             static_cache=args.static_cache, compile=args.compile)
+                             static_cache=args.static_cache, compile=args.compile,
+                             quantize=args.quantize)
         accelerate(policy, names, options)
         observation = Observation(read_rgb(args.image), args.instruction)
         calls_ms = []
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         'token_ids': first.token_ids,
         'timings_ms': {k: round(v, 3) for k, v in first.timings_ms.items()},
         'unnorm_key': policy.unnorm_key,
+        'quantize': str(policy.quantization),
     }
     if args.repeat > 1:
         result['latency_ms'] = {'first': round(calls_ms[0], 3),
