@@ -11,6 +11,10 @@
 # TINY=1 is a dry run on CPU at tiny shapes (what test/test_gpu_check.py runs in-process); it
 # writes /tmp/gpu_check_tiny.json and leaves the README alone.
 # The report is written after each head, so a run cut off by LIMIT_S keeps what it measured.
+# Last (issue 26), the plain OpenVLA-7B shapes with the decoder in each of QUANTIZE (default
+# "int8 int4"; empty: none): torchao must be importable, e.g. from TORCHAO_PATH (a folder
+# holding the torchao package, such as a venv's site-packages carried to the GPU machine);
+# without it those rows are refused in the report, with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
@@ -18,7 +22,8 @@ args=(--path "${DECODE_PATH:-compiled}")
 if [[ -n "${TINY:-}" ]]; then  # never over the real figures
   args+=(--tiny --device cpu --dtype float32 --steps 8 --json "${JSON:-/tmp/gpu_check_tiny.json}")
 else
-  args+=(--device cuda --dtype bfloat16 --json "${JSON:-docs/latency/gpu.json}" --readme README.md)
+  args+=(--device cuda --dtype bfloat16 --json "${JSON:-docs/latency/gpu.json}" --readme README.md
+         --quantize ${QUANTIZE-int8 int4})
 fi
-PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 \
+PYTHONPATH=$PWD${TORCHAO_PATH:+:$TORCHAO_PATH}${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 \
   timeout "${LIMIT_S:-480}" "$python" -m flashvla_ros.bench.gpu_check "${args[@]}"

@@ -37,8 +37,11 @@ def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
                  for name, path in gpu_check.DECISIONS.items()}
     report = gpu_check.check('cpu', 'float32', 'reference',
                              {'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'}, decisions,
-                             steps=3, log=lambda *a, **k: None)
-    rows = report['results']
+                             steps=3, log=lambda *a, **k: None, quantize=('int8',))
+    rows = [r for r in report['results'] if r['decisions'] != 'plain']
+    quantized = [r for r in report['results'] if r['decisions'] == 'plain']
+    assert [(r['head'], r['config']) for r in quantized] == [('openvla-7b [int8]', 'none [int8]')]
+    assert report['weights_gib']['openvla-7b [int8]'] < report['weights_gib']['openvla-7b']
     for head, path in decisions.items():
         recorded = read_decisions(path)['configs']
         replayed = [r for r in rows if r['head'] == head and r['decisions'] != 'decide nothing']
@@ -53,7 +56,7 @@ def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
     assert set(report['floor_ms']) == {'openvla-7b', 'cogact-7b'}
     assert report['targets'] == []  # they apply at 7B shapes
     estimates = report['jetson_estimate']
-    assert len(estimates) == 2 * len(rows) and all(e['mean_ms'] > 0 for e in estimates)
+    assert len(estimates) == 2 * (len(rows) + 1) and all(e['mean_ms'] > 0 for e in estimates)
     agx, nx = (next(e for e in estimates if e['device'] == d and e['config'] == 'none')
                for d in gpu_check.JETSONS)
     assert nx['median_ms'] > agx['median_ms']  # half the bandwidth, a third of the compute

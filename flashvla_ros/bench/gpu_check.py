@@ -45,6 +45,7 @@ from ..policy.actions import ACTION_DIM
 from ..policy.flops import full_flops
 from ..policy.layout import SequenceLayout
 from ..policy.openvla import OpenVLA
+from ..policy.quantize import Quantization, quantize_model, weight_bytes
 from .latency import build_model, replay, run
 from .replay import read_decisions
 
@@ -101,10 +102,6 @@ def measured_rates(device: str, dtype: torch.dtype) -> tuple[float, float]:
     return bandwidth, rate
 
 
-def weight_bytes(*modules: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-
-
 def floor_ms(model: OpenVLA, bandwidth: float, rate: float) -> float:
     """
     Estimate the step's floor: the weights a pass reads, once per pass, plus the compute.
@@ -125,8 +122,13 @@ def floor_ms(model: OpenVLA, bandwidth: float, rate: float) -> float:
 
 def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
           shapes: dict[str, str] | None = None, decisions: dict[str, Path] | None = None,
-          steps: int = 30, log=print, save=None) -> dict:
-    """Run every row; return the gpu.json report (its shape: docs/latency/README.md)."""
+          steps: int = 30, log=print, save=None, quantize: tuple[str, ...] = ()) -> dict:
+    """
+    Run every row; return the gpu.json report (its shape: docs/latency/README.md).
+
+    Then, per `quantize` format, the plain OpenVLA-7B-shaped model with its decoder quantized
+    (head `openvla-7b [FORMAT]`), against the unquantized plain row.
+    """
     shapes = shapes or {'openvla-7b': '7b', 'cogact-7b': 'cogact-7b'}
     decisions = decisions or DECISIONS
     torch_dtype = getattr(torch, dtype)
@@ -163,6 +165,29 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
         if save is not None:  # a run cut off by its time limit keeps the heads it finished
+            save(report)
+    plain = next(r for r in report['results'] if r['head'] == 'openvla-7b'
+                 and r['config'] == 'none' and r['decisions'] != 'decide nothing')
+    for spec in quantize:
+        quant = Quantization.parse(spec)
+        try:
+            quant.check(torch.device(device), torch_dtype)
+        except ValueError as exc:  # no kernel or no torchao here: said, not measured
+            report.setdefault('quantize_refused', {})[str(quant)] = str(exc)
+            continue
+        shape = shapes['openvla-7b']
+        built = build_model(shape, device, torch_dtype)
+        quantize_model(built[0], quant)
+        head = f'openvla-7b [{quant}]'
+        report['weights_gib'][head] = round(weight_bytes(built[0]) / 2**30, 2)
+        r = run(shape, device, dtype, steps, ('none',), (path,), log=log,
+                built=built)['results'][0]
+        del built
+        r['config'] = f'none [{quant}]'
+        report['results'].append(row(r, head, plain['shapes'], 'plain', path, plain))
+        if device.startswith('cuda'):
+            torch.cuda.empty_cache()
+        if save is not None:
             save(report)
     report['targets'] = targets(report)
     report['jetson_estimate'] = jetson_estimate(report)
@@ -280,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tiny', action='store_true',
                         help='tiny shapes instead of 7B ones (a dry run on CPU)')
     parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--quantize', nargs='*', default=[], metavar='FORMAT',
+                        help='also time the plain OpenVLA-7B shapes with the decoder in these '
+                             'formats (int8, int4; needs torchao)')
     parser.add_argument('--json', type=Path)
     parser.add_argument('--readme', type=Path, help='rewrite the GPU table of this page')
     args = parser.parse_args(argv)
@@ -290,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=1) + '\n')
 
     report = check(args.device, args.dtype, args.path, shapes, steps=args.steps,
-                   save=save if args.json else None)
+                   save=save if args.json else None, quantize=tuple(args.quantize))
     text = table(report)
     print(text)
     if args.json:

@@ -27,9 +27,9 @@ ever falls back to another precision:
 | format | CUDA (sm_80+, Orin sm_87)                      | CPU                                  |
 |--------|------------------------------------------------|--------------------------------------|
 | int8   | per-channel int8 (torchao `Int8Tensor`)        | the same                             |
-| int4   | groups of 128, tinygemm packing, bfloat16 only | int4 values in groups, stored in     |
-|        | (`Int4TilePackedTo4dTensor`)                   | int8 (`IntxUnpackedToInt8Tensor`):   |
-|        |                                                | int4 numerics, int8 memory and speed |
+| int4   | groups of 128 (min/max, zero point), tinygemm  | the same groups, int4 values stored  |
+|        | packing, bfloat16 only                         | in int8 (`IntxUnpackedToInt8Tensor`):|
+|        | (`Int4TilePackedTo4dTensor`)                   | int4 numerics, int8 memory and speed |
 
 torchao is imported only when a format other than `none` is asked for, so the node without
 it still runs full precision (`pip install 'flashvla_ros[quantize]'` brings it).
@@ -164,7 +164,10 @@ def _config(fmt: str, in_features: int, device: torch.device) -> Any:
         return api.Int4WeightOnlyConfig(group_size=group,
                                         int4_packing_format='tile_packed_to_4d',
                                         set_inductor_config=False)
-    return api.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=api.PerGroup(group))
+    # Each group's min and max map to 16 levels with a zero point, as tinygemm's groups do on
+    # CUDA (there a float zero point, here an integer one): CPU-measured success carries over.
+    return api.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=api.PerGroup(group),
+                                    mapping_type=api.MappingType.ASYMMETRIC)
 
 
 def quantize_weight(weight: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -187,6 +190,15 @@ def quantize_weight(weight: torch.Tensor, fmt: str) -> torch.Tensor:
 def quantize_linear(linear: nn.Linear, fmt: str) -> None:
     """Replace `linear`'s weight by its quantized form, in place (the bias stays)."""
     linear.weight = nn.Parameter(quantize_weight(linear.weight, fmt), requires_grad=False)
+
+
+def quantize_model(model: nn.Module, quantization: Quantization) -> int:
+    """Quantize an in-memory model's covered linear layers in place; return how many."""
+    names = set(quantization.linear_names(model))
+    for name, module in model.named_modules():
+        if name in names:
+            quantize_linear(module, quantization.format)
+    return len(names)
 
 
 def is_quantized(weight: torch.Tensor) -> bool:
@@ -221,10 +233,10 @@ def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     return quantize_weight(dense, fmt)
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes the weights of `module` occupy, quantized ones as stored (data, scales, zeros)."""
+def weight_bytes(*modules: nn.Module) -> int:
+    """Bytes the weights of `modules` occupy, quantized ones as stored (data, scales, zeros)."""
     total = 0
-    for p in module.parameters():
+    for p in (p for m in modules for p in m.parameters()):
         if is_quantized(p):
             names, _ = p.__tensor_flatten__()
             total += sum(getattr(p, n).numel() * getattr(p, n).element_size() for n in names)
