@@ -131,6 +131,45 @@ def openvla_7b(out: Path, shard_bytes: int = 5 * 2**30) -> Path:
     return out
 
 
+COMPONENTS = (('vision towers', 'vision_backbone.'), ('projector', 'projector.'),
+              ('embeddings', 'language_model.model.embed_tokens.'),
+              ('decoder layers', 'language_model.model.layers.'),
+              ('LM head', 'language_model.lm_head.'), ('DiT-B head (fp32)', 'action_model.'))
+
+
+def component_sizes() -> list[dict]:
+    """
+    Work out the weights of CogACT-7B's shapes (OpenVLA-7B plus a DiT-B head) per component.
+
+    bf16: 2 bytes a weight; int8: 1 byte, plus a bf16 scale per row; int4 as CUDA packs it
+    (tinygemm): half a byte, plus a bf16 scale and zero per group of 128. Linear weights only
+    are quantized; norms, biases and the embedding table stay bf16, the DiT head fp32.
+    """
+    from flashvla_ros.policy.presets import cogact_7b_config
+    with torch.device('meta'):
+        model = OpenVLA(cogact_7b_config())
+    linear = {f'{n}.weight' for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    rows = []
+    for label, prefix in COMPONENTS:
+        sizes = {'bfloat16': 0.0, 'int8': 0.0, 'int4': 0.0}
+        params = 0
+        for name, p in model.named_parameters():
+            if not name.startswith(prefix):
+                continue
+            params += p.numel()
+            if prefix == 'action_model.':
+                sizes = {k: v + 4 * p.numel() for k, v in sizes.items()}
+                continue
+            sizes['bfloat16'] += 2 * p.numel()
+            quantizable = name in linear
+            sizes['int8'] += p.numel() + 2 * p.shape[0] if quantizable else 2 * p.numel()
+            sizes['int4'] += (p.numel() / 2 + 4 * p.numel() / 128 if quantizable
+                              else 2 * p.numel())
+        rows.append({'component': label, 'params_m': round(params / 1e6, 1),
+                     **{k: round(v / 2**30, 3) for k, v in sizes.items()}})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +180,16 @@ def main() -> None:
     parser.add_argument('--loads', nargs='+', default=['bfloat16', 'float32'],
                         help='DTYPE[:QUANTIZE] per load, e.g. bfloat16:int8')
     parser.add_argument('--json', type=Path, help='write the results here')
+    parser.add_argument('--sizes', action='store_true',
+                        help="print CogACT-7B's weights per component and precision (GiB)")
     args = parser.parse_args()
+    if args.sizes:
+        print('| component | parameters (M) | bf16 GiB | int8 GiB | int4 GiB (CUDA packing) |')
+        print('|---|---|---|---|---|')
+        for r in component_sizes():
+            print(f'| {r["component"]} | {r["params_m"]} | {r["bfloat16"]:.2f} | '
+                  f'{r["int8"]:.2f} | {r["int4"]:.2f} |')
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = []

@@ -19,7 +19,7 @@ Weight-only int8 and int4 quantization of linear layers, with torchao's tensor s
     int8[:all], int4[:all]              (bench and tools: also the vision towers, the
                                          projector and the LM head)
 
-By default only the decoder's linear layers are quantized (q/k/v/o, gate/up/down: 93% of a
+By default only the decoder's linear layers are quantized (q/k/v/o, gate/up/down: 86% of a
 7B model's weights); the diffusion head always stays float32, as CogACT deploys it. A format
 is served only where it has a kernel, and refused otherwise with what works instead; nothing
 ever falls back to another precision:
