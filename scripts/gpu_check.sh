@@ -14,13 +14,18 @@
 # Last (issue 26), the plain OpenVLA-7B shapes with the decoder in each of QUANTIZE (default
 # "int8 int4"; empty: none): torchao must be importable, e.g. from TORCHAO_PATH (a folder
 # holding the torchao package, such as a venv's site-packages carried to the GPU machine);
-# without it those rows are refused in the report, with the reason.
+# without it those rows are refused in the report, with the reason. PART=quantize runs only
+# those rows and the bf16 plain row they compare with (a few minutes), into
+# docs/latency/gpu_quantize.json, leaving gpu.json and the README alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
 args=(--path "${DECODE_PATH:-compiled}")
 if [[ -n "${TINY:-}" ]]; then  # never over the real figures
   args+=(--tiny --device cpu --dtype float32 --steps 8 --json "${JSON:-/tmp/gpu_check_tiny.json}")
+elif [[ "${PART:-}" == quantize ]]; then
+  args+=(--device cuda --dtype bfloat16 --heads openvla-7b --plain-only
+         --quantize ${QUANTIZE-int8 int4} --json "${JSON:-docs/latency/gpu_quantize.json}")
 else
   args+=(--device cuda --dtype bfloat16 --json "${JSON:-docs/latency/gpu.json}" --readme README.md
          --quantize ${QUANTIZE-int8 int4})

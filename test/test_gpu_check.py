@@ -89,3 +89,10 @@ def test_targets_are_read_from_the_7b_rows():
     got = {(t['config'], t['unit'], t['met']) for t in gpu_check.targets({'results': rows})}
     assert got == {('none', 'median ms', True), ('none', 'first step vs median', False),
                    ('flashvla', 'mean vs none', False), ('decide nothing', 'mean vs none', True)}
+
+
+def test_the_quantize_part_times_only_the_plain_rows():
+    report = gpu_check.check('cpu', 'float32', 'reference', {'openvla-7b': 'tiny'}, steps=2,
+                             log=lambda *a, **k: None, quantize=('int4',), plain_only=True)
+    assert [(r['head'], r['config'], r['decisions']) for r in report['results']] == [
+        ('openvla-7b', 'none', 'plain'), ('openvla-7b [int4]', 'none [int4]', 'plain')]

@@ -122,12 +122,14 @@ def floor_ms(model: OpenVLA, bandwidth: float, rate: float) -> float:
 
 def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
           shapes: dict[str, str] | None = None, decisions: dict[str, Path] | None = None,
-          steps: int = 30, log=print, save=None, quantize: tuple[str, ...] = ()) -> dict:
+          steps: int = 30, log=print, save=None, quantize: tuple[str, ...] = (),
+          plain_only: bool = False) -> dict:
     """
     Run every row; return the gpu.json report (its shape: docs/latency/README.md).
 
     Then, per `quantize` format, the plain OpenVLA-7B-shaped model with its decoder quantized
-    (head `openvla-7b [FORMAT]`), against the unquantized plain row.
+    (head `openvla-7b [FORMAT]`), against the unquantized plain row. `plain_only`: of each
+    head, only the plain model (a short run for the quantized rows).
     """
     shapes = shapes or {'openvla-7b': '7b', 'cogact-7b': 'cogact-7b'}
     decisions = decisions or DECISIONS
@@ -149,13 +151,19 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
         report['floor_ms'][name] = round(floor_ms(built[0], bandwidth, rate), 2)
         report.setdefault('weights_gib', {})[name] = round(weight_bytes(built[0]) / 2**30, 2)
+        label = name if shape in ('7b', 'cogact-7b') else shape  # what actually ran
+        if plain_only:
+            r = run(shape, device, dtype, steps, ('none',), (path,), log=log,
+                    built=built)['results'][0]
+            report['results'].append(row(r, name, label, 'plain', path, r))
+            del built
+            continue
         rows = replay(recorded, shape, device, dtype, path, log=log, built=built)['results']
         none = next(r for r in rows if r['config'] == 'none')
         nothing = run(shape, device, dtype, steps, ('none', *DECIDE_NOTHING[name]), (path,),
                       log=log, built=built)['results']
         del built
         plain = next(r for r in nothing if r['config'] == 'none')
-        label = name if shape in ('7b', 'cogact-7b') else shape  # what actually ran
         for r in rows:
             kind = 'decide nothing' if r['config'] == REJECTED else r['decisions']
             report['results'].append(row(r, name, label, kind, path, none))
@@ -305,20 +313,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tiny', action='store_true',
                         help='tiny shapes instead of 7B ones (a dry run on CPU)')
     parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--heads', nargs='+', choices=('openvla-7b', 'cogact-7b'),
+                        help='only these heads (default: both)')
+    parser.add_argument('--plain-only', action='store_true',
+                        help='of each head, only the plain model (with --quantize: a short '
+                             'run of the quantized rows)')
     parser.add_argument('--quantize', nargs='*', default=[], metavar='FORMAT',
                         help='also time the plain OpenVLA-7B shapes with the decoder in these '
                              'formats (int8, int4; needs torchao)')
     parser.add_argument('--json', type=Path)
     parser.add_argument('--readme', type=Path, help='rewrite the GPU table of this page')
     args = parser.parse_args(argv)
-    shapes = {'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'} if args.tiny else None
+    shapes = ({'openvla-7b': 'tiny', 'cogact-7b': 'tiny-dit'} if args.tiny
+              else {'openvla-7b': '7b', 'cogact-7b': 'cogact-7b'})
+    shapes = {k: v for k, v in shapes.items() if k in (args.heads or shapes)}
 
     def save(report: dict) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + '\n')
 
     report = check(args.device, args.dtype, args.path, shapes, steps=args.steps,
-                   save=save if args.json else None, quantize=tuple(args.quantize))
+                   save=save if args.json else None, quantize=tuple(args.quantize),
+                   plain_only=args.plain_only)
     text = table(report)
     print(text)
     if args.json:
