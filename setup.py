@@ -20,7 +20,7 @@ package_name = 'flashvla_ros'
 PLOT = ['matplotlib>=3.5']  # 3.5: Ubuntu 22.04's python3-matplotlib (Humble)
 # Weight-only int8/int4 (policy/quantize.py): PyTorch's own quantization library, with CPU and
 # CUDA (sm_80+, so Jetson Orin) kernels; its tensor subclasses move with .to() and compile.
-QUANTIZE = ['torchao>=0.18']
+QUANTIZE = ['torchao>=0.18,<0.19']  # the tensor classes policy/quantize.py knows
 
 setup(
     name=package_name,

@@ -141,9 +141,10 @@ def component_sizes() -> list[dict]:
     """
     Work out the weights of CogACT-7B's shapes (OpenVLA-7B plus a DiT-B head) per component.
 
-    bf16: 2 bytes a weight; int8: 1 byte, plus a bf16 scale per row; int4 as CUDA packs it
-    (tinygemm): half a byte, plus a bf16 scale and zero per group of 128. Linear weights only
-    are quantized; norms, biases and the embedding table stay bf16, the DiT head fp32.
+    bf16: 2 bytes a weight; int8: 1 byte, plus a float32 scale per row (torchao's); int4 as
+    CUDA packs it (tinygemm): half a byte, plus a bf16 scale and zero per group of 128, over
+    the weight padded to a multiple of 1024 inputs and 8 outputs. Linear weights only are
+    quantized; norms, biases and the embedding table stay bf16, the DiT head fp32.
     """
     from flashvla_ros.policy.presets import cogact_7b_config
     with torch.device('meta'):
@@ -162,9 +163,9 @@ def component_sizes() -> list[dict]:
                 continue
             sizes['bfloat16'] += 2 * p.numel()
             quantizable = name in linear
-            sizes['int8'] += p.numel() + 2 * p.shape[0] if quantizable else 2 * p.numel()
-            sizes['int4'] += (p.numel() / 2 + 4 * p.numel() / 128 if quantizable
-                              else 2 * p.numel())
+            sizes['int8'] += p.numel() + 4 * p.shape[0] if quantizable else 2 * p.numel()
+            padded = -(-p.shape[0] // 8) * 8 * -(-p.shape[-1] // 1024) * 1024
+            sizes['int4'] += padded / 2 + 4 * padded / 128 if quantizable else 2 * p.numel()
         rows.append({'component': label, 'params_m': round(params / 1e6, 1),
                      **{k: round(v / 2**30, 3) for k, v in sizes.items()}})
     return rows

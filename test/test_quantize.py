@@ -61,6 +61,35 @@ def test_int4_groups_follow_the_kernels():
         q.int4_group(344, cuda)
 
 
+def test_a_refusal_comes_before_any_weight_is_read(tiny_dir, monkeypatch):
+    opened = []
+    monkeypatch.setattr(checkpoint_module, 'safe_open', lambda *a, **k: opened.append(a))
+    monkeypatch.setattr('importlib.util.find_spec', lambda name: None)
+    with pytest.raises(ValueError, match='torchao is not installed'):
+        load_model(tiny_dir, quantize='int8')
+    assert opened == []
+
+
+def test_int4_widths_no_group_fits_are_refused_by_layer_name():
+    from flashvla_ros.policy.openvla import OpenVLA
+    from flashvla_ros.policy.presets import openvla_7b_config
+    with torch.device('meta'):
+        model = OpenVLA(openvla_7b_config())
+    cuda = torch.device('cuda')
+    assert len(q.Quantization.parse('int4').linear_names(model, cuda)) == 32 * 7
+    with pytest.raises(ValueError, match=r'4304 input features .* use int8 .*fc2'):
+        q.Quantization.parse('int4:all').linear_names(model, cuda)  # SigLIP's MLP
+    with pytest.raises(ValueError, match=r'7706 input features fits no group of 32\.\.128'):
+        q.int4_group(7706, torch.device('cpu'))  # 70% of 11008 neurons: groups of 2
+
+
+def test_the_static_cache_decodes_the_same_quantized_tokens(tiny_dir):
+    frame = np.random.default_rng(2).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    chunks = [load_policy(str(tiny_dir), quantize='int4', static_cache=static).predict(
+        Observation(frame, 'pick up the block')) for static in (False, True)]
+    assert chunks[0].token_ids == chunks[1].token_ids
+
+
 def test_formats_with_no_kernel_are_refused_before_loading(monkeypatch):
     cuda = torch.device('cuda')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (8, 7))
@@ -100,7 +129,7 @@ def test_int8_is_per_row_absmax_and_the_model_runs_on_those_values(tiny_dir, tin
     assert small < 0.27 * full
 
 
-def test_int4_keeps_sixteen_levels_per_group_and_the_head_stays_float32(tmp_path):
+def test_int4_keeps_sixteen_levels_per_group_and_the_head_stays_float32():
     from flashvla_ros.policy.presets import model_path
     model, _ = load_model(model_path('default-dit'), quantize='int4:all')
     down = model.language_model.model.layers[0].mlp.down_proj.weight  # 344 inputs: groups of 86
@@ -108,7 +137,7 @@ def test_int4_keeps_sixteen_levels_per_group_and_the_head_stays_float32(tmp_path
     levels = max(len(torch.unique(g)) for g in values.reshape(-1, 86)[:64])
     assert q.weight_format(down) == 'int4' and levels <= 16
     assert q.weight_format(model.projector.fc1.weight) == 'int4'
-    head = [p for p in model.action_model.parameters()]
+    head = list(model.action_model.parameters())
     assert all(p.dtype == torch.float32 and q.weight_format(p) == 'none' for p in head)
 
 
@@ -174,6 +203,7 @@ def test_predict_says_its_quantization(tiny_dir, tmp_path, capsys):
     assert predict.main(['--model', str(tiny_dir), '--image', str(image), '--instruction',
                          'pick up the block', '--quantize', 'int8']) == 0
     assert json.loads(capsys.readouterr().out)['quantize'] == 'int8'
-    assert predict.main(['--model', str(tiny_dir), '--image', str(image), '--instruction',
-                         'pick up the block', '--quantize', 'int3']) == 2
+    with pytest.raises(SystemExit):  # refused by the argument parser, before loading
+        predict.main(['--model', str(tiny_dir), '--image', str(image), '--instruction',
+                      'pick up the block', '--quantize', 'int3'])
     assert 'unknown format' in capsys.readouterr().err

@@ -45,7 +45,7 @@ from ..policy.actions import ACTION_DIM
 from ..policy.flops import full_flops
 from ..policy.layout import SequenceLayout
 from ..policy.openvla import OpenVLA
-from ..policy.quantize import Quantization, quantize_model, weight_bytes
+from ..policy.quantize import Quantization, quantize_arg, quantize_model, weight_bytes
 from .latency import build_model, replay, run
 from .replay import read_decisions
 
@@ -140,6 +140,10 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         'dtype': dtype, 'path': path, 'torch': torch.__version__,
         'bandwidth_gb_s': round(bandwidth / 1e9, 1), 'matmul_tflop_s': round(rate / 1e12, 2),
         'floor_ms': {}, 'results': []}
+    quantized = [Quantization.parse(q) for q in quantize]  # a typo fails now, not at the end
+    if quantized and 'openvla-7b' not in shapes:
+        raise ValueError('the quantized rows are OpenVLA-7B shapes: keep the openvla-7b head')
+    plain_runs: dict[str, dict] = {}  # head -> its plain model's run (the quantized rows' base)
     for name, shape in shapes.items():
         recorded = read_decisions(decisions[name])
         plain_records = recorded['configs']['none']
@@ -156,6 +160,7 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
             r = run(shape, device, dtype, steps, ('none',), (path,), log=log,
                     built=built)['results'][0]
             report['results'].append(row(r, name, label, 'plain', path, r))
+            plain_runs[name] = r
             del built
             continue
         rows = replay(recorded, shape, device, dtype, path, log=log, built=built)['results']
@@ -163,7 +168,7 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         nothing = run(shape, device, dtype, steps, ('none', *DECIDE_NOTHING[name]), (path,),
                       log=log, built=built)['results']
         del built
-        plain = next(r for r in nothing if r['config'] == 'none')
+        plain = plain_runs[name] = next(r for r in nothing if r['config'] == 'none')
         for r in rows:
             kind = 'decide nothing' if r['config'] == REJECTED else r['decisions']
             report['results'].append(row(r, name, label, kind, path, none))
@@ -174,10 +179,7 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
             torch.cuda.empty_cache()
         if save is not None:  # a run cut off by its time limit keeps the heads it finished
             save(report)
-    plain = next(r for r in report['results'] if r['head'] == 'openvla-7b'
-                 and r['config'] == 'none' and r['decisions'] != 'decide nothing')
-    for spec in quantize:
-        quant = Quantization.parse(spec)
+    for quant in quantized:
         try:
             quant.check(torch.device(device), torch_dtype)
         except ValueError as exc:  # no kernel or no torchao here: said, not measured
@@ -192,7 +194,8 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
                 built=built)['results'][0]
         del built
         r['config'] = f'none [{quant}]'
-        report['results'].append(row(r, head, plain['shapes'], 'plain', path, plain))
+        label = 'openvla-7b' if shape == '7b' else shape
+        report['results'].append(row(r, head, label, 'plain', path, plain_runs['openvla-7b']))
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
         if save is not None:
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='of each head, only the plain model (with --quantize: a short '
                              'run of the quantized rows)')
     parser.add_argument('--quantize', nargs='*', default=[], metavar='FORMAT',
+                        type=quantize_arg,
                         help='also time the plain OpenVLA-7B shapes with the decoder in these '
                              'formats (int8, int4; needs torchao)')
     parser.add_argument('--json', type=Path)

@@ -67,7 +67,7 @@ from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
 from ..policy.presets import EMBEDDED_MODELS, cogact_7b_config, model_path, openvla_7b_config
-from ..policy.quantize import Quantization
+from ..policy.quantize import Quantization, quantize_arg
 from ..sim.tasks import FAMILIES, Episode, run_expert
 from ..train.dataset import HELDOUT_SEED_START
 
@@ -230,7 +230,7 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
 def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
               device: str = 'cpu', log=print,
               chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None,
-              quantize: list[str] | None = None) -> dict:
+              quantize: list[str] | None = None, dtype: str = 'float32') -> dict:
     """
     Run every configuration on the same held-out episodes.
 
@@ -243,7 +243,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
 
     def plain_policy(path: str) -> OpenVLAPolicy:
         if path not in plain:
-            plain[path] = load_policy(path, device=device)
+            plain[path] = load_policy(path, device=device, dtype=dtype)
         return plain[path]
 
     runs = []
@@ -255,7 +255,8 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
             base = plain_policy(path)
             policy = base
             if quant.enabled or names not in ([], ['none']):
-                policy = accelerate(load_policy(path, device=device, quantize=quant),
+                policy = accelerate(load_policy(path, device=device, dtype=dtype,
+                                                quantize=quant),
                                     names, options)
             label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
             label = f'{named}@{label}' if named else label
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                              'default), default-dit')
     parser.add_argument('--accel', action='append',
                         help='none, NAME[:PRESET][,KEY=VALUE...] (a+b composes), or a YAML file')
-    parser.add_argument('--quantize', action='append', metavar='FORMAT[:SCOPE]',
+    parser.add_argument('--quantize', action='append', metavar='FORMAT[:SCOPE]', type=quantize_arg,
                         help='none, int8 or int4 (:all also quantizes the vision towers, the '
                              'projector and the LM head); repeat to cross with every --accel')
     parser.add_argument('--episodes', type=int, default=200)
@@ -507,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                              f'{HELDOUT_SEED_START} on)')
     parser.add_argument('--max-steps', type=int, default=80)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16'),
+                        help='weights dtype (int4 on CUDA needs bfloat16)')
     parser.add_argument('--chunk-mode', default='execute', choices=('execute', 'ensemble'),
                         help="how chunks drive the robot, as the node's chunk_mode")
     parser.add_argument('--chunk-steps', type=int, default=MODEL_STEPS,
@@ -543,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                                 horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print, chunks=chunks,
-                           decisions=args.decisions, quantize=args.quantize)
+                           decisions=args.decisions, quantize=args.quantize, dtype=args.dtype)
         if args.model in (None, *EMBEDDED_MODELS):
             report['model'] = f'flashvla_ros/models/{args.model or "default"} (embedded)'
     print(table(report))

@@ -211,7 +211,7 @@ def load_model(
     if head is not None:
         head.to(dtype=HEAD_DTYPE)
     targets = model.state_dict()  # names and shapes (meta)
-    names = set(quant.linear_names(model))
+    names = set(quant.linear_names(model, device))  # int4 groups checked before any read
     quantized = {name: m for name, m in model.named_modules() if name in names}
     for name, module in model.named_modules():
         if name not in quantized:

@@ -37,19 +37,26 @@ it still runs full precision (`pip install 'flashvla_ros[quantize]'` brings it).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+import importlib
 import importlib.util
 import logging
 from typing import Any
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 FORMATS = ('none', 'int8', 'int4')
 SCOPES = ('decoder', 'all')  # all: also the vision towers, the projector and the LM head
 INT4_GROUP = 128  # torchao's and gpt-fast's default group for int4 weights
 CUDA_INT4_GROUPS = (128, 64, 32)  # the tinygemm kernel's groups (256 too, never needed here)
+MIN_INT4_GROUP = 32  # a smaller group stores a scale and a zero for a handful of weights
 INSTALL_HINT = "pip install 'flashvla_ros[quantize]' (torchao)"
+TORCHAO_SERIES = '0.18.'  # the tensor classes below are this release's
+TENSOR_FORMATS = {'Int8Tensor': 'int8', 'IntxUnpackedToInt8Tensor': 'int4',
+                  'Int4TilePackedTo4dTensor': 'int4'}
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,15 @@ class Quantization:
         if importlib.util.find_spec('torchao') is None:
             raise ValueError(f'quantize {self}: torchao is not installed; {INSTALL_HINT}, or '
                              'use quantize: none')
+        try:  # installed is not enough: it must import with this torch, and be the version
+            version = getattr(importlib.import_module('torchao'), '__version__', '?')
+            _torchao()
+        except Exception as exc:  # any import failure is the same refusal
+            raise ValueError(f'quantize {self}: torchao does not import with torch '
+                             f'{torch.__version__}: {exc}; {INSTALL_HINT}') from exc
+        if not version.startswith(TORCHAO_SERIES):
+            raise ValueError(f'quantize {self}: torchao {version} is installed; this runtime '
+                             f'knows the tensor formats of torchao {TORCHAO_SERIES}x')
         if device.type == 'cuda':
             major, minor = torch.cuda.get_device_capability(device)
             if self.format == 'int4' and major < 8:
@@ -113,10 +129,31 @@ class Quantization:
         elif device.type != 'cpu':
             raise ValueError(f'quantize {self}: no kernels for device {device}; use cpu or cuda')
 
-    def linear_names(self, model: nn.Module) -> list[str]:
-        """Name the linear layers of `model` this quantization replaces."""
-        return [name for name, m in model.named_modules()
-                if isinstance(m, nn.Linear) and self.covers(name)]
+    def linear_names(self, model: nn.Module, device: torch.device | None = None) -> list[str]:
+        """
+        Name the linear layers of `model` this quantization replaces.
+
+        With `device`, int4 first checks that every one of them has a group there (on the meta
+        model, before a weight is read): a refusal never comes after minutes of loading.
+        """
+        names = [name for name, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and self.covers(name)]
+        if device is not None and self.format == 'int4':
+            modules = dict(model.named_modules())
+            for name in names:
+                try:
+                    int4_group(modules[name].in_features, device)
+                except ValueError as exc:
+                    raise ValueError(f'{exc} ({name})') from exc
+        return names
+
+
+def quantize_arg(spec: str) -> str:
+    """Read a `--quantize FORMAT[:SCOPE]` command-line argument; argparse says what is wrong."""
+    try:
+        return str(Quantization.parse(spec))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def int4_group(in_features: int, device: torch.device) -> int:
@@ -124,16 +161,20 @@ def int4_group(in_features: int, device: torch.device) -> int:
     Choose the int4 group along a weight's input features: 128 where it divides them.
 
     Else the largest of CUDA's 64 and 32 that does; on CPU, failing those, the largest divisor
-    up to 128 (the embedded models' 344-wide down projections: 86). CUDA's kernel has no
-    other group, so a width that none of them divides is refused there.
+    from 32 up to 128 (the embedded models' 344-wide down projections: 86). CUDA's kernel has
+    no other group, and a smaller group would store a scale and a zero for a handful of
+    weights: a width that none fits is refused (ValueError), with what works instead.
     """
     for group in CUDA_INT4_GROUPS:
         if in_features % group == 0:
             return group
-    if device.type == 'cuda':
-        raise ValueError(f'quantize int4 on CUDA: a layer with {in_features} input features '
-                         f'fits no group of {list(CUDA_INT4_GROUPS)}; use int8')
-    return max(g for g in range(1, INT4_GROUP + 1) if in_features % g == 0)
+    fits = [g for g in range(MIN_INT4_GROUP, INT4_GROUP + 1) if in_features % g == 0]
+    if device.type == 'cuda' or not fits:
+        where = list(CUDA_INT4_GROUPS) if device.type == 'cuda' \
+            else f'{MIN_INT4_GROUP}..{INT4_GROUP}'
+        raise ValueError(f'quantize int4 on {device.type.upper()}: a layer with {in_features} '
+                         f'input features fits no group of {where}; use int8')
+    return max(fits)
 
 
 def _torchao() -> Any:
@@ -194,7 +235,8 @@ def quantize_linear(linear: nn.Linear, fmt: str) -> None:
 
 def quantize_model(model: nn.Module, quantization: Quantization) -> int:
     """Quantize an in-memory model's covered linear layers in place; return how many."""
-    names = set(quantization.linear_names(model))
+    device = next(model.parameters()).device
+    names = set(quantization.linear_names(model, device))
     for name, module in model.named_modules():
         if name in names:
             quantize_linear(module, quantization.format)
@@ -203,7 +245,7 @@ def quantize_model(model: nn.Module, quantization: Quantization) -> int:
 
 def is_quantized(weight: torch.Tensor) -> bool:
     """Whether `weight` is a torchao quantized tensor (not a plain one)."""
-    return type(weight) not in (torch.Tensor, nn.Parameter) and hasattr(weight, 'dequantize')
+    return type(weight) not in (torch.Tensor, nn.Parameter)
 
 
 def weight_format(weight: torch.Tensor) -> str:
@@ -211,9 +253,22 @@ def weight_format(weight: torch.Tensor) -> str:
     if not is_quantized(weight):
         return 'none'
     name = type(weight).__name__
-    if name == 'Int8Tensor':
-        return 'int8'
-    return 'int4'  # IntxUnpackedToInt8Tensor (CPU, int4 values) or Int4TilePackedTo4dTensor
+    if name not in TENSOR_FORMATS:  # a torchao release with other classes: never guess
+        raise TypeError(f'{name}: not a weight format of torchao {TORCHAO_SERIES}x')
+    return TENSOR_FORMATS[name]
+
+
+def dequantize(weight: torch.Tensor) -> torch.Tensor:
+    """
+    Return a quantized weight's values as a plain tensor (out x in), in its dtype.
+
+    tinygemm's packed int4 has no dequantize of its own: its layer applied to the identity is
+    its weight, transposed, exactly (one non-zero product per output).
+    """
+    if type(weight).__name__ != 'Int4TilePackedTo4dTensor':
+        return weight.dequantize()
+    eye = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return F.linear(eye, weight).T.contiguous()
 
 
 def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -229,7 +284,7 @@ def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
         return weight.index_select(dim, index).contiguous()
     if fmt == 'int8' and dim == 0:
         return weight[index]  # torchao indexes an Int8Tensor's rows with their scales
-    dense = weight.dequantize().index_select(dim, index).contiguous()
+    dense = dequantize(weight).index_select(dim, index).contiguous()
     return quantize_weight(dense, fmt)
 
 

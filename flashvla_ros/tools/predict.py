@@ -35,6 +35,7 @@ import numpy as np
 from ..accel.registry import accelerate, parse_accel
 from ..policy import Observation, PolicyError, expand_path, load_policy
 from ..policy.presets import model_path
+from ..policy.quantize import quantize_arg
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     parser.add_argument('--dtype', default='float32', help='float32, bfloat16 or float16')
     parser.add_argument('--quantize', default='none', metavar='FORMAT[:SCOPE]',
+                        type=quantize_arg,
                         help='weight-only quantization: none, int8 or int4 (:all also the '
                              'vision towers, the projector and the LM head); needs torchao')
     parser.add_argument('--center-crop', action='store_true', help='90%% centre crop (LIBERO)')
