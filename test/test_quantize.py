@@ -194,6 +194,11 @@ def test_bench_crosses_quantization_with_every_config(tiny_dir):
     assert names == ['none', 'flashvla', 'none [int8]', 'flashvla [int8]']
     assert [c['quantize'] for c in report['configs']] == ['none', 'none', 'int8', 'int8']
     assert 0.0 <= report['configs'][2]['fidelity']['token_match'] <= 1.0
+    full, quantized = report['configs'][1], report['configs'][3]  # flashvla, flashvla [int8]
+    paired = quantized['paired_diff_vs_full_precision']
+    expected = np.mean(quantized['successes']) - np.mean(full['successes'])
+    assert paired['mean'] == pytest.approx(expected)
+    assert report['configs'][1]['paired_diff_vs_full_precision'] is None
 
 
 def test_predict_says_its_quantization(tiny_dir, tmp_path, capsys):

@@ -32,6 +32,8 @@ simulator. JSON schema (one object):
      "quantize": str,   # none, int8, int4 (name: "ACCEL [FORMAT]" when not none)
      "success": float, "per_family": {family: float},
      "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
+     "paired_diff_vs_full_precision": {...} | null,   # quantized: vs the same config unquantized
+     "successes": [0 | 1, ...],   # per episode, in order
      "latency_ms": {part: {"median", "mean", "p99": float}},   # part: vision (with
                                                     # preprocessing), prefill, decode, head, total
      "flops_per_step": {"vision", "prefill", "decode", "head", "select", "total": float},
@@ -94,6 +96,7 @@ class ConfigRun:
     chunks: ChunkExecution = EXECUTE_CHUNKS  # as the node would execute this model's chunks
     executed: list[int] = field(default_factory=list)  # control steps each inference drove
     quantize: str = 'none'
+    full_precision: Any = None  # the same configuration unquantized, if this one is quantized
 
 
 def read_accel(spec: str) -> tuple[list[str], dict]:
@@ -206,6 +209,7 @@ def projected_7b(run: ConfigRun) -> float:
 
 
 def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
+    full = run.full_precision
     flops = sum(run.flops, Flops())
     n = max(1, sum(run.executed))  # per control step: a chunk's FLOPs over the steps it drove
     return {
@@ -214,6 +218,9 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
         'success': float(np.mean(run.successes)),
         'per_family': per_family(run.successes, run.families),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
+        'paired_diff_vs_full_precision': None if full is None
+        else paired_diff(full.successes, run.successes),
+        'successes': [int(s) for s in run.successes],
         'latency_ms': {p: {'median': float(np.median(v)), 'mean': float(np.mean(v)),
                            'p99': float(np.percentile(v, 99))}
                        for p, v in run.latency.items()},
@@ -260,10 +267,12 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
                                     names, options)
             label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
             label = f'{named}@{label}' if named else label
+            full = next((r for r in runs if r.name == label), None) if quant.enabled else None
             runs.append(ConfigRun(label + (f' [{quant}]' if quant.enabled else ''), options,
                                   policy, model=path, quantize=str(quant),
                                   baseline=None if policy is base else base,
-                                  chunks=chunks.for_model(base.cfg.execution)))
+                                  chunks=chunks.for_model(base.cfg.execution),
+                                  full_precision=full))
     expert = []
     start = time.perf_counter()
     for i in range(episodes):
