@@ -165,12 +165,19 @@ def test_loading_streams_never_holding_a_full_precision_decoder(tiny_dir, monkey
     assert len(seen) == 7 * len(built[0].language_model.model.layers) and max(seen) == 0
 
 
-def test_sparse_mlp_selection_keeps_the_quantized_rows_exactly():
+def test_sparse_mlp_selection_keeps_int8_values_exactly():
     weight = q.quantize_weight(torch.randn(344, 128), 'int8')
     keep = torch.tensor([0, 5, 9, 300])
     rows = q.select(weight, keep, 0)
     assert q.weight_format(rows) == 'int8'
     assert torch.equal(rows.dequantize(), weight.dequantize()[keep])
+    down8 = q.quantize_weight(torch.randn(128, 344), 'int8')
+    cols = q.select(down8, keep, 1)
+    assert q.weight_format(cols) == 'int8' and cols.shape == (128, 4)
+    assert torch.equal(cols.dequantize(), down8.dequantize()[:, keep])  # exactly
+    x = torch.randn(3, 4)
+    assert torch.allclose(torch.nn.functional.linear(x, cols), x @ cols.dequantize().T,
+                          atol=1e-5)
     down = q.quantize_weight(torch.randn(128, 344), 'int4')
     cols = q.select(down, torch.arange(258), 1)  # EfficientVLA's 75% of 344: groups of 86
     assert q.weight_format(cols) == 'int4' and cols.shape == (128, 258)

@@ -275,15 +275,19 @@ def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     """
     Return the rows (`dim` 0) or columns (`dim` 1) of `weight` at `index`, as dense weights.
 
-    A quantized weight keeps its format: int8 rows are its own rows (values and per-row
-    scales, exactly); other selections are quantized again from their dequantized values
-    (int4 columns get new groups over the narrower input), one more rounding.
+    A quantized weight keeps its format: int8 selections are its own values with their
+    per-row scales, exactly; int4 ones are quantized again from their dequantized values
+    (columns get new groups over the narrower input), one more rounding.
     """
     fmt = weight_format(weight)
     if fmt == 'none':
         return weight.index_select(dim, index).contiguous()
     if fmt == 'int8' and dim == 0:
         return weight[index]  # torchao indexes an Int8Tensor's rows with their scales
+    if fmt == 'int8':  # columns: the same int8 values under the same per-row scales
+        qdata = weight.qdata.index_select(1, index).contiguous()
+        return type(weight)(qdata, weight.scale, [1, qdata.shape[1]], weight.dtype,
+                            zero_point=weight.zero_point)
     dense = dequantize(weight).index_select(dim, index).contiguous()
     return quantize_weight(dense, fmt)
 
