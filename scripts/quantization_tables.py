@@ -30,7 +30,7 @@ TARGETS = {'int8': (-0.01, -0.04), 'int4': (-0.03, -0.07)}  # (mean, CI lower bo
 
 
 def full_precision_diff(config: dict, first: dict) -> dict | None:
-    """The paired difference to the same configuration unquantized, if the report has it."""
+    """Return the paired difference to the same configuration unquantized, if reported."""
     if config.get('paired_diff_vs_full_precision'):
         return config['paired_diff_vs_full_precision']
     base = config['name'].rpartition(' [')[0]
