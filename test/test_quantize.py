@@ -219,3 +219,16 @@ def test_predict_says_its_quantization(tiny_dir, tmp_path, capsys):
         predict.main(['--model', str(tiny_dir), '--image', str(image), '--instruction',
                       'pick up the block', '--quantize', 'int3'])
     assert 'unknown format' in capsys.readouterr().err
+
+
+def test_int4_sparse_mlp_quantizes_the_kept_neurons_from_the_checkpoint():
+    """The kept columns are grouped as if they had been quantized from the file, not twice."""
+    from flashvla_ros.policy.presets import model_path
+    path = model_path('default-dit')
+    policy = accelerate(load_policy(str(path), quantize='int4'), ['efficientvla'], {})
+    layer, neurons = next(iter(policy.composition.neurons.items()))
+    kept = policy.model.language_model.model.layers[layer].mlp.kept
+    full = checkpoint_module.read_tensor(path, f'language_model.model.layers.{layer}.mlp.'
+                                               'down_proj.weight').float()
+    expected = q.quantize_weight(full[:, neurons.cpu()].contiguous(), 'int4')
+    assert torch.equal(kept[2].dequantize(), expected.dequantize())

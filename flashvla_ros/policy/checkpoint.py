@@ -335,7 +335,19 @@ def load_policy(
                            static_cache=static_cache, compile=compile)
     policy.checkpoint_dir = _checkpoint_dir(path)
     policy.quantization = Quantization.parse(quantize)
+    if policy.quantization.format == 'int4':  # int4 selections re-quantize from the file
+        policy.weight_source = lambda name: read_tensor(policy.checkpoint_dir,
+                                                        'language_model.' + name)
     return policy
+
+
+def read_tensor(path: str | Path, key: str) -> torch.Tensor:
+    """Read one tensor of a checkpoint by its key, from whichever shard holds it."""
+    for file in weight_files(path):
+        with safe_open(str(file), framework='pt', device='cpu') as f:
+            if key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                return f.get_tensor(key)
+    raise CheckpointError(f'{path}: no tensor {key!r}')
 
 
 def weights_digest(path: str | Path) -> str:

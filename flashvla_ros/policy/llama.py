@@ -209,21 +209,24 @@ class MLP(nn.Module):
         # Structured sparsity: (gate, up, down) weights of the kept neurons only, or None.
         self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def keep(self, neurons: torch.Tensor | None) -> None:
+    def keep(self, neurons: torch.Tensor | None,
+             source: Callable[[str], torch.Tensor] | None = None) -> None:
         """
         Run only these intermediate neurons from now on (None: all of them).
 
         The kept rows and columns are copied once into dense weights, so a sparse step runs
         plain, smaller matrix products (the full weights stay, for `keep(None)`); quantized
-        weights are selected in their own format (`quantize.select`).
+        weights are selected in their own format (`quantize.select`), from the full-precision
+        weights `source(projection)` reads where they are given.
         """
         if neurons is None:
             self.kept = None
             return
         with torch.no_grad():
-            self.kept = (select(self.gate_proj.weight, neurons, 0),
-                         select(self.up_proj.weight, neurons, 0),
-                         select(self.down_proj.weight, neurons, 1))
+            self.kept = tuple(
+                select(getattr(self, name).weight, neurons, dim,
+                       None if source is None else lambda name=name: source(name))
+                for name, dim in (('gate_proj', 0), ('up_proj', 0), ('down_proj', 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kept is None:
@@ -321,10 +324,17 @@ class Llama(nn.Module):
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def keep_mlp_neurons(self, neurons: dict[int, torch.Tensor]) -> None:
-        """Run only `neurons[layer]` of each named layer's MLP; every other layer runs whole."""
+    def keep_mlp_neurons(self, neurons: dict[int, torch.Tensor],
+                         source: Callable[[str], torch.Tensor] | None = None) -> None:
+        """
+        Run only `neurons[layer]` of each named layer's MLP; every other layer runs whole.
+
+        `source(name)`: a weight's full-precision values by its name in this module, for
+        quantized layers whose selection would otherwise be re-quantized from their own.
+        """
         for i, layer in enumerate(self.model.layers):
-            layer.mlp.keep(neurons.get(i))
+            layer.mlp.keep(neurons.get(i), None if source is None else
+                           lambda proj, i=i: source(f'model.layers.{i}.mlp.{proj}.weight'))
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids)

@@ -26,6 +26,7 @@ checked together by a `Composition`; the policy runs the planned layers and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import copy
 import os
 from pathlib import Path
@@ -156,6 +157,9 @@ class OpenVLAPolicy:
                                  else DiffusionHead(model, self.stats))
         self.checkpoint_dir: Path | None = None  # set by load_policy: where the weights live
         self.quantization = Quantization()  # set by load_policy: which weights are quantized
+        # An int4 model's full-precision weights by name under `language_model.` (set by
+        # load_policy: read from the checkpoint when a sparse MLP selects neurons).
+        self.weight_source: Callable[[str], torch.Tensor] | None = None
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         capacity = self.layout(max_prompt_tokens).length  # positions of the longest step
@@ -180,7 +184,8 @@ class OpenVLAPolicy:
         """Plug accelerators in, in order; raise ValueError when they cannot run together."""
         composition = Composition(hooks, self.cfg, self)
         self.model.language_model.keep_mlp_neurons(
-            {layer: kept.to(self.device) for layer, kept in composition.neurons.items()})
+            {layer: kept.to(self.device) for layer, kept in composition.neurons.items()},
+            self.weight_source)
         self.head.bind(composition, self.compile)
         self.composition = composition
 

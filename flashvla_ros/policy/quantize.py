@@ -38,6 +38,7 @@ it still runs full precision (`pip install 'flashvla_ros[quantize]'` brings it).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 import importlib
 import importlib.util
@@ -271,13 +272,16 @@ def dequantize(weight: torch.Tensor) -> torch.Tensor:
     return F.linear(eye, weight).T.contiguous()
 
 
-def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+def select(weight: torch.Tensor, index: torch.Tensor, dim: int,
+           full_precision: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """
     Return the rows (`dim` 0) or columns (`dim` 1) of `weight` at `index`, as dense weights.
 
     A quantized weight keeps its format: int8 selections are its own values with their
-    per-row scales, exactly; int4 ones are quantized again from their dequantized values
-    (columns get new groups over the narrower input), one more rounding.
+    per-row scales, exactly; int4 ones are quantized from `full_precision()` (the weight as
+    the checkpoint holds it) where given, as if the selection had been quantized at load,
+    else again from their dequantized values: columns then get new groups mixing the old
+    ones, one more rounding.
     """
     fmt = weight_format(weight)
     if fmt == 'none':
@@ -288,8 +292,9 @@ def select(weight: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
         qdata = weight.qdata.index_select(1, index).contiguous()
         return type(weight)(qdata, weight.scale, [1, qdata.shape[1]], weight.dtype,
                             zero_point=weight.zero_point)
-    dense = dequantize(weight).index_select(dim, index).contiguous()
-    return quantize_weight(dense, fmt)
+    values = dequantize(weight) if full_precision is None \
+        else full_precision().to(weight.device, weight.dtype)
+    return quantize_weight(values.index_select(dim, index).contiguous(), fmt)
 
 
 def weight_bytes(*modules: nn.Module) -> int:
