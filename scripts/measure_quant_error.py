@@ -63,18 +63,16 @@ def main() -> None:
                          **{f: relative_error(weight, f, inputs) for f in FORMATS}})
     for name in ('default', 'default-dit'):
         model, _ = load_model(model_path(name))
-        per_proj: dict[str, list[dict]] = {}
+        per_proj: dict[str, list[dict]] = {}  # projection -> per layer: width and errors
         for layer_name, module in model.language_model.model.layers.named_modules():
             if isinstance(module, torch.nn.Linear):
                 weight = module.weight.detach()
                 inputs = torch.randn(256, weight.shape[1])
-                proj = layer_name.rpartition('.')[2]
-                per_proj.setdefault(proj, []).append(
-                    {f: relative_error(weight, f, inputs) for f in FORMATS})
+                per_proj.setdefault(layer_name.rpartition('.')[2], []).append(
+                    {'width': weight.shape[1],
+                     **{f: relative_error(weight, f, inputs) for f in FORMATS}})
         for proj, errors in per_proj.items():
-            width = dict(model.language_model.model.layers[0].named_modules())[
-                next(n for n in dict(model.language_model.model.layers[0].named_modules())
-                     if n.endswith(proj))].weight.shape[1]
+            width = errors[0]['width']
             rows.append({'layer': f'{name} {proj}', 'width': width,
                          'int4_group': int4_group(width, torch.device('cpu')),
                          **{f: sum(e[f] for e in errors) / len(errors) for f in FORMATS}})

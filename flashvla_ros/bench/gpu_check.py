@@ -155,7 +155,7 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
         built = build_model(shape, device, torch_dtype)  # once per head: 15 GB at 7B
         report['floor_ms'][name] = round(floor_ms(built[0], bandwidth, rate), 2)
         report.setdefault('weights_gib', {})[name] = round(weight_bytes(built[0]) / 2**30, 2)
-        label = name if shape in ('7b', 'cogact-7b') else shape  # what actually ran
+        label = shapes_label(name, shape)
         if plain_only:
             r = run(shape, device, dtype, steps, ('none',), (path,), log=log,
                     built=built)['results'][0]
@@ -194,8 +194,8 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
                 built=built)['results'][0]
         del built
         r['config'] = f'none [{quant}]'
-        label = 'openvla-7b' if shape == '7b' else shape
-        report['results'].append(row(r, head, label, 'plain', path, plain_runs['openvla-7b']))
+        report['results'].append(row(r, head, shapes_label('openvla-7b', shape), 'plain', path,
+                                     plain_runs['openvla-7b']))
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
         if save is not None:
@@ -203,6 +203,11 @@ def check(device: str = 'cpu', dtype: str = 'float32', path: str = 'compiled',
     report['targets'] = targets(report)
     report['jetson_estimate'] = jetson_estimate(report)
     return report
+
+
+def shapes_label(head: str, shape: str) -> str:
+    """Name the shapes a head's rows ran at: the head's name at 7B, else the tiny shapes."""
+    return head if shape in ('7b', 'cogact-7b') else shape
 
 
 def jetson_estimate(report: dict) -> list[dict]:

@@ -210,7 +210,6 @@ def load_model(
     head = getattr(model, 'action_model', None)
     if head is not None:
         head.to(dtype=HEAD_DTYPE)
-    targets = model.state_dict()  # names and shapes (meta)
     names = set(quant.linear_names(model, device))  # int4 groups checked before any read
     quantized = {name: m for name, m in model.named_modules() if name in names}
     for name, module in model.named_modules():
@@ -219,7 +218,7 @@ def load_model(
         elif module.bias is not None:  # the weight waits on the meta device for its file
             module.bias = nn.Parameter(torch.empty_like(module.bias, device=device),
                                        requires_grad=False)
-    allocated = model.state_dict()
+    targets = model.state_dict()  # allocated, or on the meta device until quantized
     unused = known_unused(cfg)
     report = LoadReport(files=[str(f) for f in files])
     filled: set[str] = set()
@@ -244,7 +243,7 @@ def load_model(
                         )
                     module = quantized.get(name.removesuffix('.weight'))
                     if module is None:
-                        allocated[name].copy_(f.get_tensor(key))
+                        targets[name].copy_(f.get_tensor(key))
                     else:
                         weight = f.get_tensor(key).to(device=device, dtype=dtype)
                         module.weight = nn.Parameter(quantize_weight(weight, quant.format),

@@ -20,16 +20,12 @@ Weight-only int8 and int4 quantization of linear layers, with torchao's tensor s
                                          projector and the LM head)
 
 By default only the decoder's linear layers are quantized (q/k/v/o, gate/up/down: 86% of a
-7B model's weights); the diffusion head always stays float32, as CogACT deploys it. A format
+7B model's weights); the diffusion head always stays float32, as CogACT deploys it. int8 is
+per row on CPU and CUDA; int4 is groups of 128 with a zero point, tinygemm-packed on CUDA
+(sm_80+, bfloat16) and stored unpacked in int8 on CPU (int4 numerics, int8 memory). A format
 is served only where it has a kernel, and refused otherwise with what works instead; nothing
-ever falls back to another precision:
-
-| format | CUDA (sm_80+, Orin sm_87)                      | CPU                                  |
-|--------|------------------------------------------------|--------------------------------------|
-| int8   | per-channel int8 (torchao `Int8Tensor`)        | the same                             |
-| int4   | groups of 128 (min/max, zero point), tinygemm  | the same groups, int4 values stored  |
-|        | packing, bfloat16 only                         | in int8 (`IntxUnpackedToInt8Tensor`):|
-|        | (`Int4TilePackedTo4dTensor`)                   | int4 numerics, int8 memory and speed |
+ever falls back to another precision. Per device, sizes and measurements:
+docs/QUANTIZATION.md.
 
 torchao is imported only when a format other than `none` is asked for, so the node without
 it still runs full precision (`pip install 'flashvla_ros[quantize]'` brings it).
@@ -110,8 +106,8 @@ class Quantization:
             raise ValueError(f'quantize {self}: torchao is not installed; {INSTALL_HINT}, or '
                              'use quantize: none')
         try:  # installed is not enough: it must import with this torch, and be the version
+            _torchao()  # first: the quiet import
             version = getattr(importlib.import_module('torchao'), '__version__', '?')
-            _torchao()
         except Exception as exc:  # any import failure is the same refusal
             raise ValueError(f'quantize {self}: torchao does not import with torch '
                              f'{torch.__version__}: {exc}; {INSTALL_HINT}') from exc
