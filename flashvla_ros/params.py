@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 import math
 from pathlib import Path
+import re
 from typing import Any
 
 import yaml
@@ -132,6 +133,16 @@ PARAMS: tuple[Param, ...] = (
     Param('inference_timing', 'just_in_time', 'just_in_time: start each inference from the '
           'measured latency so it finishes just before the tick that uses it, on the newest '
           'frame; asap: as soon as the queue runs dry.', choices=('just_in_time', 'asap')),
+    Param('robots', [], 'Namespaces of the robots this node serves with one model, e.g. [r1, '
+          'r2]: each gets the topics of a single-robot node in that namespace, its own runner, '
+          'accelerator memory, reset and enable services and /diagnostics entry, and their '
+          'inferences run batched; empty: one robot, the topics without a namespace.',
+          read_only=True),
+    Param('batch_window_s', 0.02, "Several robots: inferences due within this long of the "
+          "first due one join its batch (they start up to this much early), s.", low=0.0,
+          high=1.0),
+    Param('max_batch', 8, 'Several robots: the most robots in one forward (the KV cache is '
+          'allocated for this many).', read_only=True, low=1, high=64),
     Param('accel', ['flashvla'], 'Accelerators, in the order their hooks run: [none] for the '
           f'plain model, or any of {sorted(ACCELERATORS)}.', read_only=True,
           choices=(NONE, *ACCELERATORS)),
@@ -186,6 +197,9 @@ class NodeConfig:
     ensemble_horizon: int
     ensemble_alpha: float
     inference_timing: str
+    robots: tuple[str, ...]
+    batch_window_s: float
+    max_batch: int
     accel: AccelConfig
 
     @property
@@ -230,6 +244,8 @@ def check_value(name: str, value: Any) -> str | None:
         if spec.choices and value not in spec.choices:
             return f'{name} is {value!r}; choose one of {list(spec.choices)}'
         return None
+    if name == 'robots':
+        return check_robots(value)
     # Lists: numbers or strings, one entry per action dimension unless they are choices.
     if not isinstance(value, (list, tuple)):
         return f'{name} must be a list'
@@ -250,6 +266,24 @@ def check_value(name: str, value: Any) -> str | None:
             reason = _check_number(spec, float(v))
             if reason:
                 return reason
+    return None
+
+
+# A robot namespace: relative ROS name tokens (a letter or _ first, then letters, digits, _),
+# joined by '/'.
+ROBOT_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
+
+
+def check_robots(value: Any) -> str | None:
+    """Return why `value` is not a list of distinct robot namespaces, or None."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return f'robots must be a list of namespaces, e.g. [r1, r2], not {value!r}'
+    for name in value:
+        if not ROBOT_NAME.fullmatch(name):
+            return (f'robots: {name!r} is not a valid ROS namespace: use letters, digits and _ '
+                    '(not first a digit), tokens joined by /, no leading or trailing /')
+    if len(set(value)) != len(value):
+        return f'robots {list(value)} names a robot twice'
     return None
 
 
@@ -281,6 +315,9 @@ def check_config(values: dict[str, Any]) -> str | None:
             check_instruction(values['instruction'])
         except InputError as exc:
             return str(exc)
+    if values.get('robots') and (values['static_cache'] or values['compile']):
+        return ('robots: several robots run batched on the append KV cache; set static_cache '
+                'and compile to false')
     try:
         accel_config(values)
     except ValueError as exc:

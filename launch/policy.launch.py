@@ -17,8 +17,11 @@ Launch the VLA policy node, and optionally the mock world, with one YAML paramet
 
     ros2 launch flashvla_ros policy.launch.py model:=/path/to/openvla-7b device:=cuda \
         dtype:=bfloat16 quantize:=int4 use_mock_world:=false
+    ros2 launch flashvla_ros policy.launch.py robots:=[r1,r2]   # one model, two robots
 
-Launch arguments left empty keep the YAML file's value.
+Launch arguments left empty keep the YAML file's value. With `robots`, one policy node serves
+every robot under its namespace, and `use_mock_world` starts one mock world per robot there
+(each its own process and seed).
 """
 
 from launch import LaunchDescription
@@ -26,6 +29,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+import yaml
 
 ARGUMENTS = {
     'model': ('', 'Checkpoint directory (Hugging Face OpenVLA layout); empty: YAML value.'),
@@ -35,6 +39,7 @@ ARGUMENTS = {
     'dtype': ('', 'float32, bfloat16 or float16; empty: YAML value.'),
     'quantize': ('', 'none, int8 or int4 (weight-only, needs torchao); empty: YAML value.'),
     'namespace': ('', 'Namespace of both nodes.'),
+    'robots': ('', 'Robot namespaces served by one model, e.g. [r1,r2]; empty: YAML value.'),
     'use_mock_world': ('true', 'Also start the Gazebo-free mock world and close the loop.'),
     'use_sim_time': ('false', 'Use /clock time.'),
 }
@@ -48,15 +53,33 @@ def nodes(context):
     overrides = {'use_sim_time': sim_time}
     overrides.update({k: arg(k) for k in ('model', 'device', 'dtype', 'quantize')
                       if arg(k)})
+    robots = robot_names(arg('robots'), arg('config'))
+    if arg('robots'):
+        overrides['robots'] = robots
+    namespace = arg('namespace')
     actions = [Node(package='flashvla_ros', executable='policy_node', name='policy_node',
-                    namespace=arg('namespace'), output='screen',
+                    namespace=namespace, output='screen',
                     parameters=[arg('config'), overrides])]
     if arg('use_mock_world').lower() == 'true':
-        actions.append(Node(package='flashvla_ros', executable='mock_world', name='mock_world',
-                            namespace=arg('namespace'), output='screen',
-                            parameters=[{'use_sim_time': sim_time}],
-                            remappings=[('commands', 'policy_node/commands')]))
+        for i, robot in enumerate(robots or ['']):
+            actions.append(Node(
+                package='flashvla_ros', executable='mock_world', name='mock_world',
+                namespace='/'.join(filter(None, [namespace, robot])), output='screen',
+                parameters=[{'use_sim_time': sim_time, 'seed': 1000 * i}],
+                remappings=[('commands', 'policy_node/commands')]))
     return actions
+
+
+def robot_names(argument: str, config: str) -> list[str]:
+    """Return the robots: the launch argument (YAML list text), else the parameter file's."""
+    if argument:
+        names = yaml.safe_load(argument)
+        if not isinstance(names, list):
+            raise ValueError(f'robots:={argument}: give a list, e.g. robots:=[r1,r2]')
+        return [str(n) for n in names]
+    with open(config) as f:
+        params = yaml.safe_load(f) or {}
+    return list(params.get('policy_node', {}).get('ros__parameters', {}).get('robots') or [])
 
 
 def generate_launch_description():

@@ -81,11 +81,11 @@ def test_live_options_apply_at_the_next_step_and_read_only_ones_refuse(tiny_dir)
     obs = Observation(ep.observe(), ep.instruction)
     assert [policy.predict(obs).info.reused for _ in range(4)] == [False, False, True, False]
     options = {'flashvla': {'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 3}}
-    update_options(policy, options)
+    update_options(policy.hooks, options)
     assert [policy.predict(obs).info.reused for _ in range(4)] == [True, True, True, False]
     options['flashvla']['gate'] = 'current'
     with pytest.raises(ValueError, match=r"\['gate'\] are read-only while running"):
-        update_options(policy, options)
+        update_options(policy.hooks, options)
     assert policy.hooks[0].options.max_reuse == 3 and policy.hooks[0].options.gate == 'past'
 
 

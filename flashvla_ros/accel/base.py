@@ -172,3 +172,6 @@ class Accelerator(Hooks):
     def update(self, options: Any) -> None:
         """Apply changed live options (the worker calls this between two steps)."""
         self.options = options
+
+    def fresh(self) -> Accelerator:
+        return type(self)(self.options)

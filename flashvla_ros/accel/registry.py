@@ -68,15 +68,15 @@ def accelerate(policy: Any, names: Sequence[str], options: dict[str, dict[str, A
     return policy
 
 
-def update_options(policy: Any, options: dict[str, dict[str, Any]]) -> None:
+def update_options(hooks: Sequence[Any], options: dict[str, dict[str, Any]]) -> None:
     """
-    Apply changed live options to the accelerators plugged into `policy`.
+    Apply changed live options to the accelerators among `hooks` (a policy's, or a robot's).
 
     The runner's worker calls this between two steps; a read-only option that changed is
     refused (ValueError) and nothing changes.
     """
     changes = []
-    for accel in policy.hooks:
+    for accel in hooks:
         if isinstance(accel, Accelerator):
             new = accel.build_options(options.get(accel.name))
             reason = accel.live_change(accel.options, new)

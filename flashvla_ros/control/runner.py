@@ -114,6 +114,19 @@ class Policy(Protocol):
 
 
 @dataclass
+class Request:
+    """One inference a runner asks for: its frame, the task, and what to apply first."""
+
+    rgb: np.ndarray
+    times: tuple[float, int]  # the frame's arrival (runner clock) and its own stamp (ns)
+    instruction: str
+    episode: int
+    reset: bool  # empty the policy's memory before the step
+    update: Callable[[], None] | None  # a live option change to apply before the step
+    stale: bool = False  # the frame is older than max_image_age_s: no inference on it
+
+
+@dataclass
 class QueuedAction:
     values: np.ndarray  # raw policy output, before the safety limits
     frame_time: float  # arrival time of the frame it was computed from
@@ -189,6 +202,7 @@ class PolicyRunner:
         clock: Callable[[], float] = time.monotonic,
         chunks: ChunkExecution = EXECUTE_CHUNKS,
         control_period_s: float | None = None,
+        lock: threading.Condition | None = None,
     ) -> None:
         check_resolved(chunks)
         self.policy = policy
@@ -210,7 +224,9 @@ class PolicyRunner:
         self.last_error = ''
         self.last_info: StepInfo | None = None  # of the last inference
         self.step_stats = RunningStats()  # reuse and FLOPs saved over this runner's steps
-        self._lock = threading.Condition()
+        # Several robots served by one worker (control/batching.py) share one condition: any
+        # robot's new frame or tick wakes that worker.
+        self._lock = lock or threading.Condition()
         self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
         # Arrival times of the newest valid frames, newest last: camera staleness reads the
         # last, the just-in-time frame wait their intervals.
@@ -238,6 +254,7 @@ class PolicyRunner:
         self._pending_update: Callable[[], None] | None = None  # a live option change
         self._running = False
         self._thread: threading.Thread | None = None
+        self._own_thread = True  # False: a BatchWorker's thread serves this runner
 
     # -- inputs (any thread) -------------------------------------------------------------
 
@@ -344,12 +361,17 @@ class PolicyRunner:
 
     # -- worker thread -------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+    def start(self, worker: threading.Thread | None = None) -> None:
+        """Start commanding: with its own inference thread, or served by `worker`'s."""
+        if worker is None and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:  # the watchdog counts from the first healthy tick of this run
             self._gap_start, self._stall, self._fault = None, '', ''
-        self._running = True
+            self._running = True
+        self._own_thread = worker is None
+        if worker is not None:
+            self._thread = worker
+            return
         self._thread = threading.Thread(target=self._work, name='flashvla-inference', daemon=True)
         self._thread.start()
 
@@ -357,9 +379,13 @@ class PolicyRunner:
         with self._lock:
             self._running = False
             self._lock.notify_all()
-        if self._thread is not None:
+        if self._thread is not None and self._own_thread:
             self._thread.join(timeout)
         self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._running
 
     @property
     def worker_alive(self) -> bool:
@@ -431,22 +457,39 @@ class PolicyRunner:
                     self._lock.wait(0.1 if wait is None else min(wait, 0.1))
                 if not self._running:
                     return
-                (rgb, frame_time, stamp_ns), self._frame = self._frame, None
-                instruction, episode = self._instruction, self._episode
-                reset, self._reset_pending = self._reset_pending, False
-                update, self._pending_update = self._pending_update, None
-                stale = self.clock() - frame_time > self.max_image_age_s
-                if stale:
-                    self.counters.stale_frames += 1
-                else:
-                    self._busy_since = self.clock()
-            if self._prepare(update, reset) and not stale:
-                self._infer(rgb, (frame_time, stamp_ns), instruction, episode)
-            elif not stale:
-                with self._lock:
-                    self._busy_since = None
+                request = self._take()
+            if self._prepare(request) and not request.stale:
+                self._deliver(request, *self._predict(request))
 
-    def _prepare(self, update: Callable[[], None] | None, reset: bool) -> bool:
+    def _take(self) -> Request:
+        """
+        Take the newest frame for an inference (under the lock); a stale one is only counted.
+
+        The pending reset and live option change travel with the request: `_prepare` applies
+        them in the worker before the step, even when the frame is too old to infer on.
+        """
+        (rgb, frame_time, stamp_ns), self._frame = self._frame, None
+        stale = self.clock() - frame_time > self.max_image_age_s
+        request = Request(rgb, (frame_time, stamp_ns), self._instruction, self._episode,
+                          self._reset_pending, self._pending_update, stale)
+        self._reset_pending, self._pending_update = False, None
+        if stale:
+            self.counters.stale_frames += 1
+        else:
+            self._busy_since = self.clock()
+        return request
+
+    def _predict(self, request: Request) -> tuple[ActionChunk | Exception, float]:
+        """Run the policy on one request; return its chunk or error, and the time it took."""
+        start = time.perf_counter()
+        try:
+            result: ActionChunk | Exception = self.policy.predict(
+                Observation(request.rgb, request.instruction))
+        except Exception as exc:
+            result = exc
+        return result, (time.perf_counter() - start) * 1e3
+
+    def _prepare(self, request: Request) -> bool:
         """
         Apply a live option change and the policy's reset before a step (worker thread).
 
@@ -455,35 +498,37 @@ class PolicyRunner:
         """
         what = 'option change'
         try:
-            if update is not None:
-                update()
+            if request.update is not None:
+                request.update()
             what = 'policy reset'
-            if reset:
+            if request.reset:
                 self.policy.reset()
         except Exception as exc:
             with self._lock:
+                self._busy_since = None
                 self._error = self.last_error = f'{what} failed: {type(exc).__name__}: {exc}'
                 self.counters.worker_errors += 1
-                self._reset_pending = self._reset_pending or reset
+                self._reset_pending = self._reset_pending or request.reset
             return False
         return True
 
-    def _infer(self, rgb: np.ndarray, times: tuple[float, float], instruction: str,
-               episode: int) -> None:
-        error, counter, chunk, rejected = '', '', None, ''
-        start = time.perf_counter()
-        try:
-            chunk = self.policy.predict(Observation(rgb, instruction))
+    def _deliver(self, request: Request, result: ActionChunk | Exception,
+                 elapsed_ms: float) -> None:
+        """Queue a step's actions, or count its error (worker thread)."""
+        error, counter, rejected, chunk = '', '', '', None
+        values = np.zeros((0, 0))
+        if isinstance(result, ActionChunk):
+            chunk = result
             values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
             if not np.isfinite(values).all():
-                raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
-        except InputError as exc:
-            rejected = str(exc)
-        except NonFiniteOutputError as exc:
-            error, counter = f'non-finite model output: {exc}', 'nonfinite_outputs'
-        except Exception as exc:
-            error, counter = f'inference failed: {type(exc).__name__}: {exc}', 'worker_errors'
-        elapsed_ms = (time.perf_counter() - start) * 1e3
+                result = NonFiniteOutputError(f'non-finite action {values.tolist()}')
+        if isinstance(result, InputError):
+            rejected = str(result)
+        elif isinstance(result, NonFiniteOutputError):
+            error, counter = f'non-finite model output: {result}', 'nonfinite_outputs'
+        elif isinstance(result, Exception):
+            error = f'inference failed: {type(result).__name__}: {result}'
+            counter = 'worker_errors'
         with self._lock:
             self._busy_since = None
             if rejected:
@@ -495,16 +540,18 @@ class PolicyRunner:
                 setattr(self.counters, counter, getattr(self.counters, counter) + 1)
                 self.last_error = error
                 return
+            assert chunk is not None
             self.counters.inferences += 1
             self.latencies_ms.append(elapsed_ms)
             self.jit_margin_s = max(JIT_MARGIN_S, self.jit_margin_s - JIT_MARGIN_DECAY_S)
             self.inference_rate.mark(time.monotonic())
             self.last_info = chunk.info
             self.step_stats.add(chunk.info)
-            if episode != self._episode:  # the instruction changed meanwhile
+            if request.episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return
-            actions = [QueuedAction(v, *times, episode, chunk.info, rgb) for v in values]
+            actions = [QueuedAction(v, *request.times, request.episode, chunk.info, request.rgb)
+                       for v in values]
             if self.chunks.mode == 'ensemble':
                 if not new_prediction(chunk):
                     return  # the last predictions still cover the ticks

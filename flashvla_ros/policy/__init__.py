@@ -16,11 +16,11 @@
 
 from .checkpoint import expand_path, load_policy
 from .errors import CheckpointError, InputError, NonFiniteOutputError, PolicyError
-from .openvla import OpenVLA, OpenVLAPolicy, set_cpu_threads
+from .openvla import OpenVLA, OpenVLAPolicy, RobotPolicy, set_cpu_threads
 from .step import ActionChunk, Observation, StepInfo
 
 __all__ = [
     'ActionChunk', 'CheckpointError', 'InputError', 'NonFiniteOutputError', 'Observation',
-    'OpenVLA', 'OpenVLAPolicy', 'PolicyError', 'StepInfo', 'expand_path', 'load_policy',
-    'set_cpu_threads',
+    'OpenVLA', 'OpenVLAPolicy', 'PolicyError', 'RobotPolicy', 'StepInfo', 'expand_path',
+    'load_policy', 'set_cpu_threads',
 ]

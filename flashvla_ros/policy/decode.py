@@ -39,7 +39,7 @@ from .flops import StepRecord
 from .llama import AfterLayer, Llama
 
 # A pass with its model and plan bound (and maybe compiled): tokens and their positions in,
-# logits out. decode_one: [1, 1] and [1] -> [1, vocab]; verify_draft: [T] and [T] -> [1, T, V].
+# logits. decode_one: [B, 1] and [1] -> [B, vocab]; verify_draft: [B, T] and [T] -> [B, T, V].
 DecodeOne = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -68,14 +68,14 @@ def prefill(llm: Llama, sequence: torch.Tensor, positions: torch.Tensor, plan: S
 
 def decode_one(llm: Llama, plan: Sequence[int], token: torch.Tensor,
                position: torch.Tensor) -> torch.Tensor:
-    """Feed one token [1, 1] at `position` [1]; return its logits [1, vocab]."""
+    """Feed one token per row [B, 1] at `position` [1]; return its logits [B, vocab]."""
     return llm(llm.embed(token), position, plan)
 
 
 def verify_draft(llm: Llama, plan: Sequence[int], fed: torch.Tensor,
                  positions: torch.Tensor) -> torch.Tensor:
-    """Feed the tokens `fed` [T] at `positions` [T]; return the logits of each [1, T, V]."""
-    return llm(llm.embed(fed[None]), positions, plan, last_only=False)
+    """Feed the tokens `fed` [B, T] at `positions` [T]; return the logits of each [B, T, V]."""
+    return llm(llm.embed(fed), positions, plan, last_only=False)
 
 
 def record_call(record: StepRecord, fed: int, cached: int) -> None:
@@ -96,35 +96,56 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
     `verify` are the passes to use (default: `decode_one` and `verify_draft` on this model and
     plan).
     """
-    device = first.device
     forced = draft.accept if isinstance(draft, Draft) else None
-    draft = draft.tokens if isinstance(draft, Draft) else draft
-    step = step or (lambda token, position: decode_one(llm, plan, token, position))
-    tokens = torch.empty(n, dtype=torch.long, device=device)
-    tokens[0] = first[0].argmax()
-    finite = torch.isfinite(first).all()
+    guess = draft.tokens if isinstance(draft, Draft) else draft
+    (ids,), (finite,) = decode_rows(llm, plan, first, next_position, n,
+                                    None if guess is None else [guess], [record], step, verify,
+                                    forced)
+    if not finite:
+        raise NonFiniteOutputError('the language model produced NaN/inf logits')
+    return ids
+
+
+def decode_rows(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_position: int,
+                n: int, drafts: list[list[int]] | None, records: list[StepRecord],
+                step: DecodeOne | None = None, verify: DecodeOne | None = None,
+                forced: int | None = None) -> tuple[list[list[int]], list[bool]]:
+    """
+    Greedy-decode `n` tokens in each of B rows together (one robot each); `first` is [B, V].
+
+    Return each row's tokens and whether all its logits were finite (a NaN in one robot's row
+    is that robot's fault only). `drafts` (one per row, all of n tokens) are verified in one
+    pass; decoding goes on one by one from the first wrong guess of any row, so a row whose
+    guess was longer right decodes its confirmed tokens again (the same greedy choices).
+    `forced`: how many guesses count as confirmed (a replay, see `Draft`).
+    """
+    device, rows = first.device, first.shape[0]
+    step = step or partial(decode_one, llm, plan)
+    tokens = torch.empty(rows, n, dtype=torch.long, device=device)
+    tokens[:, 0] = first.argmax(-1)
+    finite = torch.isfinite(first).all(-1)
     done = 1
-    if draft is not None and len(draft) == n and n > 1:
-        fed = torch.tensor(draft[:n - 1], device=device)
-        fed[0] = tokens[0]
+    if drafts is not None and n > 1 and all(len(d) == n for d in drafts):
+        fed = torch.tensor([d[:n - 1] for d in drafts], device=device)
+        fed[:, 0] = tokens[:, 0]
         positions = torch.arange(next_position, next_position + n - 1, device=device)
         logits = (verify or partial(verify_draft, llm, plan))(fed, positions)
-        record_call(record, n - 1, 0)
-        finite = finite & torch.isfinite(logits).all()
-        predicted = logits[0].argmax(-1)
-        right = predicted[:-1] == fed[1:]
-        accepted = int(torch.cumprod(right.long(), 0).sum()) if forced is None \
-            else min(forced, n - 2)  # guesses confirmed in a row
-        tokens[1:2 + accepted] = predicted[:1 + accepted]
+        for record in records:
+            record_call(record, n - 1, 0)
+        finite = finite & torch.isfinite(logits).all(-1).all(-1)
+        predicted = logits.argmax(-1)  # [B, n - 1]
+        right = predicted[:, :-1] == fed[:, 1:]
+        accepted = int(torch.cumprod(right.long(), 1).sum(1).min()) if forced is None \
+            else min(forced, n - 2)  # guesses confirmed in a row, in every row
+        tokens[:, 1:2 + accepted] = predicted[:, :1 + accepted]
         done = 2 + accepted
         llm.truncate_cache(n - done)  # the entries after the first wrong guess
     for i in range(done, n):
         position = torch.tensor([next_position + i - 1], device=device)
-        record_call(record, 1, i - 1)
-        logits = step(tokens[i - 1:i].view(1, 1), position)
-        finite = finite & torch.isfinite(logits).all()
-        tokens[i] = logits[0].argmax()
-    *ids, nonfinite = torch.cat([tokens, (~finite).long()[None]]).tolist()  # one transfer
-    if nonfinite:
-        raise NonFiniteOutputError('the language model produced NaN/inf logits')
-    return ids
+        for record in records:
+            record_call(record, 1, i - 1)
+        logits = step(tokens[:, i - 1:i], position)
+        finite = finite & torch.isfinite(logits).all(-1)
+        tokens[:, i] = logits.argmax(-1)
+    flat = torch.cat([tokens.flatten(), finite.long()]).tolist()  # one transfer
+    return [flat[r * n:(r + 1) * n] for r in range(rows)], [bool(f) for f in flat[rows * n:]]

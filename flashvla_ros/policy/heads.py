@@ -21,7 +21,8 @@ The action heads behind one interface: what turns the prefill's last hidden stat
 - `DiffusionHead` (CogACT): DDIM with a DiT conditioned on the cognition token (the EOS after
   the prompt), a chunk of actions per step, the gripper binarised at 0.5.
 
-Both return a `HeadOutput` in the dataset's units, checked for NaN/inf.
+Both take a batch (one robot per row, one row alone for the single-robot node) and return a
+`HeadOutput` per row in the dataset's units, or that row's NaN/inf error.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 from .actions import GRIPPER, ActionCodec, NormStats
 from .composition import Composition
-from .decode import DecodeOne, decode_action, decode_one, verify_draft
+from .decode import DecodeOne, Draft, decode_one, decode_rows, verify_draft
 from .dit import ddim_sample, frame_seed
 from .errors import NonFiniteOutputError
 from .step import Step
@@ -64,9 +65,13 @@ class ActionHead(Protocol):
     def bind(self, composition: Composition, compile: bool) -> None:
         """Take the hooks' layer plan (and compile what runs per token, if asked)."""
 
-    def run(self, step: Step, hidden: torch.Tensor, composition: Composition,
-            clock: Clock) -> HeadOutput:
-        """Turn the last layer's hidden states [1, T, D] into actions."""
+    def run(self, steps: list[Step], hidden: torch.Tensor, compositions: list[Composition],
+            clock: Clock) -> list[HeadOutput | NonFiniteOutputError]:
+        """
+        Turn the last layer's hidden states [B, T, D] into actions: one robot per row.
+
+        A row's NaN/inf is that row's error; the other rows' actions stand.
+        """
 
 
 class TokenHead:
@@ -91,20 +96,30 @@ class TokenHead:
             self.step = torch.compile(self.step, mode=mode, fullgraph=True)
             self.verify = torch.compile(self.verify, mode=mode, fullgraph=True)
 
-    def run(self, step: Step, hidden: torch.Tensor, composition: Composition,
-            clock: Clock) -> HeadOutput:
-        record = step.record
+    def run(self, steps: list[Step], hidden: torch.Tensor, compositions: list[Composition],
+            clock: Clock) -> list[HeadOutput | NonFiniteOutputError]:
         first = self.llm.logits(hidden)
-        record.head_positions += 1
+        for step in steps:
+            step.record.head_positions += 1
         clock.mark('prefill')
-        tokens = decode_action(self.llm, composition.plan, first, step.layout.prefill,
-                               self.decoded_tokens, composition.draft(step), record, self.step,
-                               self.verify)
+        drafts = [c.draft(s) for c, s in zip(compositions, steps, strict=True)]
+        forced = None
+        if len(drafts) == 1 and isinstance(drafts[0], Draft):  # a replayed decision
+            forced, drafts = drafts[0].accept, [drafts[0].tokens]
+        rows, finite = decode_rows(self.llm, compositions[0].plan, first, steps[0].layout.prefill,
+                                   self.decoded_tokens,
+                                   drafts if all(d is not None for d in drafts) else None,
+                                   [s.record for s in steps], self.step, self.verify, forced)
         clock.mark('decode')
+        return [self._actions(tokens) if ok else
+                NonFiniteOutputError('the language model produced NaN/inf logits')
+                for tokens, ok in zip(rows, finite, strict=True)]
+
+    def _actions(self, tokens: list[int]) -> HeadOutput | NonFiniteOutputError:
         normalized = self.codec.decode(np.array(tokens))
         values = self.stats.unnormalize(normalized)
         if not np.isfinite(values).all():
-            raise NonFiniteOutputError(f'non-finite action {values.tolist()}')
+            return NonFiniteOutputError(f'non-finite action {values.tolist()}')
         non_action = int((~self.codec.is_action_token(np.array(tokens))).sum())
         return HeadOutput(values[None], normalized[None], tokens, non_action)
 
@@ -133,35 +148,47 @@ class DiffusionHead:
     def bind(self, composition: Composition, compile: bool) -> None:
         pass
 
-    def run(self, step: Step, hidden: torch.Tensor, composition: Composition,
-            clock: Clock) -> HeadOutput:
+    def run(self, steps: list[Step], hidden: torch.Tensor, compositions: list[Composition],
+            clock: Clock) -> list[HeadOutput | NonFiniteOutputError]:
+        """
+        Sample every row's chunk in one DDIM run, each from its own frame's noise.
+
+        The DiT feature cache is the first row's hook: its schedule depends on the denoising
+        step alone, the same for every robot of one server.
+        """
         cfg, net = self.cfg, self.model.action_model.net
         clock.mark('prefill')
-        cognition = self.model.language_model.model.norm(hidden[:, -1:])  # [1, 1, D]
+        cognition = self.model.language_model.model.norm(hidden[:, -1:])  # [B, 1, D]
         w = net.x_embedder.linear.weight
-        generator = torch.Generator(device=w.device).manual_seed(
-            frame_seed(step.observation.rgb, self.noise_seed))
-        noise = torch.randn((1, cfg.chunk, cfg.action_dim), generator=generator,
-                            device=w.device).to(w.dtype)
+        noise = torch.cat([
+            torch.randn((1, cfg.chunk, cfg.action_dim), device=w.device,
+                        generator=torch.Generator(device=w.device).manual_seed(
+                            frame_seed(step.observation.rgb, self.noise_seed)))
+            for step in steps]).to(w.dtype)
         rows = 2 if cfg.cfg_scale > 1 else 1
-        record = step.record
+        records = [step.record for step in steps]
 
         def counted(k: int):
-            inner = composition.block_cache(step, k)
+            inner = compositions[0].block_cache(steps[0], k)
 
             def cache(block: int, part: str, compute):
                 def run() -> torch.Tensor:
-                    record.dit_parts[part] = record.dit_parts.get(part, 0) + rows
+                    for record in records:
+                        record.dit_parts[part] = record.dit_parts.get(part, 0) + rows
                     return compute()
                 return inner(block, part, run)
             return cache
 
         x = ddim_sample(net, cognition.to(w.dtype), noise, counted)
-        record.dit_passes = cfg.ddim_steps * rows
-        record.dit_depth = cfg.depth
-        normalized = x[0].float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        for record in records:
+            record.dit_passes = cfg.ddim_steps * rows
+            record.dit_depth = cfg.depth
+        return [self._actions(chunk) for chunk in x.float().cpu()]
+
+    def _actions(self, chunk: torch.Tensor) -> HeadOutput | NonFiniteOutputError:
+        normalized = chunk.clamp(-1.0, 1.0).numpy().astype(np.float64)
         normalized[:, GRIPPER] = np.where(normalized[:, GRIPPER] >= GRIPPER_THRESHOLD, 1.0, 0.0)
         values = self.stats.unnormalize(normalized)
         if not np.isfinite(values).all() or not np.isfinite(normalized).all():
-            raise NonFiniteOutputError('the action head produced NaN/inf actions')
+            return NonFiniteOutputError('the action head produced NaN/inf actions')
         return HeadOutput(values, normalized, [])

@@ -34,6 +34,7 @@ after-layer callback that may keep a subset of the tokens or stop the step.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 import math
 
 import torch
@@ -52,8 +53,24 @@ class Stop:
 
 STOP = Stop()
 
-# after_layer(layer, hidden, probes) -> None (go on), an index of tokens to keep, or STOP.
-AfterLayer = Callable[[int, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor | Stop | None]
+
+@dataclass(frozen=True)
+class Narrow:
+    """
+    Returned by a batch's after-layer callback: the rows that go on, and each one's tokens.
+
+    `rows` [B'] indexes the batch (None: every row; the KV caches lose the others); `tokens`
+    [B', T'] the tokens each remaining row keeps (None: all), the same count in every row.
+    """
+
+    rows: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+
+# after_layer(layer, hidden, probes) -> None (go on), an index of tokens to keep, STOP, or
+# (a batch of several robots) Narrow.
+AfterLayer = Callable[[int, torch.Tensor, dict[str, torch.Tensor]],
+                      torch.Tensor | Stop | Narrow | None]
 
 
 def narrow_probes(probes: dict[str, torch.Tensor], index: torch.Tensor
@@ -111,13 +128,21 @@ class KVCache(_KVBuffers):
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        start, end = self.length, self.length + k.shape[2]
+        """Append `k`, `v` [b, H, T, hd]: the first b rows of the buffers (a smaller batch)."""
+        b, start, end = k.shape[0], self.length, self.length + k.shape[2]
         if end > self.capacity:
             raise ValueError(f'KV cache overflow: {end} tokens > capacity {self.capacity}')
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
+        self.k[:b, :, start:end] = k
+        self.v[:b, :, start:end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end], _causal_mask(k.shape[2], end, k.device)
+        return (self.k[:b, :, :end], self.v[:b, :, :end],
+                _causal_mask(k.shape[2], end, k.device))
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` (in that order) as the first ones; the others leave."""
+        n, end = rows.numel(), self.length
+        self.k[:n, :, :end] = self.k[rows, :, :end]
+        self.v[:n, :, :end] = self.v[rows, :, :end]
 
 
 class StaticKVCache(_KVBuffers):
@@ -170,6 +195,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if cos.dim() == 3:  # positions per batch row [B, T] (each robot kept its own tokens)
+            cos, sin = cos[:, None], sin[:, None]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if self.cache is not None:
@@ -297,6 +324,14 @@ class Llama(nn.Module):
             if layer.self_attn.cache is not None:
                 layer.self_attn.cache.reset()
 
+    def keep_cache_rows(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` of every layer's KV cache (the append cache only)."""
+        for layer in self.model.layers:
+            cache = layer.self_attn.cache
+            if not isinstance(cache, KVCache):
+                raise TypeError('batch rows leave the append KV cache only (static_cache off)')
+            cache.keep_rows(rows)
+
     def truncate_cache(self, entries: int) -> None:
         """Forget the last `entries` KV entries of every layer (rejected speculative tokens)."""
         for layer in self.model.layers:
@@ -356,6 +391,8 @@ class Llama(nn.Module):
         {} where none is asked), and may return an index of the tokens to keep (the later
         layers, and their KV caches, never see the others) or STOP. Returns the hidden
         states and positions that leave the last layer (no final norm), or None on STOP.
+        In a batch of robots, `after_layer` may return `Narrow` instead: rows leave, and
+        each row keeps its own tokens (positions become [B, T]); None when no row is left.
         `tokens_per_layer` receives the tokens that entered each layer that ran.
         """
         probes = probes or {}
@@ -372,9 +409,30 @@ class Llama(nn.Module):
             outcome = None if after_layer is None else after_layer(i, hidden, found)
             if outcome is STOP:
                 return None
-            if outcome is not None:
+            if isinstance(outcome, Narrow):
+                hidden, positions = self._narrow_rows(outcome, hidden, positions)
+                if not hidden.shape[0]:
+                    return None
+                cos, sin = self.rotary(positions, hidden.dtype)
+            elif outcome is not None:
                 hidden, positions = hidden[:, outcome], positions[outcome]
                 cos, sin = self.rotary(positions, hidden.dtype)
+        return hidden, positions
+
+    def _narrow_rows(self, outcome: Narrow, hidden: torch.Tensor, positions: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply a batch's `Narrow`: drop rows (hidden, positions, caches), gather tokens."""
+        if outcome.rows is not None:
+            hidden = hidden[outcome.rows]
+            positions = positions[outcome.rows] if positions.dim() == 2 else positions
+            if outcome.rows.numel():
+                self.keep_cache_rows(outcome.rows)
+        if outcome.tokens is not None and hidden.shape[0]:
+            if positions.dim() == 1:
+                positions = positions.expand(hidden.shape[0], -1)
+            index = outcome.tokens
+            hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+            positions = positions.gather(1, index)
         return hidden, positions
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor,

@@ -26,7 +26,7 @@ checked together by a `Composition`; the policy runs the planned layers and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import copy
 import os
 from pathlib import Path
@@ -48,7 +48,7 @@ from .flops import StepRecord, count_flops, full_flops
 from .heads import ActionHead, DiffusionHead, HeadOutput, TokenHead
 from .instruction import check_instruction
 from .layout import SequenceLayout
-from .llama import Llama
+from .llama import STOP, Llama, Narrow
 from .preprocess import check_rgb, preprocess
 from .quantize import Quantization
 from .step import ActionChunk, Hooks, Observation, Step, StepInfo
@@ -111,6 +111,34 @@ class Stopwatch:
         stages = ('preprocess', 'vision', 'prefill', 'decode', 'head')
         return {**{s: self.ms.get(s, 0.0) for s in stages},
                 'total': (self.last - self.start) * 1e3}
+
+
+class RobotPolicy:
+    """
+    One robot's policy on a shared model (`OpenVLAPolicy.for_robot`): its own accelerators.
+
+    The model, its layer plan and its weights are shared; the hooks' state (the reuse gate,
+    the previous action, caches, the episode) and the instruction followed are the robot's.
+    `predict` runs a batch of one; a server batches robots with `OpenVLAPolicy.predict_batch`.
+    """
+
+    def __init__(self, shared: OpenVLAPolicy, composition: Composition) -> None:
+        self.shared = shared
+        self.composition = composition
+        self.instruction: str | None = None
+
+    def predict(self, observation: Observation) -> ActionChunk:
+        (result,) = self.shared.predict_batch([(self, observation)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def reset(self) -> None:
+        """Forget this robot's accelerator memory (its new episode or instruction)."""
+        self.composition.reset()
+
+    def check_instruction(self, instruction: str) -> str:
+        return self.shared.check_instruction(instruction)
 
 
 class OpenVLAPolicy:
@@ -177,6 +205,7 @@ class OpenVLAPolicy:
         self._check_tokenizer: Any = None  # made on first use
         self._instruction: str | None = None
         self._full_flops: dict[int, int] = {}  # prompt length -> the plain model's step FLOPs
+        self.max_batch = 1  # robots per forward (`serve`)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -279,23 +308,26 @@ class OpenVLAPolicy:
             record.stopped = True
             clock.mark('prefill')
             return self._reused(step, clock)
-        result = self.head.run(step, out[0], hooks, clock)
+        (result,) = self.head.run([step], out[0], [hooks], clock)
+        if isinstance(result, Exception):
+            raise result
         clock.mark('head')
         return self._finish(step, result, clock, reused=False)
 
     # -- results ---------------------------------------------------------------------------
 
-    def _reused(self, step: Step, clock: Stopwatch) -> ActionChunk:
+    def _reused(self, step: Step, clock: Stopwatch,
+                composition: Composition | None = None) -> ActionChunk:
         """Return the chunk a gate chose to reuse, as a copy with this step's info."""
         last = step.reuse
         assert last is not None
         clock.mark('head')
         result = HeadOutput(last.actions.copy(), last.normalized.copy(), list(last.token_ids),
                             last.info.non_action_tokens)
-        return self._finish(step, result, clock, reused=True)
+        return self._finish(step, result, clock, reused=True, composition=composition)
 
-    def _finish(self, step: Step, result: HeadOutput, clock: Stopwatch,
-                reused: bool) -> ActionChunk:
+    def _finish(self, step: Step, result: HeadOutput, clock: Stopwatch, reused: bool,
+                composition: Composition | None = None) -> ActionChunk:
         """Wrap the head's actions with the step's info; let the hooks see the chunk."""
         record, layout = step.record, step.layout
         if layout.prompt not in self._full_flops:
@@ -311,12 +343,146 @@ class OpenVLAPolicy:
             non_action_tokens=result.non_action_tokens,
             flops_full=self._full_flops[layout.prompt], extras=dict(step.extras))
         chunk = ActionChunk(result.actions, result.normalized, result.token_ids, info)
-        self.composition.after_step(step, chunk)
+        (composition or self.composition).after_step(step, chunk)
         return chunk
 
     def reset(self) -> None:
         """Forget every accelerator's memory (a new episode or instruction)."""
         self.composition.reset()
+
+    # -- several robots, one model ---------------------------------------------------------
+
+    def serve(self, max_batch: int) -> None:
+        """
+        Prepare for batches of up to `max_batch` robots: the append KV cache with that many rows.
+
+        The static cache (and compile) keep one row per slot, so they are refused here.
+        """
+        if self.static_cache:
+            raise ValueError('batches of robots run the append KV cache: turn static_cache and '
+                             'compile off')
+        capacity = self.layout(self.max_prompt_tokens).length
+        self.model.language_model.setup_cache(capacity, batch=max_batch)
+        self.max_batch = max_batch
+
+    def for_robot(self) -> RobotPolicy:
+        """Return a new robot's policy: this model, its own copies of the accelerators."""
+        composition = Composition([h.fresh() for h in self.hooks], self.cfg, self)
+        if composition.plan != self.composition.plan \
+                or composition.neurons.keys() != self.composition.neurons.keys():
+            raise ValueError('a copy of the accelerators planned other layers')
+        return RobotPolicy(self, composition)
+
+    @torch.inference_mode()
+    def predict_batch(self, requests: Sequence[tuple[RobotPolicy, Observation]]
+                      ) -> list[ActionChunk | Exception]:
+        """
+        One step for each robot, as few forwards as possible: a chunk or that robot's error.
+
+        Each robot's gates run on its own memory first, and a robot whose gate reuses never
+        joins the batch. The others run vision, the planned layers and the head as one batch
+        per prompt length (shapes must agree; a selection keeps the same count in every row),
+        each robot's hooks seeing its own row; a gate that stops its robot after a layer
+        takes that row out of the batch. Bad input (InputError) and NaN/inf are one robot's.
+        """
+        clock = Stopwatch(self.device)
+        results: list[ActionChunk | Exception | None] = [None] * len(requests)
+        groups: dict[int, list[tuple[int, RobotPolicy, Step, torch.Tensor]]] = {}
+        for i, (robot, observation) in enumerate(requests):
+            try:
+                check_rgb(observation.rgb)
+                ids = self.prompt_ids(observation.instruction)
+            except InputError as exc:
+                results[i] = exc
+                continue
+            if observation.instruction != robot.instruction:
+                robot.instruction = observation.instruction
+                robot.reset()
+            layout = self.layout(ids.numel())
+            record = StepRecord(layout, self.cfg.text.num_hidden_layers,
+                                robot.composition.plan, mlp_kept=robot.composition.mlp_kept)
+            step = Step(observation, layout, record,
+                        torch.arange(layout.visual, device=self.device))
+            step.extras['batch'] = 0  # rows of the forward it joined (0: none)
+            robot.composition.before_step(step)
+            if step.reuse is not None:
+                record.stopped = True
+                results[i] = self._reused(step, clock, robot.composition)
+            else:
+                groups.setdefault(ids.numel(), []).append((i, robot, step, ids))
+        for group in groups.values():
+            for size in range(0, len(group), self.max_batch):
+                self._forward_rows(group[size:size + self.max_batch], clock, results)
+        return results  # type: ignore[return-value]  # every entry is set
+
+    def _forward_rows(self, rows: list[tuple[int, RobotPolicy, Step, torch.Tensor]],
+                      clock: Stopwatch, results: list) -> None:
+        """Run vision, the planned layers and the head for robots of one prompt length."""
+        steps = [step for _, _, step, _ in rows]
+        compositions = [robot.composition for _, robot, _, _ in rows]
+        for step in steps:
+            step.extras['batch'] = len(rows)
+        pixels = torch.cat([preprocess(step.observation.rgb, self.cfg.image_size,
+                                       self.crop_area) for step in steps])
+        pixels = pixels.to(self.device, self.dtype)
+        clock.mark('preprocess')
+        patches = self.model.encode_image(pixels)
+        for step in steps:
+            step.record.vision = True
+        clock.mark('vision')
+        llm, layout = self.model.language_model, steps[0].layout
+        sequence = layout.assemble(llm.embed(torch.stack([ids for *_, ids in rows])), patches)
+        for row, step in enumerate(steps):
+            step.decoder_input = sequence[row:row + 1]
+        active = list(range(len(rows)))  # the batch's rows -> `rows` index
+        stopped: list[int] = []
+
+        def after_layer(layer: int, hidden: torch.Tensor, probes: dict[str, torch.Tensor]):
+            outcomes = []
+            for row, g in enumerate(active):
+                steps[g].record.layer_tokens[layer] = hidden.shape[1]
+                mine = {kind: probe[row:row + 1] for kind, probe in probes.items()}
+                outcomes.append(compositions[g].after_layer(steps[g], layer,
+                                                            hidden[row:row + 1], mine))
+            going = [row for row, outcome in enumerate(outcomes) if outcome is not STOP]
+            stopped.extend(active[row] for row, o in enumerate(outcomes) if o is STOP)
+            kept = [outcomes[row] for row in going]
+            selects = {k is not None for k in kept}
+            if len(selects) > 1 or len({k.numel() for k in kept if k is not None}) > 1:
+                raise ValueError(f'decoder layer {layer}: the robots kept different token '
+                                 'counts, so their rows cannot share a batch')
+            if len(going) == len(active) and selects <= {False}:
+                return None
+            active[:] = [active[row] for row in going]
+            return Narrow(None if len(going) == len(outcomes) else
+                          torch.tensor(going, dtype=torch.long, device=hidden.device),
+                          torch.stack(kept) if kept and kept[0] is not None else None)
+
+        composition = self.composition
+        out = prefill(llm, sequence, layout.positions(self.device), composition.plan,
+                      composition.probes, after_layer)
+        if out is None:
+            clock.mark('prefill')
+        else:
+            heads = self.head.run([steps[g] for g in active], out[0],
+                                  [compositions[g] for g in active], clock)
+            clock.mark('head')
+            for g, result in zip(active, heads, strict=True):
+                results[rows[g][0]] = result if isinstance(result, Exception) else \
+                    self._finish(steps[g], result, clock, False, compositions[g])
+        for g in stopped:
+            steps[g].record.stopped = True
+            results[rows[g][0]] = self._reused(steps[g], clock, compositions[g])
+
+    def warm_up_batch(self, steps: int = 2) -> None:
+        """Run `steps` full batches of blank frames (after `serve`), each robot its own hooks."""
+        size = self.cfg.image_size
+        blank = Observation(np.zeros((size, size, 3), np.uint8), WARMUP_INSTRUCTION)
+        robots = [self.for_robot() for _ in range(self.max_batch)]
+        for _ in range(steps):
+            for result in self.predict_batch([(m, blank) for m in robots]):
+                if isinstance(result, Exception):
+                    raise result
 
     def warm_up(self, steps: int = 2) -> None:
         """

@@ -153,6 +153,10 @@ class Hooks:
     def bind(self, policy: Any) -> None:
         """Read what it needs of the policy (shapes, statistics); raise ValueError if unfit."""
 
+    def fresh(self) -> Hooks:
+        """Return a new instance with the same settings and no memory (another robot's)."""
+        raise NotImplementedError(f'{self.name} cannot be copied for another robot')
+
     def reset(self) -> None:
         """Forget memories: a new episode or instruction."""
 

@@ -35,10 +35,7 @@ import time
 import traceback
 from typing import Any
 
-from builtin_interfaces.msg import Duration, Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import TwistStamped
-import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -52,46 +49,27 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    QoSDurabilityPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image, JointState, TimeReference
-from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
-from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
 
 from ..accel.registry import accelerate, update_options
-from ..control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner, Tick
+from ..control.batching import BatchWorker
+from ..control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner
 from ..control.safety import SafetyLimits
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
-from ..policy import (
-    CheckpointError,
-    InputError,
-    PolicyError,
-    StepInfo,
-    load_policy,
-    set_cpu_threads,
-)
-from ..policy.actions import ACTION_DIM, ACTION_NAMES, GRIPPER
+from ..policy import CheckpointError, InputError, PolicyError, load_policy, set_cpu_threads
+from ..policy.actions import ACTION_DIM, ACTION_NAMES
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
-from ..viz.debug_view import render_debug
-from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
+from .robot_io import RobotIO, key_values
 
 ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 LIST_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY,
               str: ParameterType.PARAMETER_STRING_ARRAY}
-INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.VOLATILE)
-RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
-                                 durability=QoSDurabilityPolicy.VOLATILE)
 # A final hold waits at most this long for reliable subscribers' acks; Fast DDS acknowledges
 # on its writer's heartbeat, measured here at up to about 1 s after the sample arrived.
 ACK_TIMEOUT_S = 1.0
@@ -102,6 +80,9 @@ def descriptor(p) -> ParameterDescriptor:
         return ParameterDescriptor(description=f'{p.description} (unset: the preset decides)',
                                    read_only=p.read_only, dynamic_typing=True)
     d = p.default
+    if isinstance(d, list) and not d:  # an empty list has no type of its own: checked here
+        return ParameterDescriptor(description=p.description, read_only=p.read_only,
+                                   dynamic_typing=True)
     kind = LIST_TYPES[type(d[0])] if isinstance(d, list) else ROS_TYPES[type(d)]
     desc = ParameterDescriptor(type=kind, description=p.description, read_only=p.read_only)
     if p.choices:
@@ -126,20 +107,17 @@ class PolicyNode(LifecycleNode):
         if self._post_set:
             self.add_post_set_parameters_callback(self._on_parameters_set)
         self.policy = None
-        self.runner: PolicyRunner | None = None
+        self.robots: list[RobotIO] = []  # one (unnamed) for a single robot, while configured
+        self.batcher: BatchWorker | None = None  # serves several robots' runners
+        self._robot_services: list[Any] = []
         self.loop: FixedRateLoop | None = None  # the control tick, while active
         self.tick_error = ''  # the last tick's exception, reported until a tick succeeds
-        self.joint_state: JointState | None = None
         self.state_label = 'unconfigured'
         self.stop_reason = 'not activated yet'  # why the node is not commanding
         self.exit_reason = ''  # set before the shutdown transition of a process exit
         self.model_label = ''
         self.chunk_steps_from = ''  # 'model', 'default' or 'parameter': whose chunk_steps runs
         self.cpu_threads = 0  # set at configure
-        self._pub: dict[str, Any] = {}  # lifecycle publishers, while configured
-        self._subs: list[Any] = []  # input subscriptions, while configured
-        self.camera_topic = ''  # resolved camera topic, while configured
-        self._debug_frame: np.ndarray | None = None
         self._log = ThrottledLog(period_s=1.0)
         # A tick and a final hold never interleave; after the final hold no tick publishes.
         self._output_lock = threading.Lock()
@@ -176,46 +154,57 @@ class PolicyNode(LifecycleNode):
                                       f'this node commands {ACTION_DIM}-D ones '
                                       f'({", ".join(ACTION_NAMES)})')
             self.policy = accelerate(plain_policy, c.accel.names, c.accel.options)
-            self.policy.warm_up()  # the first real step as fast as the tenth
+            if c.robots:  # one model, a batch of robots: the batched path, warmed up too
+                self.policy.serve(c.max_batch)
+                self.policy.warm_up_batch()
+            else:
+                self.policy.warm_up()  # the first real step as fast as the tenth
         except (PolicyError, ValueError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
             self.stop_reason = f'configure failed: {exc}'
             return TransitionCallbackReturn.FAILURE
         self.model_label = c.model or 'default'
-        self.runner = PolicyRunner(
-            self.policy, SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-            c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now,
-            chunks=self._chunks(), control_period_s=c.control_period_s)
-        outputs = {
-            'twist': (TwistStamped, '~/delta_twist_cmds'),
-            'array': (Float64MultiArray, '~/commands'),
-            'trajectory': (JointTrajectory, '~/joint_trajectory'),
-            'gripper': (Float64, '~/gripper_cmd'),
-            'raw': (Float64MultiArray, '~/raw_action'),
-        }
-        for name in c.outputs:
-            msg_type, topic = outputs[name]
-            self._pub[name] = self.create_lifecycle_publisher(msg_type, topic, 10)
-        self._pub['timing'] = self.create_lifecycle_publisher(TimeReference, '~/command_timing',
-                                                              10)
-        if c.debug_image:
-            self._pub['debug'] = self.create_lifecycle_publisher(Image, '~/debug_image', 1)
-        self._create_inputs()
+        lock = threading.Condition()  # a server's robots share it: any robot wakes the worker
+        for name in c.robots or ('',):
+            runner = PolicyRunner(
+                self.policy.for_robot() if c.robots else self.policy,
+                SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
+                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now,
+                chunks=self._chunks(), control_period_s=c.control_period_s,
+                lock=lock if c.robots else None)
+            self.robots.append(RobotIO(self, name, runner, c, self._on_instruction))
+        if c.robots:
+            self.batcher = BatchWorker(self.policy, [r.runner for r in self.robots], lock,
+                                       c.batch_window_s, c.max_batch)
+            self._robot_services = [
+                service for robot in self.robots for service in (
+                    self.create_service(Trigger, robot.private('reset'),
+                                        lambda req, res, robot=robot: self._on_reset(
+                                            req, res, robot)),
+                    self.create_service(SetBool, robot.private('enable'),
+                                        lambda req, res, robot=robot: self._on_enable(
+                                            req, res, robot)))]
         if c.instruction:  # the parameter's text passed the text rule; now the token limit
-            self._follow(c.instruction)
+            for robot in self.robots:
+                self._follow(robot, c.instruction)
         self.state_label, self.stop_reason = 'inactive', 'configured, not activated'
         self.get_logger().info(f'model loaded ({self.model_label}, {c.device}, {c.dtype}, '
                                f'quantize {c.quantize}, '
                                f'{self.cpu_threads} CPU threads, '
                                f'accel {list(c.accel.names)} {c.accel.options}); '
-                               f'outputs: {list(c.outputs)}')
+                               f'outputs: {list(c.outputs)}'
+                               + (f'; robots {list(c.robots)}, batches of up to {c.max_batch} '
+                                  f'within {c.batch_window_s:g} s' if c.robots else ''))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # outputs enabled before the first tick
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self.runner.start()
+        if self.batcher is not None:
+            self.batcher.start([r.runner for r in self.robots if r.enabled])
+        else:
+            self.robots[0].runner.start()
         with self._output_lock:
             self._commanding = True
         self.loop = FixedRateLoop(self.config.control_period_s, self._on_control_tick, self._now,
@@ -248,58 +237,36 @@ class PolicyNode(LifecycleNode):
         self.state_label = 'unconfigured'
         return TransitionCallbackReturn.SUCCESS
 
-    def _create_inputs(self) -> None:
-        """Subscribe to the camera, the instruction and the joint states (configure)."""
-        c = self.config
-        camera_qos = qos_profile_sensor_data if c.image_reliability == 'best_effort' \
-            else RELIABLE_CAMERA_QOS
-        if c.image_transport == 'compressed':
-            camera = self.create_subscription(CompressedImage, 'image_raw/compressed',
-                                              self._on_compressed, camera_qos)
-        else:
-            camera = self.create_subscription(Image, 'image_raw', self._on_image, camera_qos)
-        self.camera_topic = camera.topic_name  # with remappings applied, for the diagnostics
-        # The instruction topic, like every input, exists only while configured; before
-        # configure, the `instruction` parameter sets the task (configure follows it).
-        instruction = self.create_subscription(String, 'instruction', self._on_instruction,
-                                               INSTRUCTION_QOS)
-        joints = self.create_subscription(JointState, 'joint_states', self._on_joint_state,
-                                          qos_profile_sensor_data)
-        self._subs = [camera, instruction, joints]
-
     def _release(self, also: tuple | list = ()) -> None:
         """Destroy what configure made, once reliable subscribers have the last hold."""
-        wait_for_acks([*self._pub.values(), *also])
-        for pub in self._pub.values():
-            self.destroy_lifecycle_publisher(pub)
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._pub.clear()
-        self._subs.clear()
-        self.camera_topic = ''
-        self.policy = self.runner = None
-        self.joint_state = self._debug_frame = None
+        wait_for_acks([*(p for r in self.robots for p in r.pub.values()), *also])
+        for robot in self.robots:
+            robot.destroy()
+        for service in self._robot_services:
+            self.destroy_service(service)
+        self.robots, self._robot_services = [], []
+        self.policy = self.batcher = None
 
     def _final_hold(self, reason: str) -> None:
-        """Stop the tick and the worker, after exactly one hold that says why."""
+        """Stop the tick and the worker, after exactly one hold per robot that says why."""
         with self._output_lock:
             self._commanding = False
-            if self.runner is not None and self._pub:
-                # From inactive (cleanup, shutdown) the outputs are disabled: the hold still
-                # goes out, through outputs enabled for that one message.
-                disabled = [p for p in self._pub.values() if not p.is_activated]
-                for pub in disabled:
-                    pub.on_activate(None)
-                self._publish(self.runner.final_hold(reason))
-                for pub in disabled:
-                    pub.on_deactivate(None)
+            if self.robots and self.robots[0].pub:
+                for robot in self.robots:
+                    # From inactive (cleanup, shutdown) the outputs are disabled: the hold
+                    # still goes out, through outputs enabled for that one message.
+                    if robot.enabled:
+                        robot.publish_through_disabled(robot.runner.final_hold(reason),
+                                                       self.get_clock().now().to_msg())
                 self.get_logger().info(f'final hold: {reason}')
         self.stop_reason = reason
         if self.loop is not None:  # a tick still running sees _commanding off and returns
             self.loop.stop()
             self.loop = None
-        if self.runner is not None:
-            self.runner.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
+        for robot in self.robots:
+            robot.runner.stop()
 
     def exit(self, reason: str) -> None:
         """
@@ -322,57 +289,35 @@ class PolicyNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_image(self, msg: Image) -> None:
-        self._submit(image_to_rgb, msg)
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._submit(compressed_to_rgb, msg)
-
-    def _submit(self, convert, msg) -> None:
-        runner = self.runner
-        if runner is None:
-            return
-        stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        try:
-            rgb = convert(msg, self.config.max_image_pixels)
-        except InputError as exc:
-            runner.reject_frame(str(exc))
-            self._warn_rejected_frame(exc)
-            return
-        try:
-            runner.submit_frame(rgb, stamp_ns or None)  # counts its own rejections
-        except InputError as exc:
-            self._warn_rejected_frame(exc)
-
-    def _warn_rejected_frame(self, exc: InputError) -> None:
-        if line := self._log(f'camera: {exc}', f'rejected camera frame: {exc}'):
-            self.get_logger().warning(line)
-
-    def _on_instruction(self, msg: String) -> None:
+    def _on_instruction(self, robot: RobotIO, msg: String) -> None:
         """Follow the topic's text if it passes the rule; stop otherwise."""
         with self._instruction_lock:
-            runner = self.runner
-            if runner is not None and msg.data.strip() == runner.instruction and msg.data:
+            if msg.data.strip() == robot.runner.instruction and msg.data:
                 return  # the usual re-send of the current task: nothing to do
-            self._follow(msg.data)
+            self._follow(robot, msg.data)
 
-    def _follow(self, text: str) -> None:
-        """Follow `text` ('' = none), or stop on a rejected one; the parameter shows it."""
+    def _follow(self, robot: RobotIO, text: str) -> None:
+        """
+        Have `robot` follow `text` ('' = none), or stop it on a rejected one.
+
+        The single robot's `instruction` parameter shows what it follows; a server's robots
+        each follow their own topic (the parameter gives them all one instruction).
+        """
         with self._instruction_lock:
             if text:
                 try:
                     text = self._check_instruction(text)
                 except InputError as exc:
-                    if self.runner is not None:
-                        self.runner.reject_input(f'instruction rejected: {exc}')
-                    if line := self._log(f'instruction: {exc}',
-                                         f'instruction rejected, stopping: {exc}'):
+                    robot.runner.reject_input(f'instruction rejected: {exc}')
+                    if line := robot.log(f'instruction: {exc}',
+                                         f'{robot.where}instruction rejected, stopping: {exc}'):
                         self.get_logger().error(line)
                     text = ''
-            if self.runner is not None and self.runner.set_instruction(text) \
-                    and (line := self._log('episode', f'new episode: {text!r}')):
+            if robot.runner.set_instruction(text) \
+                    and (line := robot.log('episode',
+                                           f'{robot.where}new episode: {text!r}')):
                 self.get_logger().info(line)
-            if self.get_parameter('instruction').value != text:
+            if not robot.name and self.get_parameter('instruction').value != text:
                 self._syncing_instruction = True
                 try:
                     self.set_parameters([Parameter('instruction', Parameter.Type.STRING, text)])
@@ -381,24 +326,56 @@ class PolicyNode(LifecycleNode):
 
     def _check_instruction(self, text: str) -> str:
         """Apply the one instruction rule (text, then the policy's token limit when loaded)."""
-        return self.runner.check_instruction(text) if self.runner is not None \
+        return self.policy.check_instruction(text) if self.policy is not None \
             else check_instruction(text)
 
-    def _on_reset(self, request, response):
+    def _on_reset(self, request, response, robot: RobotIO | None = None):
         """Start a new episode (same instruction): the queue and the reuse memory empty."""
-        if self.runner is None:
+        robots = self.robots if robot is None else [robot]
+        if not robots:
             response.success, response.message = False, f'not configured ({self.state_label})'
             return response
-        self.runner.reset_episode()
-        self.get_logger().info('episode reset')
-        response.success, response.message = True, f'new episode: {self.runner.instruction!r}'
+        for r in robots:
+            r.runner.reset_episode()
+            self.get_logger().info(f'{r.where}episode reset')
+        response.success = True
+        response.message = '; '.join(f'{r.where}new episode: {r.runner.instruction!r}'
+                                     for r in robots)
         return response
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        self.joint_state = msg
+    def _on_enable(self, request, response, robot: RobotIO):
+        """
+        Start (true) or stop (false) commanding one robot of a server: its own lifecycle.
+
+        Disabling sends that robot one hold and stops asking for its inferences; the other
+        robots go on. Enabling starts it again (a new episode, the same instruction).
+        """
+        with self._output_lock:
+            if request.data == robot.enabled:
+                response.success = True
+            elif not request.data:
+                robot.enabled = False
+                robot.stop_reason = f'disabled by {robot.private("enable")}'
+                if self._commanding:
+                    robot.publish(robot.runner.final_hold(robot.stop_reason),
+                                  self.get_clock().now().to_msg())
+                robot.runner.stop()
+                response.success = True
+            else:
+                robot.enabled, robot.stop_reason = True, ''
+                robot.runner.reset_episode()
+                if self._commanding and self.batcher is not None:
+                    self.batcher.start([robot.runner])
+                response.success = True
+        response.message = f'{robot.name}: {"enabled" if robot.enabled else "disabled"}'
+        self.get_logger().info(response.message)
+        return response
 
     def _parameter_values(self) -> dict[str, Any]:
-        return {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
+        values = {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
+        if values['robots'] is None:  # `robots:=[]` leaves it unset
+            values['robots'] = []
+        return values
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Accept or refuse a change, saying why; its side effects come once it is stored."""
@@ -448,16 +425,23 @@ class PolicyNode(LifecycleNode):
         self.config = build_config(values)
         c = self.config
         changes_instruction = any(p.name == 'instruction' for p in params)
-        if self.runner is not None:
-            self.runner.reconfigure(
+        for robot in self.robots:
+            robot.config = c
+            robot.runner.reconfigure(
                 SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
                 c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, self._chunks())
-            if changes_instruction and not self._syncing_instruction \
-                    and self.runner.set_instruction(c.instruction):
-                self.get_logger().info(f'new episode: {c.instruction!r}')
-            if any(p.name in ACCEL_PARAMS for p in params):  # live options, at the next step
-                policy, accel = self.policy, c.accel
-                self.runner.update_policy(lambda: update_options(policy, accel.options))
+            if changes_instruction and not self._syncing_instruction:
+                if robot.name:
+                    self._follow(robot, c.instruction)
+                elif robot.runner.set_instruction(c.instruction):
+                    self.get_logger().info(f'new episode: {c.instruction!r}')
+        if self.batcher is not None:
+            self.batcher.window_s = c.batch_window_s
+        if any(p.name in ACCEL_PARAMS for p in params):  # live options, at the next step
+            for robot in self.robots:
+                hooks = robot.runner.policy.composition.hooks
+                robot.runner.update_policy(
+                    lambda hooks=hooks: update_options(hooks, c.accel.options))
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -468,102 +452,40 @@ class PolicyNode(LifecycleNode):
 
     def _on_control_tick(self, planned: float) -> None:
         with self._output_lock:
-            if not self._commanding or self.runner is None:
+            if not self._commanding:
                 return
-            tick = self.runner.tick(planned)
-            if tick.kind == 'hold':
-                self.get_logger().error(f'holding: {tick.fault}')
-            self._publish(tick)
+            stamp = self.get_clock().now().to_msg()
+            for robot in self.robots:
+                if robot.enabled:
+                    tick = robot.runner.tick(planned)
+                    if tick.kind == 'hold':
+                        self.get_logger().error(f'{robot.where}holding: {tick.fault}')
+                    robot.publish(tick, stamp)
             self.tick_error = ''
-
-    def _publish(self, tick: Tick) -> None:
-        """
-        Publish a command on every chosen output.
-
-        A hold is zero motion; its gripper entry is the last gripper command, or NaN ("no
-        gripper command", nothing on ~/gripper_cmd) before there was one.
-        """
-        if tick.command is None:
-            return
-        stamp = self.get_clock().now().to_msg()
-        cmd = tick.command
-        period = self.config.control_period_s
-        if 'twist' in self._pub:
-            msg = TwistStamped()
-            msg.header.stamp, msg.header.frame_id = stamp, self.config.command_frame_id
-            v = cmd / period
-            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, v[:3])
-            msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = map(float, v[3:6])
-            self._pub['twist'].publish(msg)
-        if 'array' in self._pub:
-            self._pub['array'].publish(float_array(cmd, 'action'))
-        if 'gripper' in self._pub and not np.isnan(cmd[GRIPPER]):
-            self._pub['gripper'].publish(Float64(data=float(cmd[GRIPPER])))
-        if 'raw' in self._pub and tick.raw is not None:
-            self._pub['raw'].publish(float_array(tick.raw, 'raw_action'))
-        if 'trajectory' in self._pub:
-            self._pub['trajectory'].publish(self._trajectory(tick, stamp, period))
-        if 'debug' in self._pub:
-            self._publish_debug(tick, stamp)
-        self._pub['timing'].publish(command_timing(tick))
-
-    def _publish_debug(self, tick: Tick, stamp) -> None:
-        """Draw the command over the frame it came from (a hold: over the last one)."""
-        if tick.frame is not None:
-            self._debug_frame = tick.frame
-        if self._debug_frame is None or not self._pub['debug'].get_subscription_count():
-            return
-        info = tick.info
-        image = render_debug(self._debug_frame, tick.command, kind=tick.kind,
-                             reused=bool(info and info.reused),
-                             kept=info.kept_indices if info else None,
-                             tokens=info.visual_tokens if info else 0,
-                             max_step=float(np.max(np.abs(self.config.action_upper[:2]))))
-        self._pub['debug'].publish(rgb_to_image(image, stamp))
-
-    def _trajectory(self, tick: Tick, stamp, period: float) -> JointTrajectory:
-        """Execute the chunk as timed points; a hold is an empty trajectory (stop)."""
-        msg = JointTrajectory()
-        msg.header.stamp = stamp
-        msg.joint_names = list(self.config.joint_names)
-        if tick.kind == 'action':
-            for i, values in enumerate([tick.command, *tick.remaining], start=1):
-                nanos = int(round(i * period * 1e9))
-                msg.points.append(JointTrajectoryPoint(
-                    positions=[float(v) for v in values],
-                    time_from_start=Duration(sec=nanos // 10**9, nanosec=nanos % 10**9)))
-        return msg
 
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
-        accel = self.config.accel
+        c = self.config
         values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
-                                  'device': self.config.device, 'dtype': self.config.dtype,
-                                  'quantize': self.config.quantize,
-                                  'cpu_threads': self.cpu_threads,
-                                  'control_rate_hz': self.config.control_rate_hz,
-                                  'accel': '+'.join(accel.names) or 'none',
-                                  'accel_options': accel.options,
+                                  'device': c.device, 'dtype': c.dtype,
+                                  'quantize': c.quantize, 'cpu_threads': self.cpu_threads,
+                                  'control_rate_hz': c.control_rate_hz,
+                                  'accel': '+'.join(c.accel.names) or 'none',
+                                  'accel_options': c.accel.options,
                                   'stop_reason': self.stop_reason}
-        warnings = {}  # reason -> text
-        camera_topic = self.camera_topic
-        if camera_topic:  # configured: the camera subscription exists
-            camera_publishers = values['camera_publishers'] = self.count_publishers(camera_topic)
-            if camera_publishers > 1:
-                warnings['camera publishers'] = \
-                    f'{camera_publishers} publishers on {camera_topic}'
-        runner = self.runner
-        if runner is not None:
-            s = runner.status()
-            values.update(s)
+        warnings: dict[str, str] = {}  # reason -> text
+        robot_fault = ''
+        now = self._now()
+        robots = list(self.robots)
+        if robots and not robots[0].name:  # the single robot: its values are the node's
+            robot_values, warnings, robot_fault = robots[0].values(now)
+            values.update(robot_values)
             values['chunk_steps_from'] = self.chunk_steps_from
-            values.update(policy_values(runner.last_info))
-            if s['warning']:
-                warnings['latency'] = s['warning']
-            if self.joint_state is not None:
-                age = self._now() - (self.joint_state.header.stamp.sec
-                                     + self.joint_state.header.stamp.nanosec * 1e-9)
-                values['joint_state_age_s'] = round(age, 3)
+        elif robots:
+            values.update(robots=','.join(r.name for r in robots),
+                          chunk_steps_from=self.chunk_steps_from)
+            if self.batcher is not None:
+                values.update(self.batcher.status())
         loop = self.loop
         tick_fault = self.tick_error
         if loop is not None:
@@ -576,8 +498,8 @@ class PolicyNode(LifecycleNode):
             status.message = f'{self.state_label}: not commanding ({self.stop_reason})'
         elif tick_fault:
             status.level, status.message = DiagnosticStatus.ERROR, tick_fault
-        elif runner is not None and s['fault']:
-            status.level, status.message = DiagnosticStatus.ERROR, s['fault']
+        elif robot_fault:
+            status.level, status.message = DiagnosticStatus.ERROR, robot_fault
         elif warnings:
             status.level, status.message = DiagnosticStatus.WARN, '; '.join(warnings.values())
         else:
@@ -585,55 +507,20 @@ class PolicyNode(LifecycleNode):
         for reason, text in warnings.items():
             if line := self._log(reason, text, period_s=30.0):
                 self.get_logger().warning(line)
-        status.values = [KeyValue(key=k, value=fmt(v)) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        status.values = key_values(values)
+        statuses = [status]
+        if robots and robots[0].name:
+            state = 'active' if self.state_label == 'active' and not tick_fault else \
+                (tick_fault or f'{self.state_label}: {self.stop_reason}')
+            statuses += [robot.status(now, self.model_label, state) for robot in robots]
+        msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics.publish(msg)
-
-
-def policy_values(info: StepInfo | None) -> dict[str, Any]:
-    """Report the last prediction's info: scalars as they are, FLOPs in GFLOPs."""
-    if info is None:
-        return {}
-    values = {f'policy_{k}': v for k, v in info.scalars().items()
-              if v is None or isinstance(v, (bool, int, float, str))}
-    values['policy_gflops_step'] = values.pop('policy_flops_step') / 1e9
-    return values
-
-
-def command_timing(tick: Tick) -> TimeReference:
-    """
-    Say when a command was due and which camera frame it came from (~/command_timing).
-
-    header.stamp: the tick's planned time (node clock); time_ref: the stamp of the camera
-    frame the action was computed from (zero for a hold); source: 'action' or 'hold';
-    header.frame_id: the episode number. Published right after the command itself, so that a
-    subscriber that is not the node can measure tick lateness and frame-to-command latency.
-    """
-    msg = TimeReference(source=tick.kind)
-    msg.header.stamp = time_msg(round(tick.planned * 1e9))
-    msg.header.frame_id = str(tick.episode)
-    msg.time_ref = time_msg(tick.source_stamp_ns)
-    return msg
-
-
-def time_msg(nanos: int) -> Time:
-    return Time(sec=nanos // 10**9, nanosec=nanos % 10**9)
 
 
 def plain(value: Any) -> Any:
     """Return array parameters (rclpy gives array.array) as lists, other values as they are."""
     return list(value) if isinstance(value, array.array) else value
-
-
-def fmt(v: Any) -> str:
-    return f'{v:.3f}' if isinstance(v, float) else str(v)
-
-
-def float_array(values: np.ndarray, label: str) -> Float64MultiArray:
-    msg = Float64MultiArray(data=[float(v) for v in values])
-    msg.layout.dim = [MultiArrayDimension(label=label, size=len(values), stride=len(values))]
-    return msg
 
 
 def wait_for_acks(publishers, timeout_s: float = ACK_TIMEOUT_S) -> bool:

@@ -1,0 +1,304 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+One robot's topics on the policy node: its camera and joint states in, its commands out.
+
+The single-robot node has one `RobotIO` with no name: `image_raw`, `~/commands`, `~/reset`.
+A server for several robots has one per robot, each under the robot's namespace, with the
+topics a single-robot node in that namespace would have (`r1/image_raw`,
+`r1/policy_node/commands`, `r1/policy_node/reset`), so a robot's side is the same either way.
+All real-time logic stays in its `PolicyRunner`; this turns messages into calls and results
+into messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+import numpy as np
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CompressedImage, Image, JointState, TimeReference
+from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ..control.runner import PolicyRunner, Tick
+from ..control.throttle import ThrottledLog
+from ..params import NodeConfig
+from ..policy import InputError, StepInfo
+from ..policy.actions import GRIPPER
+from ..viz.debug_view import render_debug
+from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
+
+INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.VOLATILE)
+RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                                 durability=QoSDurabilityPolicy.VOLATILE)
+OUTPUTS = {
+    'twist': (TwistStamped, 'delta_twist_cmds'),
+    'array': (Float64MultiArray, 'commands'),
+    'trajectory': (JointTrajectory, 'joint_trajectory'),
+    'gripper': (Float64, 'gripper_cmd'),
+    'raw': (Float64MultiArray, 'raw_action'),
+}
+
+
+class RobotIO:
+    """A robot's subscriptions, lifecycle publishers and runner on the node `node`."""
+
+    def __init__(self, node: Any, name: str, runner: PolicyRunner, config: NodeConfig,
+                 on_instruction) -> None:
+        self.node, self.name, self.runner = node, name, runner
+        self.label = name or node.get_name()  # in logs and diagnostics
+        self.enabled = True  # a server's robot may be disabled alone (its enable service)
+        self.stop_reason = ''  # why this robot alone is not commanding ('' when it is)
+        self.joint_state: JointState | None = None
+        self._debug_frame: np.ndarray | None = None
+        self.log = ThrottledLog(period_s=1.0)
+        self.pub: dict[str, Any] = {}
+        for output in config.outputs:
+            msg_type, topic = OUTPUTS[output]
+            self.pub[output] = node.create_lifecycle_publisher(msg_type, self.private(topic), 10)
+        self.pub['timing'] = node.create_lifecycle_publisher(
+            TimeReference, self.private('command_timing'), 10)
+        if config.debug_image:
+            self.pub['debug'] = node.create_lifecycle_publisher(
+                Image, self.private('debug_image'), 1)
+        camera_qos = qos_profile_sensor_data if config.image_reliability == 'best_effort' \
+            else RELIABLE_CAMERA_QOS
+        if config.image_transport == 'compressed':
+            camera = node.create_subscription(CompressedImage, self.input('image_raw/compressed'),
+                                              self._on_compressed, camera_qos)
+        else:
+            camera = node.create_subscription(Image, self.input('image_raw'), self._on_image,
+                                              camera_qos)
+        self.camera_topic = camera.topic_name  # with remappings applied, for the diagnostics
+        # The instruction topic, like every input, exists only while configured.
+        self.subs = [
+            camera,
+            node.create_subscription(String, self.input('instruction'),
+                                     lambda msg: on_instruction(self, msg), INSTRUCTION_QOS),
+            node.create_subscription(JointState, self.input('joint_states'),
+                                     self._on_joint_state, qos_profile_sensor_data)]
+        self.config = config
+
+    # -- names -----------------------------------------------------------------------------
+
+    def input(self, topic: str) -> str:
+        """An input topic: relative, under the robot's namespace."""
+        return f'{self.name}/{topic}' if self.name else topic
+
+    def private(self, topic: str) -> str:
+        """An output or service: the node's private name, under the robot's namespace."""
+        return f'{self.name}/{self.node.get_name()}/{topic}' if self.name else f'~/{topic}'
+
+    def destroy(self) -> None:
+        for pub in self.pub.values():
+            self.node.destroy_lifecycle_publisher(pub)
+        for sub in self.subs:
+            self.node.destroy_subscription(sub)
+        self.pub.clear()
+        self.subs.clear()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def _on_image(self, msg: Image) -> None:
+        self._submit(image_to_rgb, msg)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._submit(compressed_to_rgb, msg)
+
+    def _submit(self, convert, msg) -> None:
+        stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        try:
+            rgb = convert(msg, self.config.max_image_pixels)
+        except InputError as exc:
+            self.runner.reject_frame(str(exc))
+            self._warn_rejected_frame(exc)
+            return
+        try:
+            self.runner.submit_frame(rgb, stamp_ns or None)  # counts its own rejections
+        except InputError as exc:
+            self._warn_rejected_frame(exc)
+
+    def _warn_rejected_frame(self, exc: InputError) -> None:
+        if line := self.log(f'camera: {exc}', f'{self.where}rejected camera frame: {exc}'):
+            self.node.get_logger().warning(line)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        self.joint_state = msg
+
+    @property
+    def where(self) -> str:
+        """Prefix of this robot's log lines ('' for the single robot)."""
+        return f'[{self.name}] ' if self.name else ''
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def publish(self, tick: Tick, stamp) -> None:
+        """
+        Publish a command on every chosen output.
+
+        A hold is zero motion; its gripper entry is the last gripper command, or NaN ("no
+        gripper command", nothing on ~/gripper_cmd) before there was one.
+        """
+        if tick.command is None:
+            return
+        cmd = tick.command
+        period = self.config.control_period_s
+        if 'twist' in self.pub:
+            msg = TwistStamped()
+            msg.header.stamp, msg.header.frame_id = stamp, self.config.command_frame_id
+            v = cmd / period
+            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, v[:3])
+            msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = map(float, v[3:6])
+            self.pub['twist'].publish(msg)
+        if 'array' in self.pub:
+            self.pub['array'].publish(float_array(cmd, 'action'))
+        if 'gripper' in self.pub and not np.isnan(cmd[GRIPPER]):
+            self.pub['gripper'].publish(Float64(data=float(cmd[GRIPPER])))
+        if 'raw' in self.pub and tick.raw is not None:
+            self.pub['raw'].publish(float_array(tick.raw, 'raw_action'))
+        if 'trajectory' in self.pub:
+            self.pub['trajectory'].publish(self._trajectory(tick, stamp, period))
+        if 'debug' in self.pub:
+            self._publish_debug(tick, stamp)
+        self.pub['timing'].publish(command_timing(tick))
+
+    def publish_through_disabled(self, tick: Tick, stamp) -> None:
+        """Publish `tick` (a final hold) even from inactive: outputs enabled for it alone."""
+        disabled = [p for p in self.pub.values() if not p.is_activated]
+        for pub in disabled:
+            pub.on_activate(None)
+        self.publish(tick, stamp)
+        for pub in disabled:
+            pub.on_deactivate(None)
+
+    def _publish_debug(self, tick: Tick, stamp) -> None:
+        """Draw the command over the frame it came from (a hold: over the last one)."""
+        if tick.frame is not None:
+            self._debug_frame = tick.frame
+        if self._debug_frame is None or not self.pub['debug'].get_subscription_count():
+            return
+        info = tick.info
+        image = render_debug(self._debug_frame, tick.command, kind=tick.kind,
+                             reused=bool(info and info.reused),
+                             kept=info.kept_indices if info else None,
+                             tokens=info.visual_tokens if info else 0,
+                             max_step=float(np.max(np.abs(self.config.action_upper[:2]))))
+        self.pub['debug'].publish(rgb_to_image(image, stamp))
+
+    def _trajectory(self, tick: Tick, stamp, period: float) -> JointTrajectory:
+        """Execute the chunk as timed points; a hold is an empty trajectory (stop)."""
+        msg = JointTrajectory()
+        msg.header.stamp = stamp
+        msg.joint_names = list(self.config.joint_names)
+        if tick.kind == 'action':
+            for i, values in enumerate([tick.command, *tick.remaining], start=1):
+                nanos = int(round(i * period * 1e9))
+                msg.points.append(JointTrajectoryPoint(
+                    positions=[float(v) for v in values],
+                    time_from_start=Duration(sec=nanos // 10**9, nanosec=nanos % 10**9)))
+        return msg
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    def values(self, now: float) -> tuple[dict[str, Any], dict[str, str], str]:
+        """This robot's diagnostic values, its warnings (reason -> text) and its fault."""
+        values: dict[str, Any] = {}
+        warnings: dict[str, str] = {}
+        publishers = values['camera_publishers'] = self.node.count_publishers(self.camera_topic)
+        if publishers > 1:
+            warnings['camera publishers'] = f'{publishers} publishers on {self.camera_topic}'
+        s = self.runner.status()
+        values.update(s)
+        values.update(policy_values(self.runner.last_info))
+        if s['warning']:
+            warnings['latency'] = s['warning']
+        if self.joint_state is not None:
+            age = now - (self.joint_state.header.stamp.sec
+                         + self.joint_state.header.stamp.nanosec * 1e-9)
+            values['joint_state_age_s'] = round(age, 3)
+        return values, warnings, s['fault']
+
+    def status(self, now: float, hardware_id: str, server_state: str) -> DiagnosticStatus:
+        """A server robot's own /diagnostics entry: its level, message and values."""
+        values, warnings, fault = self.values(now)
+        status = DiagnosticStatus(name=f'flashvla_ros: {self.node.get_name()} {self.name}',
+                                  hardware_id=hardware_id)
+        values = {'robot': self.name, 'enabled': self.enabled,
+                  'stop_reason': self.stop_reason, **values}
+        if server_state != 'active' or not self.enabled:
+            status.level = DiagnosticStatus.WARN
+            status.message = f'not commanding ({self.stop_reason or server_state})'
+        elif fault:
+            status.level, status.message = DiagnosticStatus.ERROR, fault
+        elif warnings:
+            status.level, status.message = DiagnosticStatus.WARN, '; '.join(warnings.values())
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'commanding'
+        status.values = key_values(values)
+        return status
+
+
+def policy_values(info: StepInfo | None) -> dict[str, Any]:
+    """Report the last prediction's info: scalars as they are, FLOPs in GFLOPs."""
+    if info is None:
+        return {}
+    values = {f'policy_{k}': v for k, v in info.scalars().items()
+              if v is None or isinstance(v, (bool, int, float, str))}
+    values['policy_gflops_step'] = values.pop('policy_flops_step') / 1e9
+    return values
+
+
+def command_timing(tick: Tick) -> TimeReference:
+    """
+    Say when a command was due and which camera frame it came from (~/command_timing).
+
+    header.stamp: the tick's planned time (node clock); time_ref: the stamp of the camera
+    frame the action was computed from (zero for a hold); source: 'action' or 'hold';
+    header.frame_id: the episode number. Published right after the command itself, so that a
+    subscriber that is not the node can measure tick lateness and frame-to-command latency.
+    """
+    msg = TimeReference(source=tick.kind)
+    msg.header.stamp = time_msg(round(tick.planned * 1e9))
+    msg.header.frame_id = str(tick.episode)
+    msg.time_ref = time_msg(tick.source_stamp_ns)
+    return msg
+
+
+def time_msg(nanos: int) -> Time:
+    return Time(sec=nanos // 10**9, nanosec=nanos % 10**9)
+
+
+def fmt(v: Any) -> str:
+    return f'{v:.3f}' if isinstance(v, float) else str(v)
+
+
+def key_values(values: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=fmt(v)) for k, v in values.items()]
+
+
+def float_array(values: np.ndarray, label: str) -> Float64MultiArray:
+    msg = Float64MultiArray(data=[float(v) for v in values])
+    msg.layout.dim = [MultiArrayDimension(label=label, size=len(values), stride=len(values))]
+    return msg
