@@ -67,6 +67,32 @@ def tool(name: str) -> str:
     return shutil.which(name) or str(Path(sys.executable).parent / name)
 
 
+def robot_names(count: int) -> list[str]:
+    """The namespaces of `count` robots served by one node: r1, r2, ... ([] for none)."""
+    return [f'r{i + 1}' for i in range(count)]
+
+
+def start_world(robot: str, seed: int, logs: Path, *args: str) -> subprocess.Popen:
+    """A mock world in `robot`'s namespace ('' for none), commanded by the policy node there."""
+    namespace = ['-r', f'__ns:=/{robot}'] if robot else []
+    return subprocess.Popen(
+        [tool('mock_world'), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
+         '-r', 'commands:=policy_node/commands'],
+        stdout=(logs / f'mock_world{"-" + robot if robot else ""}.log').open('w'),
+        stderr=subprocess.STDOUT)
+
+
+def start_policy(model: str, logs: Path, robots: list[str], *params: str,
+                 params_file: Path | None = None) -> subprocess.Popen:
+    """The policy node (a parameter file, else its defaults) serving `robots` or one robot."""
+    robot_param = ['-p', f'robots:=[{", ".join(robots)}]'] if robots else []
+    file = ['--params-file', str(params_file)] if params_file else []
+    return subprocess.Popen(
+        [tool('policy_node'), '--ros-args', *file, '-p', f'model:={model}', *robot_param,
+         *[x for p in params for x in ('-p', p)]],
+        stdout=(logs / 'policy_node.log').open('w'), stderr=subprocess.STDOUT)
+
+
 def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
     """Interrupt every process (a node's final hold goes out), kill what does not exit."""
     for p in procs:
@@ -81,7 +107,11 @@ def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> No
 
 
 class DiagnosticsWatch:
-    """The policy node's newest /diagnostics entry, as a dict (with its `message`)."""
+    """
+    The policy node's newest /diagnostics entry, as a dict (with its `message`).
+
+    A server of several robots also has one entry per robot: `robot(name)`.
+    """
 
     NAME = 'flashvla_ros: policy_node'
 
@@ -89,13 +119,20 @@ class DiagnosticsWatch:
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.status: dict[str, str] = {}
+        self.by_name: dict[str, dict[str, str]] = {}
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
 
     def _on_diagnostics(self, msg) -> None:
         for s in msg.status:
+            values = {kv.key: kv.value for kv in s.values}
+            values['message'] = s.message
+            self.by_name[s.name] = values
             if s.name == self.NAME:  # in place: a caller may keep a reference
                 self.status.clear()
-                self.status.update({kv.key: kv.value for kv in s.values}, message=s.message)
+                self.status.update(values)
+
+    def robot(self, name: str) -> dict[str, str]:
+        return self.by_name.get(f'{self.NAME} {name}', {})
 
 
 class FrameSink:
