@@ -17,9 +17,19 @@
 # without it those rows are refused in the report, with the reason. PART=quantize runs only
 # those rows and the bf16 plain row they compare with (a few minutes), into
 # docs/latency/gpu_quantize.json, leaving gpu.json and the README alone.
+# PART=batch (issue 27): what a batch of robots costs against one, per stage, at OpenVLA-7B
+# and CogACT-7B shapes (batches 1 2 4 8), into docs/multi_robot/gpu_<shapes>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
+if [[ "${PART:-}" == batch ]]; then
+  for shapes in 7b cogact-7b; do
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "${LIMIT_S:-480}" \
+      "$python" -m flashvla_ros.bench.batching --shapes "$shapes" --device cuda \
+      --dtype bfloat16 --batches 1 2 4 8 --json "docs/multi_robot/gpu_$shapes.json"
+  done
+  exit 0
+fi
 args=(--path "${DECODE_PATH:-compiled}")
 if [[ -n "${TINY:-}" ]]; then  # never over the real figures
   args+=(--tiny --device cpu --dtype float32 --steps 8 --json "${JSON:-/tmp/gpu_check_tiny.json}")

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='N mock robots (repeatable; default 1, 2, 4, 8)')
     parser.add_argument('--faults', action='append', choices=('disappear', 'flood', 'none'),
                         help='fault scenarios with 4 robots (default both; none: skip)')
+    parser.add_argument('--modes', default='batched,one', help='batched, one (at a time) or '
+                        'both, comma-separated')
     parser.add_argument('--duration', type=float, default=30.0, help='measured seconds each')
     parser.add_argument('--warmup', type=float, default=8.0,
                         help='seconds after every robot acted before measuring')
@@ -206,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
     logs = Path('build/multi-robot-logs')
     logs.mkdir(parents=True, exist_ok=True)
-    plan = [(f'N={n} {mode}', n, batch, '') for n in args.robots or (1, 2, 4, 8)
-            for mode, batch in (('batched', 8), ('one at a time', 1))]
+    modes = [(name, batch) for key, name, batch in (('batched', 'batched', 8),
+                                                     ('one', 'one at a time', 1))
+             if key in args.modes.split(',')]
+    label = ' '.join(args.param)
+    plan = [(f'N={n} {mode}{" " + label if label else ""}', n, batch, '')
+            for n in args.robots or (1, 2, 4, 8) for mode, batch in modes]
     faults = [f for f in args.faults or ('disappear', 'flood') if f != 'none']
     plan += [(f'N=4 batched, r4 {f}', 4, 8, f) for f in faults]
 

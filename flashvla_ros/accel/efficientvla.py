@@ -367,9 +367,9 @@ class EfficientVLA(Accelerator):
             self._steps += 1
             keep = torch.sort(torch.randperm(n, generator=gen)[:budget]).values
             return keep.to(hidden.device)
-        visual, text = step.layout.visual_present(n), step.layout.text_present(n)
+        visual, text = step.layout.visual_present(n), step.text_present()
         relevance = task_relevance(probes['attention_weights'], visual, text)
-        step.record.scoring.append(('diverse', n, hidden.shape[1] - n))
+        step.record.scoring.append(('diverse', n, hidden.shape[1] - n - step.padding))
         return diverse_selection(relevance, hidden[0, visual], budget, o.key_tokens,
                                  o.relevance_share)
 

@@ -106,15 +106,17 @@ def decode_action(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_pos
     return ids
 
 
-def decode_rows(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_position: int,
-                n: int, drafts: list[list[int]] | None, records: list[StepRecord],
+def decode_rows(llm: Llama, plan: Sequence[int], first: torch.Tensor,
+                next_position: int | torch.Tensor, n: int, drafts: list[list[int]] | None,
+                records: list[StepRecord],
                 step: DecodeOne | None = None, verify: DecodeOne | None = None,
                 forced: int | None = None) -> tuple[list[list[int]], list[bool]]:
     """
     Greedy-decode `n` tokens in each of B rows together (one robot each); `first` is [B, V].
 
     Return each row's tokens and whether all its logits were finite (a NaN in one robot's row
-    is that robot's fault only). `drafts` (one per row, all of n tokens) are verified in one
+    is that robot's fault only). `next_position` may differ per row ([B]: prompts of other
+    lengths, padded: [B, 1]). `drafts` (one per row, all of n tokens) are verified in one
     pass; decoding goes on one by one from the first wrong guess of any row, so a row whose
     guess was longer right decodes its confirmed tokens again (the same greedy choices).
     `forced`: how many guesses count as confirmed (a replay, see `Draft`).
@@ -128,7 +130,7 @@ def decode_rows(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_posit
     if drafts is not None and n > 1 and all(len(d) == n for d in drafts):
         fed = torch.tensor([d[:n - 1] for d in drafts], device=device)
         fed[:, 0] = tokens[:, 0]
-        positions = torch.arange(next_position, next_position + n - 1, device=device)
+        positions = next_position + torch.arange(n - 1, device=device)  # [n-1] or [B, n-1]
         logits = (verify or partial(verify_draft, llm, plan))(fed, positions)
         for record in records:
             record_call(record, n - 1, 0)
@@ -141,7 +143,8 @@ def decode_rows(llm: Llama, plan: Sequence[int], first: torch.Tensor, next_posit
         done = 2 + accepted
         llm.truncate_cache(n - done)  # the entries after the first wrong guess
     for i in range(done, n):
-        position = torch.tensor([next_position + i - 1], device=device)
+        position = next_position + i - 1 if isinstance(next_position, torch.Tensor) \
+            else torch.tensor([next_position + i - 1], device=device)
         for record in records:
             record_call(record, 1, i - 1)
         logits = step(tokens[:, i - 1:i], position)

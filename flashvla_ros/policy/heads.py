@@ -106,7 +106,10 @@ class TokenHead:
         forced = None
         if len(drafts) == 1 and isinstance(drafts[0], Draft):  # a replayed decision
             forced, drafts = drafts[0].accept, [drafts[0].tokens]
-        rows, finite = decode_rows(self.llm, compositions[0].plan, first, steps[0].layout.prefill,
+        starts = {step.layout.prefill for step in steps}  # padded rows: one start each
+        start = starts.pop() if len(starts) == 1 else torch.tensor(
+            [[step.layout.prefill] for step in steps], device=first.device)
+        rows, finite = decode_rows(self.llm, compositions[0].plan, first, start,
                                    self.decoded_tokens,
                                    drafts if all(d is not None for d in drafts) else None,
                                    [s.record for s in steps], self.step, self.verify, forced)

@@ -113,11 +113,19 @@ class _KVBuffers(nn.Module):
 
 
 class KVCache(_KVBuffers):
-    """Keys/values in sequence order; `length` slots are filled."""
+    """
+    Keys/values in sequence order; `length` slots are filled.
+
+    `padded` (a batch of robots whose prompts were padded to one length): the pad tokens,
+    at position -1, are remembered per row and never attended to.
+    """
 
     def __init__(self, *shape_args, **kwargs) -> None:
         super().__init__(*shape_args, **kwargs)
         self.length = 0
+        self.padded = False
+        self.register_buffer('valid', torch.ones(self.k.shape[0], self.capacity, dtype=torch.bool,
+                                                 device=self.k.device), persistent=False)
 
     def reset(self) -> None:
         self.length = 0
@@ -135,14 +143,19 @@ class KVCache(_KVBuffers):
         self.k[:b, :, start:end] = k
         self.v[:b, :, start:end] = v
         self.length = end
-        return (self.k[:b, :, :end], self.v[:b, :, :end],
-                _causal_mask(k.shape[2], end, k.device))
+        mask = _causal_mask(k.shape[2], end, k.device)
+        if self.padded:  # rows [b, 1, T, end]: causal, and no pad key
+            self.valid[:b, start:end] = positions >= 0
+            keys = self.valid[:b, None, None, :end]
+            mask = keys if mask is None else keys & mask
+        return self.k[:b, :, :end], self.v[:b, :, :end], mask
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep the batch rows `rows` (in that order) as the first ones; the others leave."""
         n, end = rows.numel(), self.length
         self.k[:n, :, :end] = self.k[rows, :, :end]
         self.v[:n, :, :end] = self.v[rows, :, :end]
+        self.valid[:n, :end] = self.valid[rows, :end]
 
 
 class StaticKVCache(_KVBuffers):
@@ -324,6 +337,15 @@ class Llama(nn.Module):
             if layer.self_attn.cache is not None:
                 layer.self_attn.cache.reset()
 
+    def pad_cache(self, padded: bool) -> None:
+        """Have the append caches mask pad tokens (position -1) from now on, or not."""
+        for layer in self.model.layers:
+            cache = layer.self_attn.cache
+            if isinstance(cache, KVCache):
+                cache.padded = padded
+            elif padded:
+                raise TypeError('padded batches run the append KV cache only (static_cache off)')
+
     def keep_cache_rows(self, rows: torch.Tensor) -> None:
         """Keep the batch rows `rows` of every layer's KV cache (the append cache only)."""
         for layer in self.model.layers:
@@ -341,7 +363,7 @@ class Llama(nn.Module):
     def rotary(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [T, head_dim] at integer positions, from tables computed once."""
+        """cos/sin tables [..., head_dim] at integer positions, from tables computed once."""
         needed = int(self.cfg.max_position_embeddings)
         if self._rope is None or self._rope[0].device != positions.device \
                 or self._rope[0].dtype != dtype:

@@ -380,14 +380,16 @@ class OpenVLAPolicy:
         One step for each robot, as few forwards as possible: a chunk or that robot's error.
 
         Each robot's gates run on its own memory first, and a robot whose gate reuses never
-        joins the batch. The others run vision, the planned layers and the head as one batch
-        per prompt length (shapes must agree; a selection keeps the same count in every row),
-        each robot's hooks seeing its own row; a gate that stops its robot after a layer
-        takes that row out of the batch. Bad input (InputError) and NaN/inf are one robot's.
+        joins the batch. The others run vision, the planned layers and the head as batches of
+        up to `max_batch` rows, each robot's hooks seeing its own row (a selection keeps the
+        same count in every row, so shapes agree); a gate that stops its robot after a layer
+        takes that row out of the batch. Shorter prompts are padded after the visual tokens
+        to the batch's longest: pad tokens sit at position -1 and no token attends to them.
+        Bad input (InputError) and NaN/inf are one robot's.
         """
         clock = Stopwatch(self.device)
         results: list[ActionChunk | Exception | None] = [None] * len(requests)
-        groups: dict[int, list[tuple[int, RobotPolicy, Step, torch.Tensor]]] = {}
+        waiting: list[tuple[int, RobotPolicy, Step, torch.Tensor]] = []
         for i, (robot, observation) in enumerate(requests):
             try:
                 check_rgb(observation.rgb)
@@ -409,15 +411,15 @@ class OpenVLAPolicy:
                 record.stopped = True
                 results[i] = self._reused(step, clock, robot.composition)
             else:
-                groups.setdefault(ids.numel(), []).append((i, robot, step, ids))
-        for group in groups.values():
-            for size in range(0, len(group), self.max_batch):
-                self._forward_rows(group[size:size + self.max_batch], clock, results)
+                waiting.append((i, robot, step, ids))
+        waiting.sort(key=lambda row: row[3].numel())  # several batches: alike lengths together
+        for start in range(0, len(waiting), self.max_batch):
+            self._forward_rows(waiting[start:start + self.max_batch], clock, results)
         return results  # type: ignore[return-value]  # every entry is set
 
     def _forward_rows(self, rows: list[tuple[int, RobotPolicy, Step, torch.Tensor]],
                       clock: Stopwatch, results: list) -> None:
-        """Run vision, the planned layers and the head for robots of one prompt length."""
+        """Run vision, the planned layers and the head for one batch of robots."""
         steps = [step for _, _, step, _ in rows]
         compositions = [robot.composition for _, robot, _, _ in rows]
         for step in steps:
@@ -430,8 +432,9 @@ class OpenVLAPolicy:
         for step in steps:
             step.record.vision = True
         clock.mark('vision')
-        llm, layout = self.model.language_model, steps[0].layout
-        sequence = layout.assemble(llm.embed(torch.stack([ids for *_, ids in rows])), patches)
+        llm, layout = self.model.language_model, steps[-1].layout  # the longest prompt
+        text, positions = self._padded_prompts([ids for *_, ids in rows], steps)
+        sequence = layout.assemble(llm.embed(text), patches)
         for row, step in enumerate(steps):
             step.decoder_input = sequence[row:row + 1]
         active = list(range(len(rows)))  # the batch's rows -> `rows` index
@@ -440,7 +443,7 @@ class OpenVLAPolicy:
         def after_layer(layer: int, hidden: torch.Tensor, probes: dict[str, torch.Tensor]):
             outcomes = []
             for row, g in enumerate(active):
-                steps[g].record.layer_tokens[layer] = hidden.shape[1]
+                steps[g].record.layer_tokens[layer] = hidden.shape[1] - steps[g].padding
                 mine = {kind: probe[row:row + 1] for kind, probe in probes.items()}
                 outcomes.append(compositions[g].after_layer(steps[g], layer,
                                                             hidden[row:row + 1], mine))
@@ -459,20 +462,47 @@ class OpenVLAPolicy:
                           torch.stack(kept) if kept and kept[0] is not None else None)
 
         composition = self.composition
-        out = prefill(llm, sequence, layout.positions(self.device), composition.plan,
-                      composition.probes, after_layer)
-        if out is None:
-            clock.mark('prefill')
-        else:
-            heads = self.head.run([steps[g] for g in active], out[0],
-                                  [compositions[g] for g in active], clock)
-            clock.mark('head')
+        llm.pad_cache(positions.dim() == 2)
+        try:
+            out = prefill(llm, sequence, positions, composition.plan, composition.probes,
+                          after_layer)
+            if out is None:
+                clock.mark('prefill')
+            else:
+                heads = self.head.run([steps[g] for g in active], out[0],
+                                      [compositions[g] for g in active], clock)
+                clock.mark('head')
+        finally:
+            llm.pad_cache(False)
+        if out is not None:
             for g, result in zip(active, heads, strict=True):
                 results[rows[g][0]] = result if isinstance(result, Exception) else \
                     self._finish(steps[g], result, clock, False, compositions[g])
         for g in stopped:
             steps[g].record.stopped = True
             results[rows[g][0]] = self._reused(steps[g], clock, compositions[g])
+
+    def _padded_prompts(self, prompts: list[torch.Tensor], steps: list[Step]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Return the prompts' ids [B, P] and the prefill's positions ([T], or [B, T] if padded).
+
+        A shorter prompt gets pad tokens (BOS again, never attended to) between BOS and the
+        rest, where the visual tokens' end; its real tokens keep their unpadded positions.
+        """
+        longest = max(ids.numel() for ids in prompts)
+        if all(ids.numel() == longest for ids in prompts):
+            return torch.stack(prompts), steps[0].layout.positions(self.device)
+        visual = self.cfg.num_patches
+        text, positions = [], []
+        for ids, step in zip(prompts, steps, strict=True):
+            step.padding = pad = longest - ids.numel()
+            text.append(torch.cat([ids[:1], ids[:1].expand(pad), ids[1:]]))
+            positions.append(torch.cat([
+                torch.arange(1 + visual, device=self.device),
+                torch.full((pad,), -1, device=self.device),
+                torch.arange(1 + visual, visual + ids.numel(), device=self.device)]))
+        return torch.stack(text), torch.stack(positions)
 
     def warm_up_batch(self, steps: int = 2) -> None:
         """Run `steps` full batches of blank frames (after `serve`), each robot its own hooks."""

@@ -130,10 +130,17 @@ class Step:
     reuse: ActionChunk | None = None  # set by a gate: end the step with this chunk
     decoder_input: torch.Tensor | None = None  # [B, T, D] entering the first planned layer
     extras: dict[str, Any] = field(default_factory=dict)  # hooks' values for StepInfo.extras
+    # Pad tokens after the visual ones: a robot's row padded to its batch's prompt length.
+    padding: int = 0
 
     def visual_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Return the visual tokens still present in `hidden` [B, T, D]: [B, n, D]."""
         return hidden[:, self.layout.visual_present(self.visual_kept.numel())]
+
+    def text_present(self) -> slice:
+        """Return where the prompt after BOS sits now (after the visual tokens and any pads)."""
+        start = self.layout.text_present(self.visual_kept.numel()).start + self.padding
+        return slice(start, None)
 
 
 class Hooks:

@@ -19,6 +19,9 @@ Starts the mock world and the policy node as real ROS 2 processes, watches `/dia
 and the episode results, and stops after `--episodes` episodes or `--duration` seconds.
 `--view` shows the mock world's camera (`/image_raw`) in a window, `--record FILE` writes it
 to an .mp4 or .gif, both with the instruction, the episode and the successes under the image.
+`--robots N`: N mock worlds (namespaces r1..rN, each its own process and seeds) against one
+policy node that serves them all with one model, batching their inferences; the summary has
+each robot's episodes and timing, and the batches (the view shows r1's camera).
 """
 
 from __future__ import annotations
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
     parser.add_argument('--max-steps', type=int, default=80, help='commands per episode')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--robots', type=int, default=0, metavar='N',
+                        help='N mock robots against one policy node (0: one robot, no '
+                             'namespace)')
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                         help='a policy_node parameter, e.g. -p inference_timing:=asap')
     parser.add_argument('--view', action='store_true',
@@ -221,29 +227,30 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = Path('build/demo-logs')
     logs.mkdir(parents=True, exist_ok=True)
-    procs = [
-        subprocess.Popen([tool('mock_world'), '--ros-args', '-p', f'seed:={args.seed}',
-                          '-p', f'max_steps:={args.max_steps}',
-                          '-p', f'camera_rate_hz:={CAMERA_HZ}',
-                          '-r', 'commands:=/policy_node/commands'],
-                         stdout=(logs / 'mock_world.log').open('w'), stderr=subprocess.STDOUT),
-        subprocess.Popen([tool('policy_node'), '--ros-args', '-p', f'model:={model}',
-                          '-p', f'device:={args.device}',
-                          *[x for p in args.param for x in ('-p', p)]],
-                         stdout=(logs / 'policy_node.log').open('w'), stderr=subprocess.STDOUT),
-    ]
+    robots = robot_names(args.robots)
+    names = robots or ['']
+    procs = [start_world(robot, args.seed + 1000 * i, logs, '-p', f'max_steps:={args.max_steps}',
+                         '-p', f'camera_rate_hz:={CAMERA_HZ}')
+             for i, robot in enumerate(names)]
+    procs.append(start_policy(model, logs, robots, f'device:={args.device}', *args.param))
     rclpy.init()
     node = rclpy.create_node('flashvla_demo_monitor')
     diagnostics = DiagnosticsWatch(node)
-    probe = CommandProbe(node)  # the commands' timing, seen from outside the node
-    results: list[dict] = []
+    # The commands' timing, seen from outside the node, per robot.
+    probes = {r: CommandProbe(node, f'/{r}/policy_node' if r else '/policy_node')
+              for r in names}
+    results: dict[str, list[dict]] = {r: [] for r in names}
     result_times: list[float] = []
 
-    def on_result(msg: String) -> None:
-        results.append(json.loads(msg.data))
-        result_times.append(time.monotonic())
+    def on_result(msg: String, robot: str) -> None:
+        results[robot].append(json.loads(msg.data))
+        if robot == names[0]:
+            result_times.append(time.monotonic())
 
-    node.create_subscription(String, '/mock_world/episode_result', on_result, 10)
+    for robot in names:
+        node.create_subscription(String, f'/{robot}/mock_world/episode_result' if robot
+                                 else '/mock_world/episode_result',
+                                 lambda msg, robot=robot: on_result(msg, robot), 10)
     if sink is not None:
         from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import Image
@@ -251,43 +258,65 @@ def main(argv: list[str] | None = None) -> int:
         from .convert import image_to_rgb
 
         instruction = ['']
+        prefix = f'/{names[0]}' if names[0] else ''
 
         def on_image(msg: Image) -> None:
             since = time.monotonic() - result_times[-1] if result_times else 1e9
-            sink.frame(image_to_rgb(msg), instruction[0], results, since)
+            sink.frame(image_to_rgb(msg), instruction[0], results[names[0]], since)
 
         node.create_subscription(
-            String, '/instruction', lambda m: instruction.__setitem__(0, m.data),
+            String, f'{prefix}/instruction', lambda m: instruction.__setitem__(0, m.data),
             QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
-        node.create_subscription(Image, '/image_raw', on_image, qos_profile_sensor_data)
-    print(f'closed loop: mock world + policy node ({model}); logs in {logs}/')
+        node.create_subscription(Image, f'{prefix}/image_raw', on_image,
+                                 qos_profile_sensor_data)
+    print(f'closed loop: {len(names)} mock world(s) + one policy node ({model}); '
+          f'logs in {logs}/')
     start = time.monotonic()
     try:
-        while time.monotonic() - start < args.duration and len(results) < args.episodes:
+        while time.monotonic() - start < args.duration and \
+                min(len(r) for r in results.values()) < args.episodes:
             rclpy.spin_once(node, timeout_sec=0.25)
             if any(p.poll() is not None for p in procs):
                 print(f'\na node exited; see {logs}/')
                 break
-            wins, status = sum(r['success'] for r in results), diagnostics.status
-            line = (f'[{time.monotonic() - start:5.1f} s] {status.get("message", "starting")}'
-                    f' | control {float(status.get("command_hz", 0)):4.1f} Hz'
-                    f' | inference p50 {float(status.get("latency_p50_ms", 0)):5.1f} ms'
-                    f' | reuse {float(status.get("policy_reuse_rate", 0)):4.0%}'
-                    f' | episode {len(results) + 1}: {status.get("instruction", "")!r}'
-                    f' | success {wins}/{len(results)}')
-            print('\r' + line[:150].ljust(150), end='', flush=True)
+            print('\r' + status_line(time.monotonic() - start, diagnostics, results)[:150]
+                  .ljust(150), end='', flush=True)
     except KeyboardInterrupt:
         pass
     finally:
-        status = dict(diagnostics.status)  # the last entry while commanding
+        status = dict(diagnostics.status)  # the last entries while commanding
+        robot_status = {r: dict(diagnostics.robot(r)) for r in robots}
         stop_processes(procs)
         node.destroy_node()
         rclpy.try_shutdown()
     print()
     if sink is not None:
         sink.close()
-    summarize(results, status, probe)
+    if robots:
+        summarize_robots(results, status, robot_status, probes)
+    else:
+        summarize(results[''], status, probes[''])
     return 0
+
+
+def status_line(elapsed: float, diagnostics: DiagnosticsWatch,
+                results: dict[str, list[dict]]) -> str:
+    """The live line: the node's state and figures, and the episodes so far."""
+    status = diagnostics.status
+    if '' in results:
+        done = results['']
+        wins = sum(r['success'] for r in done)
+        return (f'[{elapsed:5.1f} s] {status.get("message", "starting")}'
+                f' | control {float(status.get("command_hz", 0)):4.1f} Hz'
+                f' | inference p50 {float(status.get("latency_p50_ms", 0)):5.1f} ms'
+                f' | reuse {float(status.get("policy_reuse_rate", 0)):4.0%}'
+                f' | episode {len(done) + 1}: {status.get("instruction", "")!r}'
+                f' | success {wins}/{len(done)}')
+    robots = ' '.join(f'{r} {sum(x["success"] for x in done)}/{len(done)}'
+                      for r, done in results.items())
+    return (f'[{elapsed:5.1f} s] {status.get("message", "starting")}'
+            f' | mean batch {float(status.get("mean_batch", 0)):4.2f}'
+            f' | successes {robots}')
 
 
 def summarize(results: list[dict], status: dict[str, str], probe) -> None:
@@ -332,6 +361,34 @@ def summarize(results: list[dict], status: dict[str, str], probe) -> None:
     misses = missed_targets(f, period, inference, 1.0 / CAMERA_HZ)
     print('  MISSES its timing targets: ' + '; '.join(misses) if misses else
           '  meets its timing targets (docs/TIMING.md)')
+
+
+def summarize_robots(results: dict[str, list[dict]], status: dict[str, str],
+                     robot_status: dict[str, dict[str, str]], probes: dict) -> None:
+    """Print each robot's episodes and timing against the targets, then the batches."""
+    from ..control.timing import missed_targets
+
+    period = 1.0 / float(status.get('control_rate_hz', 10.0))
+    print('| robot | episodes | succeeded | commands/s | tick lateness p99 / max '
+          '| inference p50 | frame to first action p50 | missed ticks | reuse | targets |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for robot, done in results.items():
+        probe, mine = probes[robot], robot_status.get(robot, {})
+        first = next((r.arrival for r in probe.records if r.kind == 'action'), float('inf'))
+        f = probe.figures(period, since=first)
+        inference = float(mine.get('latency_p50_ms', 'nan'))
+        misses = missed_targets(f, period, inference, 1.0 / CAMERA_HZ) if f['commands'] \
+            else ['no command arrived']
+        print(f'| {robot} | {len(done)} | {sum(r["success"] for r in done)} '
+              f'| {f["command_rate_hz"]:.2f} | {f["lateness_p99_ms"]:.1f} / '
+              f'{f["lateness_max_ms"]:.1f} ms | {inference:.1f} ms '
+              f'| {f["first_action_p50_ms"]:.1f} ms | {f["missed_share"]:.1%} '
+              f'| {float(mine.get("policy_reuse_rate", "nan")):.0%} '
+              f'| {"; ".join(misses) or "all met"} |')
+    print(f'one model served {status.get("batched_steps", 0)} steps in '
+          f'{status.get("batches", 0)} forwards: {float(status.get("mean_batch", 0)):.2f} '
+          f'robots per batch (max_batch {status.get("max_batch", "?")}, window '
+          f'{status.get("batch_window_s", "?")} s); accel {status.get("accel", "?")}')
 
 
 if __name__ == '__main__':
