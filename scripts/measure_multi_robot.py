@@ -208,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
     logs = Path('build/multi-robot-logs')
     logs.mkdir(parents=True, exist_ok=True)
-    modes = [(name, batch) for key, name, batch in (('batched', 'batched', 8),
-                                                     ('one', 'one at a time', 1))
-             if key in args.modes.split(',')]
+    kinds = (('batched', 'batched', 8), ('one', 'one at a time', 1))
+    modes = [(name, batch) for key, name, batch in kinds if key in args.modes.split(',')]
     label = ' '.join(args.param)
     plan = [(f'N={n} {mode}{" " + label if label else ""}', n, batch, '')
             for n in args.robots or (1, 2, 4, 8) for mode, batch in modes]

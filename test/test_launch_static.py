@@ -62,7 +62,7 @@ def test_launch_arguments_are_the_documented_ones():
     assign = next(n for n in tree.body if isinstance(n, ast.Assign)
                   and getattr(n.targets[0], 'id', '') == 'ARGUMENTS')
     names = {ast.literal_eval(k) for k in assign.value.keys}
-    assert names == {'model', 'config', 'device', 'dtype', 'quantize', 'namespace',
+    assert names == {'model', 'config', 'device', 'dtype', 'quantize', 'namespace', 'robots',
                      'use_mock_world', 'use_sim_time'}
     reference = (ROOT / 'docs' / 'PARAMETERS.md').read_text()
     for name in names:

@@ -111,9 +111,29 @@ def test_one_server_closes_three_loops_and_holds_each_robot_alone(probe, procs):
     assert server.returncode == 0, procs.logs()
 
 
-@pytest.mark.parametrize('robots', ['[r1, 2nd]', '[r1, r1]', '[r1, /r2]', '[r1, "r 2"]'])
-def test_a_robot_namespace_that_is_not_a_ros_name_is_refused_at_start_up(procs, tiny_dir,
-                                                                         robots):
-    node = procs.start('policy_node', *policy_args(tiny_dir, f'robots:={robots}'))
+BAD_NAMES = ('2nd', '/r2', 'r 2', 'r1/', 'a//b', 'r-1')
+
+
+def test_robot_namespaces_are_checked_as_rclpy_checks_namespaces():
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+
+    from flashvla_ros.params import check_robots
+
+    good = ['r1', 'cell_a/r2', '_r3']
+    assert check_robots(good) is None
+    for name in good:
+        validate_namespace(f'/{name}')
+    for name in BAD_NAMES:
+        assert check_robots(['r1', name]), name
+        with pytest.raises(InvalidNamespaceException):
+            validate_namespace(f'/{name}')
+    assert 'twice' in check_robots(['r1', 'r1'])
+    assert 'list' in check_robots('r1')
+
+
+def test_an_invalid_robot_namespace_stops_the_node_at_start_up(procs, tiny_dir):
+    node = procs.start('policy_node', *policy_args(tiny_dir, 'robots:=[r1, 2nd]'))
     assert node.wait(30) == 2
-    assert 'bad parameters, not starting: robots' in procs.logs(), procs.logs()
+    assert "bad parameters, not starting: robots: '2nd' is not a valid ROS namespace" \
+        in procs.logs(), procs.logs()

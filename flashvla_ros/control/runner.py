@@ -517,7 +517,7 @@ class PolicyRunner:
         """Queue a step's actions, or count its error (worker thread)."""
         error, counter, rejected, chunk = '', '', '', None
         values = np.zeros((0, 0))
-        if isinstance(result, ActionChunk):
+        if not isinstance(result, Exception):
             chunk = result
             values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
             if not np.isfinite(values).all():

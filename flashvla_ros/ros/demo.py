@@ -71,12 +71,12 @@ def tool(name: str) -> str:
 
 
 def robot_names(count: int) -> list[str]:
-    """The namespaces of `count` robots served by one node: r1, r2, ... ([] for none)."""
+    """Name `count` robots served by one node: r1, r2, ... ([] for none)."""
     return [f'r{i + 1}' for i in range(count)]
 
 
 def start_world(robot: str, seed: int, logs: Path, *args: str) -> subprocess.Popen:
-    """A mock world in `robot`'s namespace ('' for none), commanded by the policy node there."""
+    """Start a mock world in `robot`'s namespace ('' for none), commanded by its policy node."""
     namespace = ['-r', f'__ns:=/{robot}'] if robot else []
     return subprocess.Popen(
         [tool('mock_world'), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
@@ -87,7 +87,7 @@ def start_world(robot: str, seed: int, logs: Path, *args: str) -> subprocess.Pop
 
 def start_policy(model: str, logs: Path, robots: list[str], *params: str,
                  params_file: Path | None = None) -> subprocess.Popen:
-    """The policy node (a parameter file, else its defaults) serving `robots` or one robot."""
+    """Start the policy node (a parameter file, else its defaults) for `robots` or one robot."""
     robot_param = ['-p', f'robots:=[{", ".join(robots)}]'] if robots else []
     file = ['--params-file', str(params_file)] if params_file else []
     return subprocess.Popen(
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def status_line(elapsed: float, diagnostics: DiagnosticsWatch,
                 results: dict[str, list[dict]]) -> str:
-    """The live line: the node's state and figures, and the episodes so far."""
+    """Return the live line: the node's state and figures, and the episodes so far."""
     status = diagnostics.status
     if '' in results:
         done = results['']

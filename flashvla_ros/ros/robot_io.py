@@ -104,11 +104,11 @@ class RobotIO:
     # -- names -----------------------------------------------------------------------------
 
     def input(self, topic: str) -> str:
-        """An input topic: relative, under the robot's namespace."""
+        """Return an input topic's name: relative, under the robot's namespace."""
         return f'{self.name}/{topic}' if self.name else topic
 
     def private(self, topic: str) -> str:
-        """An output or service: the node's private name, under the robot's namespace."""
+        """Return an output's or service's name: private to the node, in the robot's namespace."""
         return f'{self.name}/{self.node.get_name()}/{topic}' if self.name else f'~/{topic}'
 
     def destroy(self) -> None:
@@ -223,7 +223,7 @@ class RobotIO:
     # -- diagnostics -----------------------------------------------------------------------
 
     def values(self, now: float) -> tuple[dict[str, Any], dict[str, str], str]:
-        """This robot's diagnostic values, its warnings (reason -> text) and its fault."""
+        """Return this robot's diagnostic values, its warnings (reason -> text) and its fault."""
         values: dict[str, Any] = {}
         warnings: dict[str, str] = {}
         publishers = values['camera_publishers'] = self.node.count_publishers(self.camera_topic)
@@ -241,7 +241,7 @@ class RobotIO:
         return values, warnings, s['fault']
 
     def status(self, now: float, hardware_id: str, server_state: str) -> DiagnosticStatus:
-        """A server robot's own /diagnostics entry: its level, message and values."""
+        """Return a server robot's own /diagnostics entry: its level, message and values."""
         values, warnings, fault = self.values(now)
         status = DiagnosticStatus(name=f'flashvla_ros: {self.node.get_name()} {self.name}',
                                   hardware_id=hardware_id)
