@@ -69,6 +69,22 @@ def cpu_times() -> list[int]:
     return [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def cpu_shares(procs: dict[str, list[int]], before: dict[int, float], seconds: float
+               ) -> dict[str, float]:
+    """Cores used by each group of processes over `seconds` (1.0: one core, busy)."""
+    return {name: round(sum(process_cpu_s(p) - before[p] for p in pids) / seconds, 3)
+            for name, pids in procs.items()}
+
+
 class Fleet:
     """N mock worlds and one server as processes; this process probes every robot."""
 
@@ -129,9 +145,13 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
             fleet.extra.append(subprocess.Popen([sys.executable, '-c', FLOOD,
                                                  '/r4/image_raw']))
         before = dict(fleet.diagnostics.status)
+        groups = {'server': [fleet.server.pid], 'worlds': [w.pid for w in fleet.worlds.values()],
+                  'probe': [os.getpid()], 'other': [p.pid for p in fleet.extra]}
+        used = {pid: process_cpu_s(pid) for pids in groups.values() for pid in pids}
         since, cpu = fleet.now(), cpu_times()
         fleet.spin(args.duration)
         delta = [b - a for a, b in zip(cpu, cpu_times(), strict=True)]
+        cores_used = cpu_shares(groups, used, args.duration)
         after = dict(fleet.diagnostics.status)
         per_robot = {r: dict(fleet.diagnostics.robot(r)) for r in fleet.robots}
     finally:
@@ -150,6 +170,9 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
                        'inference_p50_ms': inference,
                        'reuse_rate': float(status.get('policy_reuse_rate', 'nan')),
                        'dropped_frames': int(status.get('dropped_frames', 0)),
+                       # In the node, at the tick's start (before publishing): the thread's wake.
+                       'node_tick_lateness_p99_ms': float(status.get('tick_lateness_p99_ms',
+                                                                     'nan')),
                        'status': status.get('message', ''), 'missed_targets': misses}
     judged_names = [n for n in rows if not (fault and n == 'r4')]  # the others are judged
     judged = [rows[n] for n in judged_names]
@@ -157,6 +180,7 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
         'name': name, 'robots': robots, 'max_batch': max_batch, 'fault': fault,
         'duration_s': args.duration,
         'cpu_idle_share': round((delta[3] + delta[4]) / max(1, sum(delta)), 3),
+        'cores_used': cores_used,
         'steps_per_s': round(served / args.duration, 2),
         'mean_batch': float(after.get('mean_batch', 'nan')),
         'min_command_rate_hz': min(r['command_rate_hz'] for r in judged),
@@ -218,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import rclpy
     rclpy.init()
-    rows = []
+    rows: list[dict] = []
+    failed: list[dict] = []
     try:
         for name, n, batch, fault in plan:
             print(f'== {name}: {args.warmup:g} s warm-up, {args.duration:g} s measured',
                   flush=True)
-            rows.append(run(name, n, batch, fault, args, logs))
+            try:
+                rows.append(run(name, n, batch, fault, args, logs))
+            except RuntimeError as exc:  # reported, and the other runs go on
+                print(f'{name}: {exc}', flush=True)
+                failed.append({'name': name, 'error': str(exc)})
+                continue
             print_table(rows[-1:])
     finally:
         rclpy.try_shutdown()
@@ -236,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 '(max_batch 1); figures per robot from an independent subscriber '
                 '(docs/TIMING.md), targets of docs/TIMING.md',
         'cores': os.cpu_count(), 'camera_hz': args.camera_hz, 'params': args.param,
-        'rows': rows}, indent=1) + '\n')
+        'rows': rows, 'failed_runs': failed}, indent=1) + '\n')
     print(f'wrote {args.json}')
     return 0
 

@@ -21,10 +21,11 @@ Several robots, one model: one inference worker that batches the robots' runners
 Each robot has its own `PolicyRunner` (its `policy` a `RobotPolicy`: its own accelerator
 memory), all sharing one condition so that any robot's frame or tick wakes the worker. When a
 runner's inference is due (its own just-in-time start), every runner due within `window_s`
-joins it, the most urgent first, up to `max_batch`: they start up to `window_s` early and run
-as one forward (`OpenVLAPolicy.predict_batch`). A robot with no fresh frame never joins, so a
-robot that disappears or floods its camera costs the others nothing but its own row; an
-error of one robot's input is that robot's; a failure of the batch's forward is every member's.
+joins it, the most urgent first (then the longest unserved), up to `max_batch`: they start up
+to `window_s` early and run as one forward (`OpenVLAPolicy.predict_batch`). A robot with no
+fresh frame never joins, so a robot that disappears or floods its camera costs the others
+nothing but its own row; an error of one robot's input is that robot's; a failure of the
+batch's forward is every member's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class BatchWorker:
         self.batches = 0
         self.batched_steps = 0  # requests served, over all batches
         self.sizes: dict[int, int] = {}  # batch size -> batches of that size
+        self._served = [0.0] * len(self.runners)  # when each runner last joined a batch
         self._running = False
         self._thread: threading.Thread | None = None
 
@@ -87,8 +89,13 @@ class BatchWorker:
             waits = [(wait, i) for i, r in enumerate(self.runners)
                      if r.running and (wait := r._due(r.clock())) is not None]
             if any(wait == 0.0 for wait, _ in waits):
-                joining = sorted((w, i) for w, i in waits if w <= self.window_s)
-                return [self.runners[i] for _, i in joining[:self.max_batch]]
+                # The most urgent first; among those due alike, the longest unserved: a full
+                # batch never starves the same robots.
+                joining = sorted((w, self._served[i], i) for w, i in waits if w <= self.window_s)
+                now = time.monotonic()
+                for *_, i in joining[:self.max_batch]:
+                    self._served[i] = now
+                return [self.runners[i] for *_, i in joining[:self.max_batch]]
             soonest = min((wait for wait, _ in waits), default=None)
             self.lock.wait(0.1 if soonest is None else min(soonest, 0.1))
         return []

@@ -38,8 +38,10 @@ class FixedRateLoop:
 
     def __init__(self, period_s: float, tick: Callable[[float], None],
                  clock: Callable[[], float], name: str = 'flashvla-control',
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+                 on_error: Callable[[Exception], None] | None = None,
+                 offset_s: float = 0.0) -> None:
         self.period_s = period_s
+        self.offset_s = offset_s  # the schedule's phase: planned = start + offset + k * period
         self.tick = tick
         self.clock = clock
         self.name = name
@@ -74,7 +76,7 @@ class FixedRateLoop:
         while not self.clock():  # sim time before the first /clock message reads 0
             if self._wait(POLL_S):
                 return
-        start, k = self.clock(), 1  # planned = start + k * period: no rounding drift
+        start, k = self.clock() + self.offset_s, 1  # planned = start + k * period: no drift
         while True:
             planned, now = start + k * period, self.clock()
             if now < planned - 2 * period:  # the clock jumped back: start over from now

@@ -18,7 +18,11 @@ A policy node's timing measured from outside: a subscriber to its `~/command_tim
 Used by flashvla-demo, scripts/measure_node_timing.py and the slow-tier guard; the figures
 and their definitions are `control.timing`'s. The subscriber's node must run in another
 process than the policy node and on the same machine (or with synchronised clocks): arrivals
-are read from its own clock and compared with the node's stamps.
+are compared with the node's stamps. An arrival is when the subscriber's middleware received
+the message (its `received_timestamp`), not when this process's Python callback ran: a probe
+that listens to several robots handles their messages one after another, and must not count
+its own queueing as the node's lateness (about 0.6 ms per message here). Where rclpy gives no
+message info (Humble), the callback's time stands in.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from sensor_msgs.msg import TimeReference
 from ..control.timing import CommandRecord, command_figures
 
 TIMING_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
+try:  # subscription callbacks that take the message info (rclpy after Humble)
+    from rclpy.subscription import MessageInfo  # noqa: F401
+    MESSAGE_INFO = True
+except ImportError:
+    MESSAGE_INFO = False
 
 
 def seconds(stamp) -> float:
@@ -43,10 +52,14 @@ class CommandProbe:
         self.node = node
         self.records: list[CommandRecord] = []
         self.subscription = node.create_subscription(
-            TimeReference, f'{policy}/command_timing', self._on_timing, TIMING_QOS)
+            TimeReference, f'{policy}/command_timing',
+            self._on_timing_info if MESSAGE_INFO else self._on_timing, TIMING_QOS)
 
-    def _on_timing(self, msg: TimeReference) -> None:
-        arrival = self.node.get_clock().now().nanoseconds * 1e-9
+    def _on_timing_info(self, msg: TimeReference, info) -> None:
+        self._on_timing(msg, info['received_timestamp'])
+
+    def _on_timing(self, msg: TimeReference, received_ns: int = 0) -> None:
+        arrival = (received_ns or self.node.get_clock().now().nanoseconds) * 1e-9
         self.records.append(CommandRecord(arrival, seconds(msg.header.stamp),
                                           seconds(msg.time_ref), msg.source,
                                           msg.header.frame_id))

@@ -70,6 +70,7 @@ ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_IN
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 LIST_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY,
               str: ParameterType.PARAMETER_STRING_ARRAY}
+ROBOT_STAGGER_S = 0.002  # several robots: each robot's tick this much after the previous one's
 # A final hold waits at most this long for reliable subscribers' acks; Fast DDS acknowledges
 # on its writer's heartbeat, measured here at up to about 1 s after the sample arrived.
 ACK_TIMEOUT_S = 1.0
@@ -110,7 +111,7 @@ class PolicyNode(LifecycleNode):
         self.robots: list[RobotIO] = []  # one (unnamed) for a single robot, while configured
         self.batcher: BatchWorker | None = None  # serves several robots' runners
         self._robot_services: list[Any] = []
-        self.loop: FixedRateLoop | None = None  # the control tick, while active
+        self.loops: list[FixedRateLoop] = []  # the control ticks (one per robot), while active
         self.tick_error = ''  # the last tick's exception, reported until a tick succeeds
         self.state_label = 'unconfigured'
         self.stop_reason = 'not activated yet'  # why the node is not commanding
@@ -119,8 +120,8 @@ class PolicyNode(LifecycleNode):
         self.chunk_steps_from = ''  # 'model', 'default' or 'parameter': whose chunk_steps runs
         self.cpu_threads = 0  # set at configure
         self._log = ThrottledLog(period_s=1.0)
-        # A tick and a final hold never interleave; after the final hold no tick publishes.
-        self._output_lock = threading.Lock()
+        # Whether ticks may publish; each robot's lock keeps its ticks and its final hold
+        # apart, so that after the final hold no tick publishes.
         self._commanding = False
         # The instruction topic and parameter changes apply one at a time (re-entrant: the
         # topic path sets the parameter, whose callback runs on the same thread).
@@ -205,11 +206,18 @@ class PolicyNode(LifecycleNode):
             self.batcher.start([r.runner for r in self.robots if r.enabled])
         else:
             self.robots[0].runner.start()
-        with self._output_lock:
-            self._commanding = True
-        self.loop = FixedRateLoop(self.config.control_period_s, self._on_control_tick, self._now,
-                                  on_error=self._on_tick_error)
-        self.loop.start()
+        self._commanding = True
+        # One tick thread per robot, robot k's schedule ROBOT_STAGGER_S * k after the first's:
+        # one robot's publishing never delays another's command (measured: about 1 ms per
+        # robot when they shared one tick; docs/MULTI_ROBOT.md).
+        self.loops = [
+            FixedRateLoop(self.config.control_period_s,
+                          lambda planned, robot=robot: self._on_control_tick(robot, planned),
+                          self._now, name='-'.join(filter(None, ['flashvla-control', robot.name])),
+                          on_error=self._on_tick_error, offset_s=k * ROBOT_STAGGER_S)
+            for k, robot in enumerate(self.robots)]
+        for loop in self.loops:
+            loop.start()
         self.state_label, self.stop_reason = 'active', ''
         return TransitionCallbackReturn.SUCCESS
 
@@ -249,20 +257,20 @@ class PolicyNode(LifecycleNode):
 
     def _final_hold(self, reason: str) -> None:
         """Stop the tick and the worker, after exactly one hold per robot that says why."""
-        with self._output_lock:
-            self._commanding = False
-            if self.robots and self.robots[0].pub:
-                for robot in self.robots:
+        self._commanding = False  # a tick from now on publishes nothing
+        if self.robots and self.robots[0].pub:
+            for robot in self.robots:
+                with robot.lock:  # after a tick that is publishing now
                     # From inactive (cleanup, shutdown) the outputs are disabled: the hold
                     # still goes out, through outputs enabled for that one message.
                     if robot.enabled:
                         robot.publish_through_disabled(robot.runner.final_hold(reason),
                                                        self.get_clock().now().to_msg())
-                self.get_logger().info(f'final hold: {reason}')
+            self.get_logger().info(f'final hold: {reason}')
         self.stop_reason = reason
-        if self.loop is not None:  # a tick still running sees _commanding off and returns
-            self.loop.stop()
-            self.loop = None
+        for loop in self.loops:  # a tick still running sees _commanding off and returns
+            loop.stop()
+        self.loops = []
         if self.batcher is not None:
             self.batcher.stop()
         for robot in self.robots:
@@ -350,7 +358,7 @@ class PolicyNode(LifecycleNode):
         Disabling sends that robot one hold and stops asking for its inferences; the other
         robots go on. Enabling starts it again (a new episode, the same instruction).
         """
-        with self._output_lock:
+        with robot.lock:
             if request.data == robot.enabled:
                 response.success = True
             elif not request.data:
@@ -450,17 +458,14 @@ class PolicyNode(LifecycleNode):
         if line := self._log('tick error', f'{self.tick_error}\n{traceback.format_exc()}'):
             self.get_logger().error(line)
 
-    def _on_control_tick(self, planned: float) -> None:
-        with self._output_lock:
-            if not self._commanding:
+    def _on_control_tick(self, robot: RobotIO, planned: float) -> None:
+        with robot.lock:
+            if not self._commanding or not robot.enabled:
                 return
-            stamp = self.get_clock().now().to_msg()
-            for robot in self.robots:
-                if robot.enabled:
-                    tick = robot.runner.tick(planned)
-                    if tick.kind == 'hold':
-                        self.get_logger().error(f'{robot.where}holding: {tick.fault}')
-                    robot.publish(tick, stamp)
+            tick = robot.runner.tick(planned)
+            if tick.kind == 'hold':
+                self.get_logger().error(f'{robot.where}holding: {tick.fault}')
+            robot.publish(tick, self.get_clock().now().to_msg())
             self.tick_error = ''
 
     def _publish_diagnostics(self) -> None:
@@ -486,11 +491,12 @@ class PolicyNode(LifecycleNode):
                           chunk_steps_from=self.chunk_steps_from)
             if self.batcher is not None:
                 values.update(self.batcher.status())
-        loop = self.loop
+        loops = self.loops
         tick_fault = self.tick_error
-        if loop is not None:
-            values.update(skipped_ticks=loop.skipped, tick_errors=loop.errors)
-            if not loop.running and self._commanding:
+        if loops:
+            values.update(skipped_ticks=sum(loop.skipped for loop in loops),
+                          tick_errors=sum(loop.errors for loop in loops))
+            if not all(loop.running for loop in loops) and self._commanding:
                 tick_fault = 'the control tick thread is not running'
         if self.state_label != 'active':
             failed = self.stop_reason.startswith('configure failed')

@@ -25,6 +25,7 @@ into messages.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from builtin_interfaces.msg import Duration, Time
@@ -69,6 +70,7 @@ class RobotIO:
                  on_instruction) -> None:
         self.node, self.name, self.runner = node, name, runner
         self.label = name or node.get_name()  # in logs and diagnostics
+        self.lock = threading.Lock()  # its ticks and its final hold never interleave
         self.enabled = True  # a server's robot may be disabled alone (its enable service)
         self.stop_reason = ''  # why this robot alone is not commanding ('' when it is)
         self.joint_state: JointState | None = None
