@@ -212,3 +212,23 @@ def test_the_demo_summary_says_whether_the_targets_are_met(capsys, late_ms, verd
     out = capsys.readouterr().out
     assert 'commands per second while commanding: ' in out and 'holds: 0' in out
     assert verdict in out, out
+
+
+def test_the_demo_summary_of_several_robots_has_each_robots_figures(capsys):
+    from flashvla_ros.ros.demo import summarize_robots
+
+    planned = [i * 0.1 for i in range(100)]
+    frames = [p - 0.03 for p in planned]
+    probes = {robot: RecordedProbe(records(planned, [late] * 100, frames, ['action'] * 100,
+                                           ['1'] * 100))
+              for robot, late in (('r1', 2.0), ('r2', 30.0))}
+    results = {'r1': [{'success': True}], 'r2': [{'success': False}, {'success': True}]}
+    status = {'control_rate_hz': '10.0', 'batched_steps': '180', 'batches': '100',
+              'mean_batch': '1.8', 'max_batch': '8', 'batch_window_s': '0.02',
+              'accel': 'flashvla'}
+    robot_status = {r: {'latency_p50_ms': '20.0', 'policy_reuse_rate': '0.25'} for r in probes}
+    summarize_robots(results, status, robot_status, probes)
+    rows = {line.split('|')[1].strip(): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith('| r')}
+    assert '| 1 | 1 | 10.00 |' in rows['r1'] and rows['r1'].endswith('| all met |')
+    assert '| 2 | 1 |' in rows['r2'] and 'tick lateness p99 30.0 ms > 5 ms' in rows['r2']

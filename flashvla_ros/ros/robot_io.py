@@ -242,18 +242,24 @@ class RobotIO:
             values['joint_state_age_s'] = round(age, 3)
         return values, warnings, s['fault']
 
-    def status(self, now: float, hardware_id: str, server_state: str) -> DiagnosticStatus:
-        """Return a server robot's own /diagnostics entry: its level, message and values."""
+    def status(self, now: float, hardware_id: str, node_state: str,
+               node_fault: str = '') -> DiagnosticStatus:
+        """
+        Return a server robot's own /diagnostics entry: its level, message and values.
+
+        `node_state`: the node's lifecycle state and why ('active' when commanding);
+        `node_fault`: a fault of the node's that stops every robot (its tick threads).
+        """
         values, warnings, fault = self.values(now)
         status = DiagnosticStatus(name=f'flashvla_ros: {self.node.get_name()} {self.name}',
                                   hardware_id=hardware_id)
         values = {'robot': self.name, 'enabled': self.enabled,
                   'stop_reason': self.stop_reason, **values}
-        if server_state != 'active' or not self.enabled:
+        if node_state != 'active' or not self.enabled:
             status.level = DiagnosticStatus.WARN
-            status.message = f'not commanding ({self.stop_reason or server_state})'
-        elif fault:
-            status.level, status.message = DiagnosticStatus.ERROR, fault
+            status.message = f'not commanding ({self.stop_reason or node_state})'
+        elif node_fault or fault:
+            status.level, status.message = DiagnosticStatus.ERROR, node_fault or fault
         elif warnings:
             status.level, status.message = DiagnosticStatus.WARN, '; '.join(warnings.values())
         else:
