@@ -89,6 +89,8 @@ def test_one_server_closes_three_loops_and_holds_each_robot_alone(probe, procs):
               if t > killed]
     assert timing[-1] == 'hold' and timing.count('hold') == 1, timing
     assert robot_status(probe, 'r3')['level'] == 2
+    node = probe.diagnostics()  # the node's entry names the robot that is not commanding
+    assert node['level'] == 2 and node['message'].startswith('1 of 3 robots: r3: camera stale')
 
     # A robot is stopped alone through its enable service, and started again.
     reply = probe.call(SetBool, '/r2/policy_node/enable', SetBool.Request(data=False))

@@ -60,7 +60,9 @@ class BatchWorker:
 
     def start(self, runners: Sequence[PolicyRunner] | None = None) -> None:
         """Serve `runners` (default: all) from now on, starting the thread if needed."""
-        if self._thread is None or not self._thread.is_alive():
+        if not (self._running and self.alive):
+            if self._thread is not None:  # a stopped thread may still finish a long batch:
+                self._thread.join()       # two threads never share the model
             self._running = True
             self._thread = threading.Thread(target=self._work, name='flashvla-batch',
                                             daemon=True)
@@ -76,8 +78,7 @@ class BatchWorker:
             self._running = False
             self.lock.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout)
-        self._thread = None
+            self._thread.join(timeout)  # kept: a start waits for it if it is still running
 
     @property
     def alive(self) -> bool:

@@ -388,6 +388,11 @@ class PolicyRunner:
         return self._running
 
     @property
+    def lock(self) -> threading.Condition:
+        """Return the condition guarding this runner (shared by the robots of one batch worker)."""
+        return self._lock
+
+    @property
     def worker_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -519,9 +524,13 @@ class PolicyRunner:
         values = np.zeros((0, 0))
         if not isinstance(result, Exception):
             chunk = result
-            values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
-            if not np.isfinite(values).all():
-                result = NonFiniteOutputError(f'non-finite action {values.tolist()}')
+            try:
+                values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
+            except (TypeError, ValueError) as exc:  # a malformed result: a worker error
+                result = exc
+            else:
+                if not np.isfinite(values).all():
+                    result = NonFiniteOutputError(f'non-finite action {values.tolist()}')
         if isinstance(result, InputError):
             rejected = str(result)
         elif isinstance(result, NonFiniteOutputError):

@@ -27,6 +27,7 @@ shutdown, SIGINT, SIGTERM) end with exactly one hold.
 from __future__ import annotations
 
 import array
+from contextlib import nullcontext
 from pathlib import Path
 import signal
 import sys
@@ -112,7 +113,6 @@ class PolicyNode(LifecycleNode):
         self.batcher: BatchWorker | None = None  # serves several robots' runners
         self._robot_services: list[Any] = []
         self.loops: list[FixedRateLoop] = []  # the control ticks (one per robot), while active
-        self.tick_error = ''  # the last tick's exception, reported until a tick succeeds
         self.state_label = 'unconfigured'
         self.stop_reason = 'not activated yet'  # why the node is not commanding
         self.exit_reason = ''  # set before the shutdown transition of a process exit
@@ -156,7 +156,7 @@ class PolicyNode(LifecycleNode):
                                       f'({", ".join(ACTION_NAMES)})')
             self.policy = accelerate(plain_policy, c.accel.names, c.accel.options)
             if c.robots:  # one model, a batch of robots: the batched path, warmed up too
-                self.policy.serve(c.max_batch)
+                self.policy.serve(min(c.max_batch, len(c.robots)))
                 self.policy.warm_up_batch()
             else:
                 self.policy.warm_up()  # the first real step as fast as the tenth
@@ -176,7 +176,7 @@ class PolicyNode(LifecycleNode):
             self.robots.append(RobotIO(self, name, runner, c, self._on_instruction))
         if c.robots:
             self.batcher = BatchWorker(self.policy, [r.runner for r in self.robots], lock,
-                                       c.batch_window_s, c.max_batch)
+                                       c.batch_window_s, self.policy.max_batch)
             self._robot_services = [
                 service for robot in self.robots for service in (
                     self.create_service(Trigger, robot.private('reset'),
@@ -214,8 +214,11 @@ class PolicyNode(LifecycleNode):
             FixedRateLoop(self.config.control_period_s,
                           lambda planned, robot=robot: self._on_control_tick(robot, planned),
                           self._now, name='-'.join(filter(None, ['flashvla-control', robot.name])),
-                          on_error=self._on_tick_error, offset_s=k * ROBOT_STAGGER_S)
+                          on_error=lambda exc, robot=robot: self._on_tick_error(robot, exc),
+                          offset_s=k * ROBOT_STAGGER_S)
             for k, robot in enumerate(self.robots)]
+        for robot, loop in zip(self.robots, self.loops, strict=True):
+            robot.loop = loop
         for loop in self.loops:
             loop.start()
         self.state_label, self.stop_reason = 'active', ''
@@ -446,16 +449,20 @@ class PolicyNode(LifecycleNode):
         if self.batcher is not None:
             self.batcher.window_s = c.batch_window_s
         if any(p.name in ACCEL_PARAMS for p in params):  # live options, at the next step
-            for robot in self.robots:
-                hooks = robot.runner.policy.composition.hooks
-                robot.runner.update_policy(
-                    lambda hooks=hooks: update_options(hooks, c.accel.options))
+            # Every robot's change is queued at once (one hold of the shared lock), so no
+            # batch mixes robots with old and new options (token counts must agree).
+            with self.robots[0].runner.lock if self.robots else nullcontext():
+                for robot in self.robots:
+                    hooks = robot.runner.policy.composition.hooks
+                    robot.runner.update_policy(
+                        lambda hooks=hooks: update_options(hooks, c.accel.options))
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _on_tick_error(self, exc: Exception) -> None:
-        self.tick_error = f'control tick failed: {type(exc).__name__}: {exc}'
-        if line := self._log('tick error', f'{self.tick_error}\n{traceback.format_exc()}'):
+    def _on_tick_error(self, robot: RobotIO, exc: Exception) -> None:
+        robot.tick_error = f'control tick failed: {type(exc).__name__}: {exc}'
+        if line := robot.log('tick error', f'{robot.where}{robot.tick_error}\n'
+                                           f'{traceback.format_exc()}'):
             self.get_logger().error(line)
 
     def _on_control_tick(self, robot: RobotIO, planned: float) -> None:
@@ -466,7 +473,15 @@ class PolicyNode(LifecycleNode):
             if tick.kind == 'hold':
                 self.get_logger().error(f'{robot.where}holding: {tick.fault}')
             robot.publish(tick, self.get_clock().now().to_msg())
-            self.tick_error = ''
+            robot.tick_error = ''
+
+    def tick_fault(self, robot: RobotIO) -> str:
+        """Why `robot`'s control tick fails ('' when it runs): its last error, or a dead thread."""
+        if robot.tick_error:
+            return robot.tick_error
+        if robot.loop is not None and not robot.loop.running and self._commanding:
+            return 'the control tick thread is not running'
+        return ''
 
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
@@ -479,25 +494,32 @@ class PolicyNode(LifecycleNode):
                                   'accel_options': c.accel.options,
                                   'stop_reason': self.stop_reason}
         warnings: dict[str, str] = {}  # reason -> text
-        robot_fault = ''
+        robot_fault = tick_fault = ''
         now = self._now()
         robots = list(self.robots)
+        statuses = []
         if robots and not robots[0].name:  # the single robot: its values are the node's
             robot_values, warnings, robot_fault = robots[0].values(now)
             values.update(robot_values)
             values['chunk_steps_from'] = self.chunk_steps_from
+            tick_fault = self.tick_fault(robots[0])
         elif robots:
             values.update(robots=','.join(r.name for r in robots),
                           chunk_steps_from=self.chunk_steps_from)
             if self.batcher is not None:
                 values.update(self.batcher.status())
+            state = 'active' if self.state_label == 'active' else \
+                f'{self.state_label}: {self.stop_reason}'
+            statuses = [robot.status(now, self.model_label, state, self.tick_fault(robot))
+                        for robot in robots]
+            faulted = [f'{r.name}: {s.message}' for r, s in zip(robots, statuses, strict=True)
+                       if s.level == DiagnosticStatus.ERROR]
+            if faulted:  # the node's entry says which robots are not commanding, and why
+                robot_fault = f'{len(faulted)} of {len(robots)} robots: ' + '; '.join(faulted)
         loops = self.loops
-        tick_fault = self.tick_error
         if loops:
             values.update(skipped_ticks=sum(loop.skipped for loop in loops),
                           tick_errors=sum(loop.errors for loop in loops))
-            if not all(loop.running for loop in loops) and self._commanding:
-                tick_fault = 'the control tick thread is not running'
         if self.state_label != 'active':
             failed = self.stop_reason.startswith('configure failed')
             status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
@@ -514,12 +536,7 @@ class PolicyNode(LifecycleNode):
             if line := self._log(reason, text, period_s=30.0):
                 self.get_logger().warning(line)
         status.values = key_values(values)
-        statuses = [status]
-        if robots and robots[0].name:
-            state = 'active' if self.state_label == 'active' else \
-                f'{self.state_label}: {self.stop_reason}'
-            statuses += [robot.status(now, self.model_label, state, tick_fault)
-                         for robot in robots]
+        statuses = [status, *statuses]
         msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics.publish(msg)

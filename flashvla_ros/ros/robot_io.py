@@ -71,6 +71,8 @@ class RobotIO:
         self.node, self.name, self.runner = node, name, runner
         self.label = name or node.get_name()  # in logs and diagnostics
         self.lock = threading.Lock()  # its ticks and its final hold never interleave
+        self.loop: Any = None  # its control tick (a FixedRateLoop), while active
+        self.tick_error = ''  # its last tick's exception, reported until a tick succeeds
         self.enabled = True  # a server's robot may be disabled alone (its enable service)
         self.stop_reason = ''  # why this robot alone is not commanding ('' when it is)
         self.joint_state: JointState | None = None
@@ -251,6 +253,9 @@ class RobotIO:
         `node_fault`: a fault of the node's that stops every robot (its tick threads).
         """
         values, warnings, fault = self.values(now)
+        for reason, text in warnings.items():
+            if line := self.log(reason, f'{self.where}{text}', period_s=30.0):
+                self.node.get_logger().warning(line)
         status = DiagnosticStatus(name=f'flashvla_ros: {self.node.get_name()} {self.name}',
                                   hardware_id=hardware_id)
         values = {'robot': self.name, 'enabled': self.enabled,
