@@ -38,16 +38,11 @@ import os
 from pathlib import Path
 import subprocess
 import sys
-import time
+
+from measure_node_timing import ProcessProbe  # this folder: the same probe of processes
 
 from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
-from flashvla_ros.ros.demo import (
-    robot_names,
-    ros_env,
-    start_policy,
-    start_world,
-    stop_processes,
-)
+from flashvla_ros.ros.demo import robot_names, ros_env, start_policy, start_world
 
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD_S = 0.1  # config/policy.yaml's control_rate_hz
@@ -85,52 +80,28 @@ def cpu_shares(procs: dict[str, list[int]], before: dict[int, float], seconds: f
             for name, pids in procs.items()}
 
 
-class Fleet:
+class Fleet(ProcessProbe):
     """N mock worlds and one server as processes; this process probes every robot."""
 
     def __init__(self, robots: int, max_batch: int, args: argparse.Namespace,
                  logs: Path) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
         from flashvla_ros.ros.command_probe import CommandProbe
-        from flashvla_ros.ros.demo import DiagnosticsWatch
 
         self.robots = robot_names(robots)
-        self.logs = logs
         self.worlds = {r: start_world(r, 1000 * i, logs, '-p', 'max_steps:=80', '-p',
                                       f'camera_rate_hz:={args.camera_hz}')
                        for i, r in enumerate(self.robots)}
         self.server = start_policy('default', logs, self.robots, f'max_batch:={max_batch}',
                                    *args.param, params_file=ROOT / 'config' / 'policy.yaml')
-        self.extra: list[subprocess.Popen] = []
-        self.node = rclpy.create_node('flashvla_fleet_probe')
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
+        # A world may be killed on purpose (the disappear fault): only the server is watched.
+        super().__init__(f'{robots} robots', logs, [self.server],
+                         [self.server, *self.worlds.values()])
         self.probes = {r: CommandProbe(self.node, f'/{r}/policy_node') for r in self.robots}
-        self.diagnostics = DiagnosticsWatch(self.node)
-
-    def now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
-
-    def spin(self, seconds: float, until=None) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not (until and until()):
-            self.executor.spin_once(timeout_sec=0.01)
-            if self.server.poll() is not None:
-                raise RuntimeError(f'the server exited; see {self.logs}/')
 
     def wait_for_actions(self) -> None:
-        def acting() -> bool:
-            return all(any(r.kind == 'action' for r in p.records) for p in self.probes.values())
-        self.spin(180, acting)
-        if not acting():
-            raise RuntimeError(f'not every robot acted within 180 s; see {self.logs}/')
-
-    def close(self) -> None:
-        stop_processes([*self.extra, self.server, *self.worlds.values()])
-        self.executor.shutdown()
-        self.node.destroy_node()
+        self.wait_until(lambda: all(any(r.kind == 'action' for r in p.records)
+                                    for p in self.probes.values()), 180,
+                        'not every robot acted')
 
 
 def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Namespace,
@@ -142,11 +113,12 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
         if fault == 'disappear':
             fleet.worlds['r4'].kill()
         elif fault == 'flood':
-            fleet.extra.append(subprocess.Popen([sys.executable, '-c', FLOOD,
+            fleet.procs.append(subprocess.Popen([sys.executable, '-c', FLOOD,
                                                  '/r4/image_raw']))
         before = dict(fleet.diagnostics.status)
-        groups = {'server': [fleet.server.pid], 'worlds': [w.pid for w in fleet.worlds.values()],
-                  'probe': [os.getpid()], 'other': [p.pid for p in fleet.extra]}
+        worlds = [w.pid for w in fleet.worlds.values()]
+        groups = {'server': [fleet.server.pid], 'worlds': worlds, 'probe': [os.getpid()],
+                  'other': [p.pid for p in fleet.procs[1 + len(worlds):]]}
         used = {pid: process_cpu_s(pid) for pids in groups.values() for pid in pids}
         since, cpu = fleet.now(), cpu_times()
         fleet.spin(args.duration)

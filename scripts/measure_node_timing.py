@@ -62,33 +62,24 @@ def cpu_times() -> list[int]:
     return [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
 
 
-class Graph:
-    """Mock world + policy_node as processes (and a CPU hog), this process as the probe."""
+class ProcessProbe:
+    """
+    Processes under test, and this process's node that probes them from outside.
 
-    def __init__(self, name: str, model: str, hog: bool, args: argparse.Namespace,
-                 logs: Path) -> None:
+    `spin` raises when a `watched` process exits (unless it waits `until` something).
+    """
+
+    def __init__(self, name: str, logs: Path, watched: list[subprocess.Popen],
+                 procs: list[subprocess.Popen]) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        from flashvla_ros.ros.command_probe import CommandProbe
         from flashvla_ros.ros.demo import DiagnosticsWatch
 
-        self.name, self.logs = name, logs
-        self.procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
-        self.procs.append(subprocess.Popen(
-            [tool('mock_world'), '--ros-args', '-p', f'camera_rate_hz:={args.camera_hz}',
-             '-p', 'max_steps:=80', '-r', 'commands:=/policy_node/commands'],
-            stdout=(logs / f'{name}-mock_world.log').open('w'), stderr=subprocess.STDOUT))
-        self.policy = subprocess.Popen(
-            [tool('policy_node'), '--ros-args', '--params-file',
-             str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
-             *[x for p in args.param for x in ('-p', p)]],
-            stdout=(logs / f'{name}-policy_node.log').open('w'), stderr=subprocess.STDOUT)
-        self.procs.append(self.policy)
+        self.name, self.logs, self.watched, self.procs = name, logs, watched, procs
         self.node = rclpy.create_node('flashvla_timing_probe')
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.probe = CommandProbe(self.node)
         self.diagnostics = DiagnosticsWatch(self.node)
 
     def now(self) -> float:
@@ -98,20 +89,45 @@ class Graph:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not (until and until()):
             self.executor.spin_once(timeout_sec=0.01)
-            if until is None and any(p.poll() is not None for p in self.procs):
+            if until is None and any(p.poll() is not None for p in self.watched):
                 raise RuntimeError(f'{self.name}: a process exited; see {self.logs}/')
 
-    def wait_for_action(self) -> None:
-        def acting() -> bool:
-            return bool(self.probe.records) and self.probe.records[-1].kind == 'action'
-        self.spin(120, acting)
+    def wait_until(self, acting, timeout_s: float, what: str) -> None:
+        """Spin until `acting()`; raise (naming `what`) when it did not within `timeout_s`."""
+        self.spin(timeout_s, acting)
         if not acting():
-            raise RuntimeError(f'{self.name}: no action within 120 s; see {self.logs}/')
+            raise RuntimeError(f'{self.name}: {what} within {timeout_s:g} s; see {self.logs}/')
 
     def close(self) -> None:
         stop_processes(self.procs)
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+class Graph(ProcessProbe):
+    """Mock world + policy_node as processes (and a CPU hog), this process as the probe."""
+
+    def __init__(self, name: str, model: str, hog: bool, args: argparse.Namespace,
+                 logs: Path) -> None:
+        from flashvla_ros.ros.command_probe import CommandProbe
+
+        procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
+        procs.append(subprocess.Popen(
+            [tool('mock_world'), '--ros-args', '-p', f'camera_rate_hz:={args.camera_hz}',
+             '-p', 'max_steps:=80', '-r', 'commands:=/policy_node/commands'],
+            stdout=(logs / f'{name}-mock_world.log').open('w'), stderr=subprocess.STDOUT))
+        self.policy = subprocess.Popen(
+            [tool('policy_node'), '--ros-args', '--params-file',
+             str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
+             *[x for p in args.param for x in ('-p', p)]],
+            stdout=(logs / f'{name}-policy_node.log').open('w'), stderr=subprocess.STDOUT)
+        procs.append(self.policy)
+        super().__init__(name, logs, procs, procs)
+        self.probe = CommandProbe(self.node)
+
+    def wait_for_action(self) -> None:
+        self.wait_until(lambda: bool(self.probe.records)
+                        and self.probe.records[-1].kind == 'action', 120, 'no action')
 
 
 def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from test_runner import wait_for
 import torch
 
 from flashvla_ros.accel.registry import accelerate, parse_accel
@@ -113,15 +114,6 @@ def runners_and_worker(policy, count: int, window_s: float = 0.05):
     runners = [PolicyRunner(policy.for_robot(), LIMITS, max_image_age_s=0.5,
                             max_action_age_s=1.0, lock=lock) for _ in range(count)]
     return runners, BatchWorker(policy, runners, lock, window_s=window_s, max_batch=count)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.002)
-    raise AssertionError('condition not reached')
 
 
 def test_the_worker_batches_runners_and_a_stale_camera_holds_only_its_robot(tiny_dir):

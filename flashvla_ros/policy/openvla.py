@@ -281,13 +281,9 @@ class OpenVLAPolicy:
             self._instruction = observation.instruction
             self.reset()
         hooks = self.composition
-        layout = self.layout(ids.numel())
-        record = StepRecord(layout, self.cfg.text.num_hidden_layers, hooks.plan,
-                            mlp_kept=hooks.mlp_kept)
-        step = Step(observation, layout, record, torch.arange(layout.visual, device=self.device))
-        hooks.before_step(step)
+        step = self._gated_step(observation, ids, hooks)
+        layout, record = step.layout, step.record
         if step.reuse is not None:
-            record.stopped = True
             clock.mark('preprocess')
             return self._reused(step, clock)
 
@@ -313,6 +309,17 @@ class OpenVLAPolicy:
             raise result
         clock.mark('head')
         return self._finish(step, result, clock, reused=False)
+
+    def _gated_step(self, observation: Observation, ids: torch.Tensor,
+                    composition: Composition) -> Step:
+        """Start a step and run its gates; a gate that reuses leaves `step.reuse` set."""
+        layout = self.layout(ids.numel())
+        record = StepRecord(layout, self.cfg.text.num_hidden_layers, composition.plan,
+                            mlp_kept=composition.mlp_kept)
+        step = Step(observation, layout, record, torch.arange(layout.visual, device=self.device))
+        composition.before_step(step)
+        record.stopped = step.reuse is not None
+        return step
 
     # -- results ---------------------------------------------------------------------------
 
@@ -400,15 +407,9 @@ class OpenVLAPolicy:
             if observation.instruction != robot.instruction:
                 robot.instruction = observation.instruction
                 robot.reset()
-            layout = self.layout(ids.numel())
-            record = StepRecord(layout, self.cfg.text.num_hidden_layers,
-                                robot.composition.plan, mlp_kept=robot.composition.mlp_kept)
-            step = Step(observation, layout, record,
-                        torch.arange(layout.visual, device=self.device))
+            step = self._gated_step(observation, ids, robot.composition)
             step.extras['batch'] = 0  # rows of the forward it joined (0: none)
-            robot.composition.before_step(step)
             if step.reuse is not None:
-                record.stopped = True
                 results[i] = self._reused(step, clock, robot.composition)
             else:
                 waiting.append((i, robot, step, ids))
