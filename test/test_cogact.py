@@ -25,7 +25,14 @@ from safetensors import safe_open
 import torch
 
 from flashvla_ros.accel.registry import accelerate
-from flashvla_ros.policy import CheckpointError, Observation, load_policy
+from flashvla_ros.policy import (
+    CheckpointError,
+    NonFiniteOutputError,
+    Observation,
+    heads,
+    load_policy,
+)
+from flashvla_ros.policy.actions import GRIPPER
 from flashvla_ros.policy.checkpoint import save_checkpoint, summarise_keys
 from flashvla_ros.policy.cogact_checkpoint import PREFIXES, convert_cogact
 from flashvla_ros.policy.dit import (
@@ -220,6 +227,15 @@ def test_each_frame_draws_its_own_noise(cogact):
     finally:
         cogact.head.noise_seed = 0
     assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[0], seen[2])
+
+
+@pytest.mark.parametrize('bad', [math.nan, math.inf])
+def test_a_non_finite_gripper_is_refused_not_binarised(cogact, bad):
+    # Thresholded first, a NaN gripper became 0 (open) and passed as a valid chunk.
+    chunk = torch.zeros(16, 7)
+    chunk[-1, GRIPPER] = bad
+    assert isinstance(cogact.head._actions(chunk), NonFiniteOutputError)
+    assert isinstance(cogact.head._actions(torch.zeros(16, 7)), heads.HeadOutput)
 
 
 @pytest.mark.parametrize('gripper_rows', [0, 1])

@@ -33,6 +33,23 @@ from .errors import CheckpointError
 ACTION_NAMES = ('x', 'y', 'z', 'roll', 'pitch', 'yaw', 'gripper')
 ACTION_DIM = len(ACTION_NAMES)
 GRIPPER = ACTION_NAMES.index('gripper')  # never normalised, binarised by CogACT, kept by a hold
+MOTION = slice(0, GRIPPER)  # the end-effector deltas: what a hold sets to zero
+LINEAR = slice(0, 3)  # x, y, z
+XY = slice(0, 2)  # x, y: the plane the mock world's table moves in
+ANGULAR = slice(3, GRIPPER)  # roll, pitch, yaw
+# CogACT's head (vla/cogactvla.py: `np.where(a < 0.5, 0, 1)`): 0.5 itself closes. Its deploy
+# script re-binarises an ensemble with `> 0.5`; one rule here, they differ at exactly 0.5 only.
+GRIPPER_THRESHOLD = 0.5
+
+
+def gripper_closed(value: float | np.ndarray) -> bool | np.ndarray:
+    """Whether a gripper value (or each of an array) closes; NaN is False: check it first."""
+    return value >= GRIPPER_THRESHOLD
+
+
+def binarize_gripper(value: float | np.ndarray) -> np.ndarray:
+    """Gripper values as 1.0 (closed) or 0.0 (open), by `gripper_closed`."""
+    return np.where(gripper_closed(np.asarray(value)), 1.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ The action heads behind one interface: what turns the prefill's last hidden stat
 - `TokenHead` (OpenVLA): greedy-decodes `action_dim` action tokens (decode.py) and maps their
   bins back to actions; one action per step.
 - `DiffusionHead` (CogACT): DDIM with a DiT conditioned on the cognition token (the EOS after
-  the prompt), a chunk of actions per step, the gripper binarised at 0.5.
+  the prompt), a chunk of actions per step, the gripper binarised (`actions.binarize_gripper`).
 
 Both take a batch (one robot per row, one row alone for the single-robot node) and return a
 `HeadOutput` per row in the dataset's units, or that row's NaN/inf error.
@@ -34,14 +34,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .actions import GRIPPER, ActionCodec, NormStats
+from .actions import GRIPPER, ActionCodec, NormStats, binarize_gripper
 from .composition import Composition
 from .decode import DecodeOne, Draft, decode_one, decode_rows, verify_draft
 from .dit import ddim_sample, frame_seed
 from .errors import NonFiniteOutputError
 from .step import Step
-
-GRIPPER_THRESHOLD = 0.5  # CogACT binarises the predicted gripper here
 
 
 @dataclass
@@ -189,9 +187,11 @@ class DiffusionHead:
         return [self._actions(chunk) for chunk in x.float().cpu()]
 
     def _actions(self, chunk: torch.Tensor) -> HeadOutput | NonFiniteOutputError:
-        normalized = chunk.clamp(-1.0, 1.0).numpy().astype(np.float64)
-        normalized[:, GRIPPER] = np.where(normalized[:, GRIPPER] >= GRIPPER_THRESHOLD, 1.0, 0.0)
-        values = self.stats.unnormalize(normalized)
-        if not np.isfinite(values).all() or not np.isfinite(normalized).all():
+        normalized = chunk.numpy().astype(np.float64)
+        # Before clamping and binarising, which would turn a NaN/inf into a valid-looking value
+        # (a NaN gripper into 0, open).
+        if not np.isfinite(normalized).all():
             return NonFiniteOutputError('the action head produced NaN/inf actions')
-        return HeadOutput(values, normalized, [])
+        normalized = normalized.clip(-1.0, 1.0)
+        normalized[:, GRIPPER] = binarize_gripper(normalized[:, GRIPPER])
+        return HeadOutput(self.stats.unnormalize(normalized), normalized, [])  # stats: finite

@@ -17,8 +17,8 @@ The kinematic tabletop world: state, one step per command, headless OpenCV rende
 
 Coordinates are metres on a square table seen from above; x points right and y points away
 from the robot (up in the image). A command is OpenVLA's 7-D action: end-effector deltas
-(dx, dy, dz, droll, dpitch, dyaw) and an absolute gripper command (>= 0.5 closes; NaN leaves
-the gripper as it is, as a hold sent before any gripper command does). The table is flat, so
+(dx, dy, dz, droll, dpitch, dyaw) and an absolute gripper command (`gripper_closed`; NaN
+leaves the gripper as it is, as a hold sent before any gripper command does). The table is flat, so
 dz and the rotations are accepted and ignored. An open gripper hovers: it passes over blocks
 and grasps the one under it when it closes. An empty closed gripper is a pusher: blocks it
 runs into move with it.
@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from ..policy.actions import ACTION_DIM, GRIPPER, MOTION, XY, gripper_closed
 
 TABLE_SIZE = 0.5  # metres per image side
 MAX_STEP = 0.02  # metres one command may move the end effector (larger deltas are clipped)
@@ -102,16 +104,17 @@ def random_state(rng: np.random.Generator, n_blocks: int = 3) -> WorldState:
 def step(state: WorldState, action: np.ndarray) -> None:
     """Apply one command: move (clipped), grasp/release, push with an empty closed gripper."""
     action = np.asarray(action, dtype=np.float64)
-    gripper_kept = action.shape == (7,) and np.isnan(action[6])  # "no gripper command"
-    if action.shape != (7,) or not np.isfinite(action[:6]).all() \
-            or not (gripper_kept or np.isfinite(action[6])):
+    shaped = action.shape == (ACTION_DIM,)
+    gripper_kept = shaped and np.isnan(action[GRIPPER])  # "no gripper command"
+    if not shaped or not np.isfinite(action[MOTION]).all() \
+            or not (gripper_kept or np.isfinite(action[GRIPPER])):
         raise ValueError(f'a command is 6 finite motions and a finite or NaN (keep) gripper, '
                          f'got {action!r}')
-    delta = np.clip(action[:2], -MAX_STEP, MAX_STEP)
+    delta = np.clip(action[XY], -MAX_STEP, MAX_STEP)
     ee = np.clip(state.ee + delta, 0.0, TABLE_SIZE)
     moved = ee - state.ee
     state.ee = ee
-    close = state.gripper_closed if gripper_kept else action[6] >= 0.5
+    close = state.gripper_closed if gripper_kept else gripper_closed(action[GRIPPER])
     if close and not state.gripper_closed:
         nearest = _nearest_block(state)
         if nearest is not None:

@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from ..policy.actions import ACTION_DIM, GRIPPER
+from ..policy.actions import ACTION_DIM, GRIPPER, XY
 from ..policy.step import Observation
 from ..sim.tasks import FAMILIES, Episode, Task, expert_action, is_success
 from ..sim.world import MAX_STEP, Block, WorldState, Zone, render
@@ -120,7 +120,7 @@ def generate(n_episodes: int, seed: int = 0, noise_p: float = 0.3, max_steps: in
                     queue = list(np.asarray(chunk.actions)[:max(1, chunk_steps)])
                 executed = queue.pop(0)
             elif rng.random() < noise_p:
-                executed[:2] = rng.uniform(-MAX_STEP, MAX_STEP, size=2)
+                executed[XY] = rng.uniform(-MAX_STEP, MAX_STEP, size=2)
                 if rng.random() < 0.1:
                     executed[GRIPPER] = 1.0 - executed[GRIPPER]
             steps['episode'].append(e)

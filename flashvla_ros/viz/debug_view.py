@@ -29,7 +29,7 @@ import math
 import cv2
 import numpy as np
 
-from ..policy.actions import GRIPPER
+from ..policy.actions import GRIPPER, XY
 
 FRESH, REUSED, HOLD = (60, 200, 60), (255, 150, 0), (230, 40, 40)  # RGB
 DROPPED_SHADE = 0.35  # brightness left on dropped tokens
@@ -58,7 +58,7 @@ def render_debug(rgb: np.ndarray, command: np.ndarray, *, kind: str, reused: boo
         img[~cells] = (img[~cells] * DROPPED_SHADE).astype(np.uint8)
     colour = HOLD if kind == 'hold' else REUSED if reused else FRESH
     centre = np.array([w / 2, h / 2])
-    motion = np.nan_to_num(np.asarray(command[:2], float))
+    motion = np.nan_to_num(np.asarray(command[XY], float))
     tip = centre + np.array([motion[0], -motion[1]]) / max_step * min(w, h) / 2
     if np.abs(tip - centre).max() >= 1:
         cv2.arrowedLine(img, tuple(int(v) for v in centre), tuple(int(v) for v in tip), colour,
