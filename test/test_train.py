@@ -27,12 +27,15 @@ from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.config import TextConfig
 from flashvla_ros.policy.layout import SequenceLayout
 from flashvla_ros.policy.llama import Llama, rotate_half
+from flashvla_ros.policy.presets import model_path
 from flashvla_ros.sim.tasks import Episode
 from flashvla_ros.train import dataset as ds
 from flashvla_ros.train.trainer import (
     FOCUS_LAYER,
+    Batcher,
     TrainConfig,
     attention_focus_loss,
+    instruction_corpus,
     run_with_attention,
     train,
 )
@@ -73,6 +76,44 @@ def test_frames_are_re_rendered_exactly(data_dir):
 def test_held_out_seeds_are_refused():
     with pytest.raises(ValueError, match='below'):
         ds.generate(10, seed=ds.HELDOUT_SEED_START - 5)
+
+
+@pytest.mark.parametrize('model', ['default', 'default-dit'])
+def test_the_trainer_feeds_a_frame_exactly_as_the_policy_is_served_it(data_dir, model):
+    """The ids and pixels a training batch holds for a frame are those its model is served."""
+    from flashvla_ros.policy.actions import ActionCodec, NormStats
+    from flashvla_ros.policy.tokenizer import build_llama_tokenizer
+
+    policy = load_policy(str(model_path(model)))
+    served: dict[str, torch.Tensor] = {}
+
+    def spy(name, fn):
+        def seen(x):
+            served.setdefault(name, x)  # the first call: the prompt and frame of the step
+            return fn(x)
+        return seen
+
+    llm = policy.model.language_model
+    llm.embed = spy('ids', llm.embed)
+    policy.model.encode_image = spy('pixels', policy.model.encode_image)
+
+    data = ds.load(data_dir)
+    tok = build_llama_tokenizer(instruction_corpus(), merges=300)  # as train() builds it
+    _, stats = NormStats.select(policy.cfg.norm_stats, 'mock_world')
+    head = policy.cfg.action_model
+    batcher = Batcher(data, tok, ActionCodec(tok.get_vocab_size(with_added_tokens=False)), stats,
+                      chunk=head.chunk if head is not None else 0)
+    i = int(np.flatnonzero(data['episode'] == 1)[2])
+    batch = batcher(np.array([i]))
+    policy.predict(Observation(ds.render_step(data, i), str(
+        data['ep_instruction'][data['episode'][i]])))
+
+    ids = served['ids'][0].tolist()
+    assert batch['text'][0, :len(ids)].tolist() == ids
+    if head is not None:  # the prompt ends in the cognition token, nothing after it
+        assert batch['text'].shape[1] == len(ids) and ids[-1] == tok.token_to_id('</s>')
+    assert int(batch['first'][0]) == policy.layout(len(ids)).prefill - 1
+    assert torch.equal(batch['pixels'], served['pixels'])
 
 
 @pytest.mark.slow  # 17 s on 2 idle cores, about 260 s on 2 busy ones: `make test-all`

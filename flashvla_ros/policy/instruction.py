@@ -19,15 +19,19 @@ Surrounding whitespace is stripped (OpenVLA's own code only lowercases, so a tra
 would change its tokens); what is left must be non-empty, at most MAX_INSTRUCTION_CHARS long
 and free of control characters (NUL, escape sequences, embedded newlines). The prompt-length
 limit in tokens is the policy's own check on top of this one.
+
+`prompt_tokens` is OpenVLA's prompt around an instruction, for the policy and the trainer alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import unicodedata
 
 from .errors import InputError
 
 MAX_INSTRUCTION_CHARS = 1000
+PROMPT = 'In: What action should the robot take to {}?\nOut:'
 
 
 def check_instruction(text: object) -> str:
@@ -45,3 +49,17 @@ def check_instruction(text: object) -> str:
     if controls:
         raise InputError(f'instruction contains control characters {controls}')
     return stripped
+
+
+def prompt_tokens(encode: Callable[[str], Sequence[int]], text: str, space_id: int,
+                  suffix: Sequence[int] = ()) -> list[int]:
+    """
+    Token ids of OpenVLA's prompt for a checked instruction: BOS first, then '▁', then `suffix`.
+
+    `encode` is the tokenizer's text -> ids (BOS included). OpenVLA appends the empty '▁' token
+    when the prompt does not end in it; `suffix` is the head's (CogACT's cognition token).
+    """
+    ids = list(encode(PROMPT.format(text.lower())))
+    if ids[-1] != space_id:
+        ids.append(space_id)
+    return [*ids, *suffix]

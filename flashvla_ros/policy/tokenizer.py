@@ -31,6 +31,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from tokenizers.trainers import BpeTrainer
 
 from .errors import CheckpointError
+from .instruction import PROMPT
 
 SPACE = '▁'
 SPECIALS = ('<unk>', '<s>', '</s>')
@@ -78,8 +79,7 @@ def instruction_corpus() -> list[str]:
               'backward', 'into the box', 'next to the cup', 'on top of the block']
     corpus = []
     for verb, colour, obj, place in itertools.product(verbs, colours, objects, places):
-        task = f'{verb} the {colour} {obj} {place}'
-        corpus.append(f'In: What action should the robot take to {task}?\nOut:')
+        corpus.append(PROMPT.format(f'{verb} the {colour} {obj} {place}'))
     return corpus
 
 

@@ -48,10 +48,11 @@ from ..policy.actions import ActionCodec, NormStats
 from ..policy.checkpoint import expand_path, load_model, save_checkpoint
 from ..policy.config import OpenVLAConfig, TextConfig, ViTConfig
 from ..policy.dit import DiTConfig, diffusion_loss
+from ..policy.instruction import PROMPT, check_instruction, prompt_tokens
 from ..policy.layout import SequenceLayout
 from ..policy.llama import Llama
-from ..policy.openvla import PROMPT, OpenVLA
-from ..policy.preprocess import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD
+from ..policy.openvla import OpenVLA
+from ..policy.preprocess import preprocess
 from ..policy.presets import init_weights
 from ..policy.tokenizer import SPACE, build_llama_tokenizer, save_tokenizer_files
 from ..sim.tasks import PUSH_DIRECTIONS
@@ -100,6 +101,7 @@ def instruction_corpus() -> list[str]:
     return [PROMPT.format(t) for t in tasks]
 
 
+IMAGE_SIZE = 224  # the towers' input (ViTConfig's default), as the mock world renders it
 PATCH = 28  # 224 px / 28 = 8 x 8 = 64 visual tokens: 2 CPU cores can train it in an hour
 
 
@@ -145,7 +147,12 @@ AUX_ACTIONS = 4  # actions of the chunk the cognition token must predict directl
 
 
 class Batcher:
-    """Renders frames and labels for dataset steps and tokenizes prompts and actions."""
+    """
+    Renders frames and labels for dataset steps and tokenizes prompts and actions.
+
+    Prompts and pixels go through the policy's own functions (`prompt_tokens`, `preprocess`):
+    a frame trains on exactly the inputs it is served with (test_train.py checks it).
+    """
 
     def __init__(self, data: dict, tokenizer, codec: ActionCodec, stats: NormStats,
                  chunk: int = 0) -> None:
@@ -155,14 +162,13 @@ class Batcher:
         self.space_id = tokenizer.token_to_id(SPACE)
         self.pad = tokenizer.token_to_id('<PAD>')
         self.prompts: dict[str, list[int]] = {}
-        mean = torch.tensor(DINO_MEAN + SIGLIP_MEAN).view(1, 6, 1, 1)
-        std = torch.tensor(DINO_STD + SIGLIP_STD).view(1, 6, 1, 1)
-        self.mean, self.std = mean, std
 
     def prompt_ids(self, instruction: str) -> list[int]:
+        """Return the prompt as the policy builds it (diffusion: ending in the cognition token)."""
         if instruction not in self.prompts:
-            ids = self.tok.encode(PROMPT.format(instruction.lower())).ids
-            self.prompts[instruction] = ids if ids[-1] == self.space_id else [*ids, self.space_id]
+            self.prompts[instruction] = prompt_tokens(
+                lambda text: self.tok.encode(text).ids, check_instruction(instruction),
+                self.space_id, [self.eos] if self.chunk else [])
         return self.prompts[instruction]
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -186,21 +192,22 @@ class Batcher:
             positions.append(np.concatenate([target - state.ee, zone - state.ee, state.ee])
                              / TABLE_SIZE)
             offsets.append((self.centres - state.ee) / TABLE_SIZE)
-        pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
-        pixels = (torch.cat([pixels, pixels], dim=1) - self.mean) / self.std
+        pixels = torch.cat([preprocess(frame, IMAGE_SIZE) for frame in frames])
         instructions = d['ep_instruction'][d['episode'][idx]]
         prompts = [self.prompt_ids(str(s)) for s in instructions]
         actions = self.codec.encode(self.stats.normalize(d['action'][idx]))  # [B, 7]
-        # Tokens: the prompt then the action tokens (teacher forcing); diffusion: the prompt
-        # then the cognition token (EOS), whose hidden state conditions the head.
-        tail = [[self.eos]] * len(idx) if self.chunk else actions[:, :-1].tolist()
+        # Tokens: the prompt then the action tokens (teacher forcing); diffusion: the prompt,
+        # whose last token (the cognition token, EOS) conditions the head.
+        tail = [[]] * len(idx) if self.chunk else actions[:, :-1].tolist()
         length = max(len(p) for p in prompts) + len(tail[0])
         text = np.full((len(idx), length), self.pad, dtype=np.int64)
-        first = np.zeros(len(idx), dtype=np.int64)  # sequence index predicting action 0
+        # The sequence index of the prompt's last token, which predicts action 0 (BOS is
+        # before the visual tokens, so prompt token j sits at grid ** 2 + j).
+        first = np.zeros(len(idx), dtype=np.int64)
         for b, p in enumerate(prompts):
             row = [*p, *tail[b]]
             text[b, :len(row)] = row
-            first[b] = self.grid ** 2 + len(p) - (0 if self.chunk else 1)
+            first[b] = self.grid ** 2 + len(p) - 1
         extra = {'chunks': torch.from_numpy(chunk_targets(d, self.stats, idx, self.chunk)).float()
                  } if self.chunk else {}
         return {**extra, 'pixels': pixels, 'text': torch.from_numpy(text),
@@ -210,7 +217,7 @@ class Batcher:
                 'patch_offsets': torch.from_numpy(np.stack(offsets)).float(),
                 'focus': torch.from_numpy(np.stack(focus)).float()}
 
-    grid = 224 // PATCH
+    grid = IMAGE_SIZE // PATCH
     # Table coordinates of the patch centres, row-major from the image's top-left.
     _c = (np.arange(grid) + 0.5) / grid * TABLE_SIZE
     centres = np.stack([np.tile(_c, grid), np.repeat(TABLE_SIZE - _c, grid)], axis=1)
