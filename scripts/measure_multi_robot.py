@@ -39,10 +39,11 @@ from pathlib import Path
 import subprocess
 import sys
 
-from measure_node_timing import ProcessProbe  # this folder: the same probe of processes
+# This folder: the same probe of processes, the same CPU reading.
+from measure_node_timing import ProcessProbe, cpu_idle_share, cpu_times
 
 from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
-from flashvla_ros.ros.demo import robot_names, ros_env, start_policy, start_world
+from flashvla_ros.ros.processes import robot_names, ros_env, start_policy, start_world
 
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD_S = 0.1  # config/policy.yaml's control_rate_hz
@@ -58,10 +59,6 @@ rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
 while rclpy.ok():
     pub.publish(rgb_to_image(rgb, node.get_clock().now().to_msg()))
 '''
-
-
-def cpu_times() -> list[int]:
-    return [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
 
 
 def process_cpu_s(pid: int) -> float:
@@ -122,7 +119,7 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
         used = {pid: process_cpu_s(pid) for pids in groups.values() for pid in pids}
         since, cpu = fleet.now(), cpu_times()
         fleet.spin(args.duration)
-        delta = [b - a for a, b in zip(cpu, cpu_times(), strict=True)]
+        idle = cpu_idle_share(cpu, cpu_times())
         cores_used = cpu_shares(groups, used, args.duration)
         after = dict(fleet.diagnostics.status)
         per_robot = {r: dict(fleet.diagnostics.robot(r)) for r in fleet.robots}
@@ -151,7 +148,7 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
     return {
         'name': name, 'robots': robots, 'max_batch': max_batch, 'fault': fault,
         'duration_s': args.duration,
-        'cpu_idle_share': round((delta[3] + delta[4]) / max(1, sum(delta)), 3),
+        'cpu_idle_share': round(idle, 3),
         'cores_used': cores_used,
         'steps_per_s': round(served / args.duration, 2),
         'mean_batch': float(after.get('mean_batch', 'nan')),
@@ -200,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='a policy_node parameter over config/policy.yaml')
     parser.add_argument('--json', default=str(ROOT / 'docs' / 'multi_robot' / 'cpu.json'))
     args = parser.parse_args(argv)
-    os.environ.update(ros_env())
-    os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
+    os.environ.update(ros_env(own_domain=True))
     logs = Path('build/multi-robot-logs')
     logs.mkdir(parents=True, exist_ok=True)
     kinds = (('batched', 'batched', 8), ('one', 'one at a time', 1))

@@ -45,7 +45,13 @@ import sys
 import time
 
 from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
-from flashvla_ros.ros.demo import ros_env, stop_processes, tool
+from flashvla_ros.ros.processes import (
+    DiagnosticsWatch,
+    ros_env,
+    start_policy,
+    start_world,
+    stop_processes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ('default', 'default+hog', 'default-dit', 'default-dit+hog')
@@ -73,8 +79,6 @@ class ProcessProbe:
                  procs: list[subprocess.Popen]) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-
-        from flashvla_ros.ros.demo import DiagnosticsWatch
 
         self.name, self.logs, self.watched, self.procs = name, logs, watched, procs
         self.node = rclpy.create_node('flashvla_timing_probe')
@@ -112,15 +116,11 @@ class Graph(ProcessProbe):
         from flashvla_ros.ros.command_probe import CommandProbe
 
         procs = [subprocess.Popen([sys.executable, '-c', HOG])] if hog else []
-        procs.append(subprocess.Popen(
-            [tool('mock_world'), '--ros-args', '-p', f'camera_rate_hz:={args.camera_hz}',
-             '-p', 'max_steps:=80', '-r', 'commands:=/policy_node/commands'],
-            stdout=(logs / f'{name}-mock_world.log').open('w'), stderr=subprocess.STDOUT))
-        self.policy = subprocess.Popen(
-            [tool('policy_node'), '--ros-args', '--params-file',
-             str(ROOT / 'config' / 'policy.yaml'), '-p', f'model:={model}',
-             *[x for p in args.param for x in ('-p', p)]],
-            stdout=(logs / f'{name}-policy_node.log').open('w'), stderr=subprocess.STDOUT)
+        procs.append(start_world('', 0, logs, '-p', f'camera_rate_hz:={args.camera_hz}',
+                                 '-p', 'max_steps:=80', log_prefix=f'{name}-'))
+        self.policy = start_policy(model, logs, [], *args.param,
+                                   params_file=ROOT / 'config' / 'policy.yaml',
+                                   log_prefix=f'{name}-')
         procs.append(self.policy)
         super().__init__(name, logs, procs, procs)
         self.probe = CommandProbe(self.node)
@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--exits', type=int, default=8, help='signal exits tried (0: none)')
     parser.add_argument('--json', default=str(ROOT / 'docs' / 'latency' / 'node_timing.json'))
     args = parser.parse_args(argv)
-    os.environ.update(ros_env())
-    os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
+    os.environ.update(ros_env(own_domain=True))
     logs = Path('build/timing-logs')
     logs.mkdir(parents=True, exist_ok=True)
 

@@ -32,14 +32,21 @@ import json
 import os
 from pathlib import Path
 import signal
-import subprocess
 import sys
 import time
 
 import cv2
 import numpy as np
 
-from flashvla_ros.ros.demo import DiagnosticsWatch, resolve_model, ros_env, tool
+from flashvla_ros.policy.actions import MOTION
+from flashvla_ros.ros.processes import (
+    DiagnosticsWatch,
+    resolve_model,
+    ros_env,
+    start_policy,
+    start_world,
+    stop_processes,
+)
 from flashvla_ros.sim.tasks import Episode
 
 COMMANDS = '/policy_node/commands'
@@ -77,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                         help='instead: compressed camera with bombs for this long')
     parser.add_argument('--json', help='also write the summary here')
     args = parser.parse_args(argv)
-    os.environ.update(ros_env())
-    os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 100))
-    model = resolve_model(args.model)
+    os.environ.update(ros_env(own_domain=True))
+    try:
+        model = resolve_model(args.model)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     bombs = args.image_bombs > 0
     duration = args.image_bombs if bombs else args.minutes * 60
 
@@ -92,19 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = Path('build/soak-logs')
     logs.mkdir(parents=True, exist_ok=True)
-    node_args = ['--ros-args', '-p', f'model:={model}']
-    procs = []
-    if bombs:
-        node_args += ['-p', 'image_transport:=compressed', '-p',
-                      'instruction:=pick up the red block']
-    else:
-        procs.append(subprocess.Popen(
-            [tool('mock_world'), '--ros-args', '-p', f'camera_rate_hz:={args.camera_hz}',
-             '-p', 'max_steps:=1000000', '-r', f'commands:={COMMANDS}'],
-            stdout=(logs / 'mock_world.log').open('w'), stderr=subprocess.STDOUT))
-    policy = subprocess.Popen([tool('policy_node'), *node_args],
-                              stdout=(logs / 'policy_node.log').open('w'),
-                              stderr=subprocess.STDOUT)
+    procs = [] if bombs else [start_world('', 0, logs, '-p', f'camera_rate_hz:={args.camera_hz}',
+                                          '-p', 'max_steps:=1000000')]
+    policy = start_policy(model, logs, [], *(['image_transport:=compressed',
+                                              'instruction:=pick up the red block']
+                                             if bombs else []))
     procs.append(policy)
 
     rclpy.init()
@@ -192,13 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         'latency_p50_ms': status.get('latency_p50_ms'),
         'latency_p99_ms': status.get('latency_p99_ms'),
         'rss_mb': {k: round(v, 1) for k, v in rss.items()},
-        'final_hold': final is not None and not any(final[:6]),
+        'final_hold': final is not None and not any(final[MOTION]),
         'exit_code': policy.returncode,
     }
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            p.wait(10)
+    stop_processes(procs)
     node.destroy_node()
     rclpy.try_shutdown()
     print('\n' + json.dumps(summary, indent=2))

@@ -17,21 +17,21 @@ Real rclpy processes for the integration tests: start nodes, probe topics, call 
 
 Every test session gets its own DDS domain and stays on localhost, so parallel runs and
 other ROS graphs on the machine never see each other. The fixtures (`probe`, `procs`,
-`fresh_probe`) live in conftest.py.
+`fresh_probe`) live in conftest.py; starting and stopping processes is
+flashvla_ros/ros/processes.py, as for the demo and the scripts.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-import os
 from pathlib import Path
-import shutil
-import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
+
+from flashvla_ros.policy.actions import GRIPPER, MOTION
+from flashvla_ros.ros.processes import interrupt, ros_env, status_values, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 BAG = ROOT / 'test' / 'data' / 'mock_world_bag'
@@ -43,22 +43,8 @@ RAW = '/policy_node/raw_action'
 
 
 def ros_environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
-        'ROS_DOMAIN_ID': str(100 + os.getpid() % 100),
-        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        'ROS_LOCALHOST_ONLY': '1',  # the Humble-era spelling of the same thing
-        'PYTHONUNBUFFERED': '1',
-    })
-    return env
-
-
-def executable(name: str) -> str:
-    path = shutil.which(name) or str(Path(sys.executable).parent / name)
-    if not Path(path).exists():
-        raise FileNotFoundError(f'{name} is not installed: run `pip install -e .` (make test)')
-    return path
+    """Return this test session's environment: its own DDS domain, localhost only."""
+    return ros_env(own_domain=True, override=True)
 
 
 class Processes:
@@ -70,7 +56,7 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = self.log_dir / f'{name}-{len(self.procs)}.log'
-        proc = subprocess.Popen([executable(name), *args], stdout=log.open('w'),
+        proc = subprocess.Popen([tool(name), *args], stdout=log.open('w'),
                                 stderr=subprocess.STDOUT, env=ros_environment())
         self.procs.append((proc, log))
         return proc
@@ -83,20 +69,9 @@ class Processes:
     def logs(self) -> str:
         return '\n'.join(f'--- {log.name}\n{log.read_text()[-3000:]}' for _, log in self.procs)
 
-    @staticmethod
-    def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
     def stop_all(self) -> None:
         for proc, _ in self.procs:
-            self.interrupt(proc)
+            interrupt(proc)
 
 
 class Probe:
@@ -136,10 +111,9 @@ class Probe:
         for _, msg in reversed(self.messages['/diagnostics']):
             for status in msg.status:
                 if status.name == name:
-                    values = {kv.key: kv.value for kv in status.values}
+                    values: dict = status_values(status)
                     values['level'] = int.from_bytes(status.level, 'little') \
                         if isinstance(status.level, bytes) else int(status.level)
-                    values['message'] = status.message
                     return values
         return None
 
@@ -183,14 +157,14 @@ def commands(probe: Probe, topic: str = COMMANDS) -> list[tuple[float, np.ndarra
 
 
 def is_hold(cmd: np.ndarray) -> bool:
-    return bool((cmd[:6] == 0).all())
+    return bool((cmd[MOTION] == 0).all())
 
 
 def within_limits(values: np.ndarray) -> bool:
     """Every command is inside the limits; only a hold may carry NaN ("no gripper command")."""
     values = np.array(values, dtype=float).reshape(-1, 7)
-    unset = np.isnan(values[:, 6]) & (values[:, :6] == 0).all(axis=1)
-    values[unset, 6] = LOWER[6]
+    unset = np.isnan(values[:, GRIPPER]) & (values[:, MOTION] == 0).all(axis=1)
+    values[unset, GRIPPER] = LOWER[GRIPPER]
     return bool(((values >= LOWER) & (values <= UPPER)).all())
 
 

@@ -12,7 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The layering rule: policy/, accel/, control/ and sim/ import nothing from ROS."""
+"""The layering rules: policy/, accel/, control/ and sim/ import nothing from ROS; no layer
+imports an application (tools/, bench/, train/, testing/)."""
 
 import ast
 from pathlib import Path
@@ -46,3 +47,16 @@ def test_core_layers_import_no_ros():
                 relative_ros = name.startswith('.ros') or '..ros' in name
                 assert not relative_ros, f'{path} imports {name}'
     assert checked >= 12
+
+
+APPLICATIONS = ('tools', 'bench', 'train', 'testing')  # built on the layers, never below them
+
+
+def test_no_layer_imports_an_application():
+    for layer in (*ROS_FREE, 'ros'):
+        for path in (PACKAGE / layer).rglob('*.py'):
+            for name in imported_modules(path):
+                parts = name.lstrip('.').split('.')
+                app = parts[1] if parts[0] == 'flashvla_ros' and len(parts) > 1 else \
+                    parts[0] if name.startswith('.') else ''
+                assert app not in APPLICATIONS, f'{path} imports {name}'

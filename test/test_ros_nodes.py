@@ -29,7 +29,6 @@ from ros_harness import (
     COMMANDS,
     GOLDEN,
     RAW,
-    Processes,
     commands,
     is_hold,
     listen_once,
@@ -52,6 +51,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from flashvla_ros.ros.bag import read_messages  # noqa: E402
 from flashvla_ros.ros.command_probe import seconds  # noqa: E402
+from flashvla_ros.ros.processes import interrupt  # noqa: E402
 
 TIMING = '/policy_node/command_timing'
 
@@ -241,7 +241,7 @@ def test_stopping_the_camera_holds_within_max_image_age(probe, procs, tiny_dir):
     probe.wait_for(lambda: len(commands(probe)) > 5, 60, 'commands', procs)
     # The last frame leaves the camera between the interrupt and the process's exit.
     stop_sent = time.monotonic()
-    Processes.interrupt(world)
+    interrupt(world)
     stopped = time.monotonic()
     probe.spin(2.0)
     after = [(t, c) for t, c in commands(probe) if t > stop_sent]

@@ -31,111 +31,21 @@ from collections import Counter
 import json
 import os
 from pathlib import Path
-import shutil
-import signal
-import subprocess
 import sys
 import time
 
-DEFAULT_TINY = Path('build/openvla-tiny')
+from .processes import (
+    DiagnosticsWatch,
+    resolve_model,
+    robot_names,
+    ros_env,
+    start_policy,
+    start_world,
+    stop_processes,
+)
+
 CAMERA_HZ = 30.0  # the mock world's camera, as the timing targets assume (docs/TIMING.md)
 RECORD_FPS = 20.0  # a recording keeps wall-clock time at this rate
-
-
-def ros_env() -> dict[str, str]:
-    """Keep the user's ROS settings; default to localhost-only discovery and Fast DDS."""
-    env = dict(os.environ)
-    env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    env.setdefault('ROS_LOCALHOST_ONLY', '1')
-    env.setdefault('PYTHONUNBUFFERED', '1')
-    return env
-
-
-def resolve_model(model: str | None) -> str:
-    from ..policy.presets import model_path
-    from ..tools.make_tiny import make_tiny
-
-    path = model_path(model)
-    if model or path.is_dir():
-        return str(path.resolve())  # the node gets an absolute path
-    if not (DEFAULT_TINY / 'config.json').is_file():
-        make_tiny(DEFAULT_TINY, seed=0)
-        print(f'no embedded default model in this install: wrote the tiny random model to '
-              f'{DEFAULT_TINY} (its actions are meaningless)')
-    return str(DEFAULT_TINY)
-
-
-def tool(name: str) -> str:
-    return shutil.which(name) or str(Path(sys.executable).parent / name)
-
-
-def robot_names(count: int) -> list[str]:
-    """Name `count` robots served by one node: r1, r2, ... ([] for none)."""
-    return [f'r{i + 1}' for i in range(count)]
-
-
-def start_world(robot: str, seed: int, logs: Path, *args: str) -> subprocess.Popen:
-    """Start a mock world in `robot`'s namespace ('' for none), commanded by its policy node."""
-    namespace = ['-r', f'__ns:=/{robot}'] if robot else []
-    return subprocess.Popen(
-        [tool('mock_world'), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
-         '-r', 'commands:=policy_node/commands'],
-        stdout=(logs / f'mock_world{"-" + robot if robot else ""}.log').open('w'),
-        stderr=subprocess.STDOUT)
-
-
-def start_policy(model: str, logs: Path, robots: list[str], *params: str,
-                 params_file: Path | None = None) -> subprocess.Popen:
-    """Start the policy node (a parameter file, else its defaults) for `robots` or one robot."""
-    robot_param = ['-p', f'robots:=[{", ".join(robots)}]'] if robots else []
-    file = ['--params-file', str(params_file)] if params_file else []
-    return subprocess.Popen(
-        [tool('policy_node'), '--ros-args', *file, '-p', f'model:={model}', *robot_param,
-         *[x for p in params for x in ('-p', p)]],
-        stdout=(logs / 'policy_node.log').open('w'), stderr=subprocess.STDOUT)
-
-
-def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
-    """Interrupt every process (a node's final hold goes out), kill what does not exit."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-class DiagnosticsWatch:
-    """
-    The policy node's newest /diagnostics entry, as a dict (with its `message`).
-
-    A server of several robots also has one entry per robot: `robot(name)`.
-    """
-
-    NAME = 'flashvla_ros: policy_node'
-
-    def __init__(self, node) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self.status: dict[str, str] = {}
-        self.by_name: dict[str, dict[str, str]] = {}
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
-
-    def _on_diagnostics(self, msg) -> None:
-        for s in msg.status:
-            values = {kv.key: kv.value for kv in s.values}
-            values['message'] = s.message
-            self.by_name[s.name] = values
-            if s.name == self.NAME:  # in place: a caller may keep a reference
-                self.status.clear()
-                self.status.update(values)
-
-    def robot(self, name: str) -> dict[str, str]:
-        return self.by_name.get(f'{self.NAME} {name}', {})
 
 
 class FrameSink:
@@ -215,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.record and not args.record.lower().endswith(('.mp4', '.gif')):
         parser.error('--record writes an .mp4 or a .gif')
+    try:
+        model = resolve_model(args.model)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     sink = FrameSink(args.view, args.record, RECORD_FPS, args.record_width) \
         if args.view or args.record else None
-    model = resolve_model(args.model)
     os.environ.update(ros_env())
 
     import rclpy
