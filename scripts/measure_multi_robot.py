@@ -42,7 +42,7 @@ import sys
 # This folder: the same probe of processes, the same CPU reading.
 from measure_node_timing import ProcessProbe, cpu_idle_share, cpu_times
 
-from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
+from flashvla_ros.control.timing import BUSY, IDLE, missed_targets, unjudged_targets
 from flashvla_ros.ros.processes import robot_names, ros_env, start_policy, start_world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,8 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
                        # In the node, at the tick's start (before publishing): the thread's wake.
                        'node_tick_lateness_p99_ms': float(status.get('tick_lateness_p99_ms',
                                                                      'nan')),
-                       'status': status.get('message', ''), 'missed_targets': misses}
+                       'status': status.get('message', ''), 'missed_targets': misses,
+                       'unjudged_targets': unjudged_targets(figures)}
     judged_names = [n for n in rows if not (fault and n == 'r4')]  # the others are judged
     judged = [rows[n] for n in judged_names]
     return {
@@ -159,6 +160,8 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
         'max_first_action_p50_ms': max(r['first_action_p50_ms'] for r in judged),
         'max_inference_p50_ms': max(r['inference_p50_ms'] for r in judged),
         'max_missed_share': max(r['missed_share'] for r in judged),
+        'skipped_ticks': sum(r['skipped_ticks'] for r in judged),
+        'unjudged_targets': sorted({u for r in judged for u in r['unjudged_targets']}),
         'robots_missing_targets': [n for n in judged_names if rows[n]['missed_targets']],
         'per_robot': rows,
     }
@@ -166,16 +169,19 @@ def run(name: str, robots: int, max_batch: int, fault: str, args: argparse.Names
 
 def print_table(rows: list[dict]) -> None:
     print('| run | CPU idle | steps/s served | mean batch | commands/s (min robot) '
-          '| tick lateness p99 / max (worst robot) | inference p50 (worst) '
-          '| frame to command p50 (worst) | first action p50 (worst) | missed ticks (worst) '
-          '| robots missing a target |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+          '| tick lateness p99 / max (worst robot) | skipped ticks (all robots) '
+          '| inference p50 (worst) | frame to command p50 (worst) | first action p50 (worst) '
+          '| missed ticks (worst) | robots missing a target |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         missing = ', '.join(r['robots_missing_targets']) or 'none'
+        if r['unjudged_targets']:
+            missing += f' ({"; ".join(r["unjudged_targets"])})'
         print(f'| {r["name"]} | {r["cpu_idle_share"]:.0%} | {r["steps_per_s"]:.1f} '
               f'| {r["mean_batch"]:.2f} | {r["min_command_rate_hz"]:.2f} '
               f'| {r["max_lateness_p99_ms"]:.1f} / {r["max_lateness_max_ms"]:.1f} ms '
-              f'| {r["max_inference_p50_ms"]:.1f} ms | {r["max_frame_to_command_p50_ms"]:.1f} ms '
+              f'| {r["skipped_ticks"]} | {r["max_inference_p50_ms"]:.1f} ms '
+              f'| {r["max_frame_to_command_p50_ms"]:.1f} ms '
               f'| {r["max_first_action_p50_ms"]:.1f} ms | {r["max_missed_share"]:.1%} '
               f'| {missing} |')
 

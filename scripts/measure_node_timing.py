@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from flashvla_ros.control.timing import BUSY, IDLE, missed_targets
+from flashvla_ros.control.timing import BUSY, IDLE, missed_targets, unjudged_targets
 from flashvla_ros.ros.processes import (
     DiagnosticsWatch,
     ros_env,
@@ -157,7 +157,7 @@ def run_scenario(name: str, args: argparse.Namespace, logs: Path) -> dict:
                 'tick_lateness_p99_ms', 'tick_lateness_max_ms', 'command_hz', 'starved_ticks',
                 'boundary_stalls', 'commanding_ticks', 'watchdog_holds', 'dropped_frames',
                 'frames', 'inferences')},
-            'missed_targets': misses}
+            'missed_targets': misses, 'unjudged_targets': unjudged_targets(figures)}
 
 
 def run_exits(count: int, args: argparse.Namespace, logs: Path) -> list[dict]:
@@ -191,15 +191,16 @@ def run_exits(count: int, args: argparse.Namespace, logs: Path) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     print('| scenario | CPU idle | commands/s | tick lateness p50 / p99 / max '
           '| intervals off by p99 / max | inference p50 '
-          '| frame to first action p50 | missed ticks | holds | targets |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+          '| frame to first action p50 | missed ticks | skipped ticks | holds | targets |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print(f'| {r["scenario"]} | {r["cpu_idle_share"]:.0%} | {r["command_rate_hz"]:.2f} '
               f'| {r["lateness_p50_ms"]:.1f} / {r["lateness_p99_ms"]:.1f} / '
               f'{r["lateness_max_ms"]:.1f} ms | {r["interval_deviation_p99_ms"]:.1f} / '
               f'{r["interval_deviation_max_ms"]:.1f} ms | {r["inference_p50_ms"]:.1f} ms '
               f'| {r["first_action_p50_ms"]:.1f} ms | {r["missed_share"]:.1%} '
-              f'| {r["holds"]} | {"; ".join(r["missed_targets"]) or "all met"} |')
+              f'| {r["skipped_ticks"]} | {r["holds"]} '
+              f'| {"; ".join(r["missed_targets"] + r["unjudged_targets"]) or "all met"} |')
 
 
 def main(argv: list[str] | None = None) -> int:
