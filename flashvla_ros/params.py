@@ -13,11 +13,12 @@
 # limitations under the License.
 
 """
-The policy node's parameters: one table, one typed config, one loader.
+The policy node's parameters: one declaration each, one typed config, one loader.
 
-The table is the single source of truth: the ROS node declares every entry with its
-description, range and read-only flag; `config/policy.yaml` sets the same names; the
-validators here reject bad values with a reason, at load and for live changes alike.
+`NodeConfig`'s fields are the declarations (`param`, as the accelerators' `option`): the ROS
+node declares every entry with its description, range and read-only flag (`PARAMS`);
+`config/policy.yaml` sets the same names; the validators here reject bad values with a reason,
+at load and for live changes alike.
 
 `accel` lists the accelerators in hook order. Each accelerator's entries (`flashvla.preset`,
 `flashvla.<option>`: a nested `flashvla:` mapping in YAML) come from its one options
@@ -27,7 +28,7 @@ set explicitly overrides it. Live options may change while running; the others a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 import math
 from pathlib import Path
 import re
@@ -36,19 +37,30 @@ from typing import Any
 import yaml
 
 from .accel.registry import ACCELERATORS, NONE, check_accel
-from .control.runner import ChunkExecution
-from .control.safety import hold_outside_limits
+from .control.chunks import ChunkExecution
+from .control.runner import RunnerSettings
+from .control.safety import SafetyLimits, hold_outside_limits
 from .policy.actions import ACTION_DIM, ACTION_NAMES
 from .policy.checkpoint import expand_path
+from .policy.config import Execution
 from .policy.errors import InputError
 from .policy.instruction import check_instruction
 from .policy.quantize import FORMATS
 
-OUTPUTS = ('twist', 'array', 'trajectory', 'gripper', 'raw')
+# The command outputs: name -> (topic, private to the node; message type).
+OUTPUTS = {
+    'twist': ('delta_twist_cmds', 'geometry_msgs/msg/TwistStamped'),
+    'array': ('commands', 'std_msgs/msg/Float64MultiArray'),
+    'trajectory': ('joint_trajectory', 'trajectory_msgs/msg/JointTrajectory'),
+    'gripper': ('gripper_cmd', 'std_msgs/msg/Float64'),
+    'raw': ('raw_action', 'std_msgs/msg/Float64MultiArray'),
+}
 
 
 @dataclass(frozen=True)
 class Param:
+    """One ROS parameter of the node: its declaration (name, default, description, range)."""
+
     name: str
     default: Any
     description: str
@@ -59,104 +71,9 @@ class Param:
     kind: type | None = None  # the type of an entry whose default is None (unset)
 
 
-PARAMS: tuple[Param, ...] = (
-    Param('model', '', 'Checkpoint directory (Hugging Face OpenVLA layout), or an embedded '
-          'model (default-dit); empty = the embedded default model.', read_only=True),
-    Param('device', 'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True),
-    Param('dtype', 'float32', 'Weights dtype.', read_only=True,
-          choices=('float32', 'bfloat16', 'float16')),
-    Param('quantize', 'none', "Weight-only quantization of the decoder's linear layers: none, "
-          'int8, or int4 (int4 on CUDA needs dtype bfloat16; on CPU it stores int4 values in '
-          'int8). Needs torchao; a format with no kernel here is refused at configure.',
-          read_only=True, choices=FORMATS),
-    Param('cpu_threads', 0, "Torch CPU threads for inference; 0: torch's default less one (at "
-          'least 1), leaving a core to the camera, the control tick and ROS.', read_only=True,
-          low=0, high=1024),
-    Param('static_cache', False, 'Static-shape KV cache written at position slots, greedy '
-          'tokens kept on the device until the action is complete (the GPU decode path; the '
-          'same tokens).', read_only=True),
-    Param('compile', False, 'torch.compile the one-token decode step (CUDA graphs on CUDA); '
-          'implies static_cache. Compiled during configure (warm-up).', read_only=True),
-    Param('unnorm_key', '', 'Dataset statistics used to un-normalise actions; empty = the '
-          "checkpoint's only one.", read_only=True),
-    Param('center_crop', False, 'Crop the central 90% of the image area first (LIBERO).',
-          read_only=True),
-    Param('autostart', True, 'Configure and activate the lifecycle node at start-up.',
-          read_only=True),
-    Param('image_transport', 'raw', 'Camera input: raw (sensor_msgs/Image on image_raw) or '
-          'compressed (sensor_msgs/CompressedImage on image_raw/compressed).', read_only=True,
-          choices=('raw', 'compressed')),
-    Param('image_reliability', 'best_effort', 'Camera subscription QoS: best_effort (sensor '
-          'data, never waits) or reliable (lossless replay of recorded frames).',
-          read_only=True, choices=('best_effort', 'reliable')),
-    Param('instruction', '', 'Task instruction (empty: none, hold); the instruction topic '
-          'replaces it and this parameter always shows the one being followed. A change starts '
-          'a new episode.'),
-    Param('control_rate_hz', 10.0, 'Rate of the control tick that publishes commands, Hz.',
-          read_only=True, low=0.5, high=500.0),
-    Param('max_image_age_s', 0.5, 'Newest frame older than this (by arrival): hold and stop '
-          'commanding; such frames are never inferred on, s.', low=0.01, high=10.0),
-    Param('max_action_age_s', 1.0, 'Queued actions computed from frames older than this are '
-          'dropped, s.', low=0.01, high=10.0),
-    Param('max_command_gap_s', 0.5, 'Command watchdog: active, with an instruction and valid '
-          'frames, yet no command for this long: one hold and ERROR with the cause, s.',
-          low=0.01, high=60.0),
-    Param('max_image_pixels', 4096 * 4096, 'Largest camera image (width x height) accepted; '
-          'compressed frames are checked from their header, before decoding.', read_only=True,
-          low=64.0, high=8192 * 8192),
-    Param('outputs', ['twist', 'array', 'gripper', 'raw'], f'Which command outputs to publish, '
-          f'any of {list(OUTPUTS)}.', read_only=True, choices=OUTPUTS),
-    Param('command_frame_id', 'base_link', 'frame_id of TwistStamped commands (the frame the '
-          'policy\'s end-effector deltas are expressed in).'),
-    Param('action_scale', [1.0] * ACTION_DIM, 'Per-dimension factor applied to the policy '
-          'action before clamping.', low=-100.0, high=100.0),
-    Param('action_lower', [-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 0.0], 'Per-dimension '
-          'lower command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
-    Param('action_upper', [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0], 'Per-dimension upper '
-          'command limits (m, rad per step; gripper).', low=-1e3, high=1e3),
-    Param('debug_image', False, 'Publish ~/debug_image (sensor_msgs/Image): each command\'s '
-          'camera frame with the dropped visual tokens darkened, the commanded motion drawn and '
-          'reuse or hold marked.', read_only=True),
-    Param('joint_names', list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per '
-          'action dimension).', read_only=True),
-    Param('chunk_mode', 'execute', 'How action chunks become commands: execute (the first '
-          'chunk_steps actions of each chunk, one per tick) or ensemble (a prediction every '
-          "tick, blended with the previous ones by CogACT's adaptive weights).",
-          choices=('execute', 'ensemble')),
-    Param('chunk_steps', -1, 'execute: actions of each chunk to run before the next one (0: the '
-          'whole chunk; -1: what the model recommends in its config.json "execution", else the '
-          'whole chunk; an autoregressive model gives chunks of one).', low=-1, high=1024),
-    Param('ensemble_horizon', 2, 'ensemble: the last K predictions blended (CogACT: 2 on the '
-          'Google robot, 7 on WidowX).', low=1, high=64),
-    Param('ensemble_alpha', 0.1, 'ensemble: weight exp(alpha * cos(prediction, newest)).',
-          low=-10.0, high=10.0),
-    Param('inference_timing', 'just_in_time', 'just_in_time: start each inference from the '
-          'measured latency so it finishes just before the tick that uses it, on the newest '
-          'frame; asap: as soon as the queue runs dry.', choices=('just_in_time', 'asap')),
-    Param('robots', [], 'Namespaces of the robots this node serves with one model, e.g. [r1, '
-          'r2]: each gets the topics of a single-robot node in that namespace, its own runner, '
-          'accelerator memory, reset and enable services and /diagnostics entry, and their '
-          'inferences run batched; empty: one robot, the topics without a namespace.',
-          read_only=True),
-    Param('batch_window_s', 0.02, "Several robots: inferences due within this long of the "
-          "first due one join its batch (they start up to this much early), s.", low=0.0,
-          high=1.0),
-    Param('max_batch', 8, 'Several robots: the most robots in one forward (the KV cache is '
-          'allocated for this many).', read_only=True, low=1, high=64),
-    Param('accel', ['flashvla'], 'Accelerators, in the order their hooks run: [none] for the '
-          f'plain model, or any of {sorted(ACCELERATORS)}.', read_only=True,
-          choices=(NONE, *ACCELERATORS)),
-    *(param for accel in ACCELERATORS.values() for param in (
-        Param(f'{accel.name}.preset', accel.DEFAULT_PRESET, f'{accel.name} preset '
-              f'({", ".join(accel.PRESETS)}) or empty for the built-in defaults; options set '
-              'below override it.', read_only=True, choices=('', *accel.PRESETS)),
-        *(Param(f'{accel.name}.{spec.name}', None, f'{spec.help[:1].upper()}{spec.help[1:]}'
-                f'{f" ({spec.describe_range()})" if spec.describe_range() else ""}.',
-                read_only=not spec.live, kind=spec.kind)
-          for spec in accel.specs()))),
-)
-PARAM_BY_NAME = {p.name: p for p in PARAMS}
-ACCEL_PARAMS = {p.name for p in PARAMS if p.name.partition('.')[0] in ACCELERATORS}
+def param(default: Any, description: str, **declaration: Any) -> Any:
+    """Declare one node parameter as a NodeConfig field (its name is the field's)."""
+    return field(metadata={'param': Param('', default, description, **declaration)})
 
 
 @dataclass(frozen=True)
@@ -167,40 +84,122 @@ class AccelConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    model: str
-    device: str
-    dtype: str
-    quantize: str
-    cpu_threads: int
-    static_cache: bool
-    compile: bool
-    unnorm_key: str
-    center_crop: bool
-    autostart: bool
-    image_transport: str
-    image_reliability: str
-    instruction: str
-    control_rate_hz: float
-    max_image_age_s: float
-    max_action_age_s: float
-    max_command_gap_s: float
-    max_image_pixels: int
-    outputs: tuple[str, ...]
-    command_frame_id: str
-    action_scale: tuple[float, ...]
-    action_lower: tuple[float, ...]
-    action_upper: tuple[float, ...]
-    debug_image: bool
-    joint_names: tuple[str, ...]
-    chunk_mode: str
-    chunk_steps: int
-    ensemble_horizon: int
-    ensemble_alpha: float
-    inference_timing: str
-    robots: tuple[str, ...]
-    batch_window_s: float
-    max_batch: int
-    accel: AccelConfig
+    """
+    The node's parameters, typed and validated: each declared once, here.
+
+    The fields carry the declarations (`param`): the ROS node declares them with their
+    descriptions and ranges, `config/policy.yaml` sets the same names, and `build_config`
+    fills every field (they have no dataclass defaults).
+    """
+
+    model: str = param(
+        '', 'Checkpoint directory (Hugging Face OpenVLA layout), or an embedded model '
+        '(default-dit); empty = the embedded default model.', read_only=True)
+    device: str = param(
+        'cpu', 'Torch device: cpu, cuda or cuda:N.', read_only=True)
+    dtype: str = param(
+        'float32', 'Weights dtype.', read_only=True, choices=('float32', 'bfloat16', 'float16'))
+    quantize: str = param(
+        'none', "Weight-only quantization of the decoder's linear layers: none, int8, or int4 "
+        '(int4 on CUDA needs dtype bfloat16; on CPU it stores int4 values in int8). Needs '
+        'torchao; a format with no kernel here is refused at configure.',
+        read_only=True, choices=FORMATS)
+    cpu_threads: int = param(
+        0, "Torch CPU threads for inference; 0: torch's default less one (at least 1), leaving a "
+        'core to the camera, the control tick and ROS.', read_only=True, low=0, high=1024)
+    static_cache: bool = param(
+        False, 'Static-shape KV cache written at position slots, greedy tokens kept on the '
+        'device until the action is complete (the GPU decode path; the same tokens).',
+        read_only=True)
+    compile: bool = param(
+        False, 'torch.compile the one-token decode step (CUDA graphs on CUDA); implies '
+        'static_cache. Compiled during configure (warm-up).', read_only=True)
+    unnorm_key: str = param(
+        '', "Dataset statistics used to un-normalise actions; empty = the checkpoint's only one.",
+        read_only=True)
+    center_crop: bool = param(
+        False, 'Crop the central 90% of the image area first (LIBERO).', read_only=True)
+    autostart: bool = param(
+        True, 'Configure and activate the lifecycle node at start-up.', read_only=True)
+    image_transport: str = param(
+        'raw', 'Camera input: raw (sensor_msgs/Image on image_raw) or compressed '
+        '(sensor_msgs/CompressedImage on image_raw/compressed).',
+        read_only=True, choices=('raw', 'compressed'))
+    image_reliability: str = param(
+        'best_effort', 'Camera subscription QoS: best_effort (sensor data, never waits) or '
+        'reliable (lossless replay of recorded frames).',
+        read_only=True, choices=('best_effort', 'reliable'))
+    instruction: str = param(
+        '', 'Task instruction (empty: none, hold); the instruction topic replaces it and this '
+        'parameter always shows the one being followed. A change starts a new episode.')
+    control_rate_hz: float = param(
+        10.0, 'Rate of the control tick that publishes commands, Hz.',
+        read_only=True, low=0.5, high=500.0)
+    max_image_age_s: float = param(
+        0.5, 'Newest frame older than this (by arrival): hold and stop commanding; such frames '
+        'are never inferred on, s.', low=0.01, high=10.0)
+    max_action_age_s: float = param(
+        1.0, 'Queued actions computed from frames older than this are dropped, s.',
+        low=0.01, high=10.0)
+    max_command_gap_s: float = param(
+        0.5, 'Command watchdog: active, with an instruction and valid frames, yet no command for '
+        'this long: one hold and ERROR with the cause, s.', low=0.01, high=60.0)
+    max_image_pixels: int = param(
+        4096 * 4096, 'Largest camera image (width x height) accepted; compressed frames are '
+        'checked from their header, before decoding.', read_only=True, low=64.0, high=67108864)
+    outputs: tuple[str, ...] = param(
+        ['twist', 'array', 'gripper', 'raw'], f'Which command outputs to publish, any of '
+        f'{list(OUTPUTS)}.', read_only=True, choices=tuple(OUTPUTS))
+    command_frame_id: str = param(
+        'base_link', "frame_id of TwistStamped commands (the frame the policy's end-effector "
+        'deltas are expressed in).')
+    action_scale: tuple[float, ...] = param(
+        [1.0] * ACTION_DIM, 'Per-dimension factor applied to the policy action before clamping.',
+        low=-100.0, high=100.0)
+    action_lower: tuple[float, ...] = param(
+        [-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 0.0], 'Per-dimension lower command limits (m, '
+        'rad per step; gripper).', low=-1000.0, high=1000.0)
+    action_upper: tuple[float, ...] = param(
+        [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0], 'Per-dimension upper command limits (m, rad '
+        'per step; gripper).', low=-1000.0, high=1000.0)
+    debug_image: bool = param(
+        False, "Publish ~/debug_image (sensor_msgs/Image): each command's camera frame with the "
+        'dropped visual tokens darkened, the commanded motion drawn and reuse or hold marked.',
+        read_only=True)
+    joint_names: tuple[str, ...] = param(
+        list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per action dimension).',
+        read_only=True)
+    chunk_mode: str = param(
+        'execute', 'How action chunks become commands: execute (the first chunk_steps actions of '
+        'each chunk, one per tick) or ensemble (a prediction every tick, blended with the '
+        "previous ones by CogACT's adaptive weights).", choices=('execute', 'ensemble'))
+    chunk_steps: int = param(
+        -1, 'execute: actions of each chunk to run before the next one (0: the whole chunk; -1: '
+        'what the model recommends in its config.json "execution", else the whole chunk; an '
+        'autoregressive model gives chunks of one).', low=-1, high=1024)
+    ensemble_horizon: int = param(
+        2, 'ensemble: the last K predictions blended (CogACT: 2 on the Google robot, 7 on '
+        'WidowX).', low=1, high=64)
+    ensemble_alpha: float = param(
+        0.1, 'ensemble: weight exp(alpha * cos(prediction, newest)).', low=-10.0, high=10.0)
+    inference_timing: str = param(
+        'just_in_time', 'just_in_time: start each inference from the measured latency so it '
+        'finishes just before the tick that uses it, on the newest frame; asap: as soon as the '
+        'queue runs dry.', choices=('just_in_time', 'asap'))
+    robots: tuple[str, ...] = param(
+        [], 'Namespaces of the robots this node serves with one model, e.g. [r1, r2]: each gets '
+        'the topics of a single-robot node in that namespace, its own runner, accelerator '
+        'memory, reset and enable services and /diagnostics entry, and their inferences run '
+        'batched; empty: one robot, the topics without a namespace.', read_only=True)
+    batch_window_s: float = param(
+        0.02, 'Several robots: inferences due within this long of the first due one join its '
+        'batch (they start up to this much early), s.', low=0.0, high=1.0)
+    max_batch: int = param(
+        8, 'Several robots: the most robots in one forward (the KV cache is allocated for this '
+        'many).', read_only=True, low=1, high=64)
+    accel: AccelConfig = param(  # noqa: RUF009 (a declaration: every field has metadata only)
+        ['flashvla'], 'Accelerators, in the order their hooks run: [none] for the plain model, '
+        f'or any of {sorted(ACCELERATORS)}.', read_only=True, choices=(NONE, *ACCELERATORS))
 
     @property
     def control_period_s(self) -> float:
@@ -212,9 +211,27 @@ class NodeConfig:
                               horizon=self.ensemble_horizon, alpha=self.ensemble_alpha,
                               just_in_time=self.inference_timing == 'just_in_time')
 
+    def runner_settings(self, recommended: Execution) -> RunnerSettings:
+        """A runner's settings; chunk_steps -1 takes the model's `recommended` execution."""
+        return RunnerSettings(
+            SafetyLimits.from_lists(self.action_scale, self.action_lower, self.action_upper),
+            self.max_image_age_s, self.max_action_age_s, self.max_command_gap_s,
+            self.chunks.for_model(recommended), self.control_period_s)
 
-assert [f.name for f in fields(NodeConfig)] == [
-    p.name for p in PARAMS if p.name not in ACCEL_PARAMS]
+
+PARAMS: tuple[Param, ...] = (
+    *(replace(f.metadata['param'], name=f.name) for f in fields(NodeConfig)),
+    *(param for accel in ACCELERATORS.values() for param in (
+        Param(f'{accel.name}.preset', accel.DEFAULT_PRESET, f'{accel.name} preset '
+              f'({", ".join(accel.PRESETS)}) or empty for the built-in defaults; options set '
+              'below override it.', read_only=True, choices=('', *accel.PRESETS)),
+        *(Param(f'{accel.name}.{spec.name}', None, f'{spec.help[:1].upper()}{spec.help[1:]}'
+                f'{f" ({spec.describe_range()})" if spec.describe_range() else ""}.',
+                read_only=not spec.live, kind=spec.kind)
+          for spec in accel.specs()))),
+)
+PARAM_BY_NAME = {p.name: p for p in PARAMS}
+ACCEL_PARAMS = {p.name for p in PARAMS if p.name.partition('.')[0] in ACCELERATORS}
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -315,9 +332,10 @@ def check_config(values: dict[str, Any]) -> str | None:
             check_instruction(values['instruction'])
         except InputError as exc:
             return str(exc)
-    if values.get('robots') and (values['static_cache'] or values['compile']):
-        return ('robots: several robots run batched on the append KV cache; set static_cache '
-                'and compile to false')
+    if min(len(values.get('robots') or ()), values['max_batch']) > 1 \
+            and (values['static_cache'] or values['compile']):
+        return ('robots: batches of several robots run the append KV cache; set static_cache '
+                'and compile to false, or max_batch to 1')
     try:
         accel_config(values)
     except ValueError as exc:

@@ -40,8 +40,10 @@ import time
 import numpy as np
 
 from flashvla_ros.accel.registry import accelerate, parse_accel
-from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner
+from flashvla_ros.control.chunks import MODEL_STEPS, ChunkExecution
+from flashvla_ros.control.runner import PolicyRunner, RunnerSettings
 from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.control.worker import InferenceWorker
 from flashvla_ros.policy import load_policy, set_cpu_threads
 from flashvla_ros.policy.presets import model_path
 from flashvla_ros.sim.tasks import FAMILIES, Episode
@@ -52,9 +54,11 @@ CAMERA_HZ, CONTROL_HZ = 20.0, 10.0
 def run_mode(policy, chunks: ChunkExecution, seconds: float, seed: int,
              phase_s: float = 0.0) -> dict:
     limits = SafetyLimits.from_lists([1.0] * 7, [-1.0] * 7, [1.0] * 7)
-    runner = PolicyRunner(policy, limits, max_image_age_s=0.5, max_action_age_s=0.5,
-                          max_command_gap_s=2.0, chunks=chunks,
-                          control_period_s=1.0 / CONTROL_HZ)
+    worker = InferenceWorker(policy.predict_batch)
+    runner = PolicyRunner(policy, RunnerSettings(limits, max_image_age_s=0.5,
+                                                 max_action_age_s=0.5, max_command_gap_s=2.0,
+                                                 chunks=chunks, control_period_s=1.0 / CONTROL_HZ),
+                          worker)
     episode = [Episode(seed, FAMILIES[seed % 3])]
     lock = threading.Lock()
     running = True
@@ -72,7 +76,7 @@ def run_mode(policy, chunks: ChunkExecution, seconds: float, seed: int,
             time.sleep(max(0.0, due - time.monotonic()))
 
     runner.set_instruction(episode[0].instruction)
-    runner.start()
+    worker.start()
     cam = threading.Thread(target=camera, daemon=True)
     cam.start()
     ticks, due, end = 0, start, start + seconds
@@ -93,7 +97,7 @@ def run_mode(policy, chunks: ChunkExecution, seconds: float, seed: int,
         time.sleep(max(0.0, due - time.monotonic()))
     running = False
     cam.join()
-    runner.stop()
+    worker.stop()
     return {'ticks': ticks, 'starved': runner.counters.starved_ticks,
             'boundary_stalls': runner.counters.boundary_stalls,
             'inference_ms': list(runner.latencies_ms), 'e2e_ms': list(runner.e2e_ms),

@@ -12,16 +12,55 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Shared fixtures: one tiny checkpoint per session (the real make-tiny code), ROS probes."""
+"""
+Shared fixtures and helpers: one tiny checkpoint per session (the real make-tiny code), ROS
+probes, the command limits of the control tests, a scripted clock, and waiting on conditions.
+"""
 
 import os
 from pathlib import Path
+import time
 
 import pytest
 from ros_harness import Probe, Processes, ros_environment
 
+from flashvla_ros.control.safety import SafetyLimits
 from flashvla_ros.policy import load_policy
 from flashvla_ros.tools.make_tiny import make_tiny
+
+LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
+
+
+class ScriptedClock:
+    """A clock that moves only when a test sets `t`: ages and schedules without waiting."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def wait_for(predicate, timeout: float = 5.0):
+    """Wait until `predicate()` is true (another thread makes it so); fail after `timeout`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if value := predicate():
+            return value
+        time.sleep(0.002)
+    raise AssertionError('condition not reached')
+
+
+def settle(worker) -> None:
+    """
+    Wait until the inference worker has looked at the present state and found nothing due.
+
+    What a "nothing happens" check asserts after this is decided, not a matter of time.
+    """
+    with worker.lock:
+        looks = worker.looks
+        worker.lock.notify_all()
+    wait_for(lambda: worker.looks > looks)
 
 
 @pytest.fixture(scope='session')

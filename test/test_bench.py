@@ -106,7 +106,7 @@ def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
 
     import torch
 
-    from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution
+    from flashvla_ros.control.chunks import MODEL_STEPS, ChunkExecution
     from flashvla_ros.policy.checkpoint import save_checkpoint
     from flashvla_ros.policy.config import Execution
     from flashvla_ros.policy.dit import DiTConfig

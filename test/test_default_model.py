@@ -19,7 +19,7 @@ import pytest
 
 from flashvla_ros.accel.efficientvla import CALIBRATION_FILE, Calibration
 from flashvla_ros.bench.run import benchmark
-from flashvla_ros.control.runner import MODEL_STEPS, ChunkExecution
+from flashvla_ros.control.chunks import MODEL_STEPS, ChunkExecution
 from flashvla_ros.policy import Observation, load_policy
 from flashvla_ros.policy.checkpoint import weights_digest
 from flashvla_ros.policy.flops import full_flops

@@ -12,39 +12,32 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The control core: worker + tick, faults, holds, limits, counters (no ROS)."""
+"""The control core: the inference worker and a robot's runner, faults, holds, limits (no ROS)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import threading
-import time
 from types import SimpleNamespace
 
+from conftest import LIMITS, ScriptedClock, settle, wait_for
 import numpy as np
 import pytest
 
+from flashvla_ros.control.chunks import ChunkExecution
 from flashvla_ros.control.runner import (
     CAMERA_INTERVALS,
     JIT_FRAME_WAIT_S,
     JIT_MARGIN_DECAY_S,
     JIT_MARGIN_S,
     JIT_MIN_LATENCIES,
-    ChunkExecution,
     PolicyRunner,
+    RunnerSettings,
 )
 from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.control.worker import InferenceWorker
 from flashvla_ros.policy import Observation
 from flashvla_ros.policy.errors import InputError
 
-LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
 FRAME = np.zeros((32, 32, 3), np.uint8)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def step_info(reused: bool) -> SimpleNamespace:
@@ -76,9 +69,24 @@ class ScriptedPolicy:
         self.resets = 0
         self.log = []  # 'reset' and 'predict', in the order the worker called them
         self.frames = []  # the frame each predict saw
+        self.running = self.most_running = 0  # steps at once (never more than one)
+
+    def predict_batch(self, requests):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            self.gate.wait()
+            results = []
+            for policy, observation in requests:
+                try:
+                    results.append(policy.predict(observation))
+                except Exception as exc:
+                    results.append(exc)
+            return results
+        finally:
+            self.running -= 1
 
     def predict(self, observation):
-        self.gate.wait()
         self.calls += 1
         self.log.append('predict')
         self.frames.append(observation.rgb)
@@ -97,13 +105,12 @@ class ScriptedPolicy:
         self.log.append('reset')
 
 
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.002)
-    raise AssertionError('condition not reached')
+def serve(policy, settings: RunnerSettings, clock=None) -> PolicyRunner:
+    """A runner of `policy` with its own worker, started (stop it with runner.worker.stop())."""
+    worker = InferenceWorker(policy.predict_batch)
+    runner = PolicyRunner(policy, settings, worker, clock or ScriptedClock())
+    worker.start()
+    return runner
 
 
 @pytest.fixture
@@ -111,15 +118,12 @@ def make_runner():
     runners = []
 
     def make(policy, clock=None):
-        r = PolicyRunner(policy, LIMITS, max_image_age_s=0.5, max_action_age_s=1.0,
-                         clock=clock or Clock())
-        r.start()
-        runners.append(r)
-        return r
+        runners.append(serve(policy, RunnerSettings(LIMITS, 0.5, 1.0), clock))
+        return runners[-1]
 
     yield make
     for r in runners:
-        r.stop()
+        r.worker.stop()
 
 
 def next_action(runner):
@@ -150,7 +154,7 @@ def test_no_instruction_holds_once_then_stays_silent(make_runner):
 
 
 def test_stale_camera_holds_with_last_gripper_and_recovers(make_runner):
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.01, 0, 0, 0, 0, 0, 1.0])
     runner = make_runner(policy, clock)
     runner.set_instruction('pick up the cup')
@@ -186,7 +190,7 @@ def test_episode_reset_empties_the_queue_and_the_policy_memory(make_runner):
 
 
 def test_frames_older_than_the_limit_are_never_inferred(make_runner):
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.0] * 7)
     policy.gate.clear()
     runner = make_runner(policy, clock)
@@ -272,9 +276,29 @@ def test_dead_worker_is_a_fault(make_runner):
     runner = make_runner(ScriptedPolicy([0.0] * 7))
     runner.set_instruction('push the cup')
     runner.submit_frame(FRAME)
-    runner.stop()
+    runner.worker.stop()
     tick = runner.tick()
     assert tick.kind == 'hold' and tick.fault == 'inference worker is not running'
+
+
+def test_a_stop_that_times_out_leaves_one_worker_that_a_start_takes_back(make_runner):
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    policy.gate.clear()  # the step hangs (a slow device, a first compile, a 7B model on a CPU)
+    runner = make_runner(policy)
+    runner.set_instruction('push the cup')
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.status()['busy'])
+    assert not runner.worker.stop(wait_s=0.05)  # it did not stop: faulted, and says why
+    hold = runner.tick()
+    assert hold.kind == 'hold' and 'did not stop: a step has been running for' in hold.fault
+    runner.worker.start()  # at once: the thread still in its step serves on afterwards
+    workers = [t for t in threading.enumerate() if t.name == 'flashvla-inference']
+    assert len(workers) == 1
+    policy.gate.set()  # the step ends; its action is served, then the next frame's
+    assert next_action(runner).kind == 'action' and runner.worker.stuck() == ''
+    runner.submit_frame(FRAME)
+    assert next_action(runner).kind == 'action'
+    assert policy.calls == 2 and policy.most_running == 1  # never two steps on one model
 
 
 @pytest.mark.parametrize('failing', ['option change', 'policy reset'])
@@ -313,26 +337,25 @@ def test_a_chunk_mode_change_drops_what_was_planned_for_the_old_one():
         wait_for(lambda: runner.status()['queue'] == 4)
         runner.tick()
         same = ChunkExecution(mode='execute', steps=4, just_in_time=True)
-        runner.reconfigure(LIMITS, 5.0, 5.0, 60.0, same)  # timing only: the plan stays
+        runner.reconfigure(RunnerSettings(LIMITS, 5.0, 5.0, 60.0, same))  # timing: plan stays
         assert runner.status()['queue'] == 3
-        runner.reconfigure(LIMITS, 5.0, 5.0, 60.0, ChunkExecution(mode='ensemble'))
+        runner.reconfigure(RunnerSettings(LIMITS, 5.0, 5.0, 60.0, ChunkExecution('ensemble')))
         assert runner.status()['queue'] == 0 and runner.chunks.mode == 'ensemble'
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_with_the_real_tiny_policy(make_runner, tiny_policy):
     from flashvla_ros.sim.tasks import Episode
 
     ep = Episode(3)
-    runner = PolicyRunner(tiny_policy, LIMITS, 5.0, 5.0)
-    runner.start()
+    runner = serve(tiny_policy, RunnerSettings(LIMITS, 5.0, 5.0))
     try:
         runner.set_instruction(ep.instruction)
         runner.submit_frame(ep.observe())
         tick = next_action(runner)
     finally:
-        runner.stop()
+        runner.worker.stop()
     expected = tiny_policy.predict(Observation(ep.observe(), ep.instruction)).values
     assert tick.raw.tolist() == expected.tolist()
     assert ((tick.command >= LIMITS.lower) & (tick.command <= LIMITS.upper)).all()
@@ -349,8 +372,7 @@ def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
     policy = accelerate(load_policy(str(tiny_dir)), ['flashvla'], {'flashvla': {
         'gate': 'past', 'eps1_deg': 180.0, 'eps2': 0.0, 'max_reuse': 1}})
     tight = SafetyLimits.from_lists([1.0] * 7, [-1e-4] * 6 + [0.0], [1e-4] * 6 + [1.0])
-    runner = PolicyRunner(policy, tight, 5.0, 5.0)
-    runner.start()
+    runner = serve(policy, RunnerSettings(tight, 5.0, 5.0))
     ep = Episode(3)
     ticks = []
     try:
@@ -359,7 +381,7 @@ def test_reused_actions_pass_the_same_limits(make_runner, tiny_dir):
             runner.submit_frame(ep.observe())
             ticks.append(next_action(runner))
     finally:
-        runner.stop()
+        runner.worker.stop()
     assert runner.step_stats.reused >= 1
     for tick in ticks:
         assert ((tick.command >= tight.lower) & (tick.command <= tight.upper)).all()
@@ -390,7 +412,7 @@ def test_limits_that_exclude_zero_motion_are_refused():
 
 
 def test_a_camera_sending_only_bad_frames_is_stale(make_runner):
-    clock = Clock()
+    clock = ScriptedClock()
     runner = make_runner(ScriptedPolicy([0.01] + [0.0] * 6), clock)
     runner.set_instruction('push the cup')
     runner.submit_frame(FRAME)
@@ -408,10 +430,10 @@ def test_a_camera_sending_only_bad_frames_is_stale(make_runner):
 
 
 def test_watchdog_holds_once_when_every_action_expires(make_runner):
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.01, 0, 0, 0, 0, 0, 1.0])
     runner = make_runner(policy, clock)
-    runner.max_action_age_s, runner.max_command_gap_s = 0.1, 0.25
+    runner.reconfigure(replace(runner.settings, max_action_age_s=0.1, max_command_gap_s=0.25))
     runner.set_instruction('pick up the cup')
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'
@@ -430,7 +452,7 @@ def test_watchdog_holds_once_when_every_action_expires(make_runner):
     runner.set_instruction('')  # a fault while the watchdog holds: no second hold
     assert runner.tick().kind == 'idle' and runner.counters.holds == 1
     runner.set_instruction('pick up the cup')
-    runner.max_action_age_s = 1.0  # fixed: commands resume, the watchdog clears
+    runner.reconfigure(replace(runner.settings, max_action_age_s=1.0))  # commands resume
     runner.submit_frame(FRAME)
     assert next_action(runner).kind == 'action'
     assert runner.status()['fault'] == ''
@@ -444,7 +466,7 @@ def test_warning_when_actions_expire_before_inference_ends(make_runner):
     wait_for(lambda: runner.counters.inferences == 1)
     assert runner.warning() == ''
     runner.latencies_ms.extend([180.0] * 5)
-    runner.max_action_age_s = 0.1
+    runner.reconfigure(replace(runner.settings, max_action_age_s=0.1))
     assert runner.warning() == ('max_action_age_s 0.1 s is below the inference latency '
                                 '180 ms: actions expire before they are used')
 
@@ -461,11 +483,7 @@ def chunk(first: float, rows: int = 16, gripper: float = 1.0) -> np.ndarray:
 
 
 def make_chunk_runner(policy, chunks, clock=None, period=None):
-    runner = PolicyRunner(policy, LIMITS, max_image_age_s=5.0, max_action_age_s=5.0,
-                          max_command_gap_s=60.0, clock=clock or Clock(), chunks=chunks,
-                          control_period_s=period)
-    runner.start()
-    return runner
+    return serve(policy, RunnerSettings(LIMITS, 5.0, 5.0, 60.0, chunks, period), clock)
 
 
 def test_execute_mode_runs_n_actions_of_each_chunk_and_counts_boundary_stalls():
@@ -487,16 +505,14 @@ def test_execute_mode_runs_n_actions_of_each_chunk_and_counts_boundary_stalls():
         runner.submit_frame(FRAME)
         assert next_action(runner).command[0] == pytest.approx(0.020)
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_the_next_inference_starts_before_a_long_chunk_tail_expires():
     """A 16-action chunk at 10 Hz outlives max_action_age_s 1.0 s: its tail never runs."""
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy(chunk(0.01), chunk(0.05))
-    runner = PolicyRunner(policy, LIMITS, max_image_age_s=5.0, max_action_age_s=1.0,
-                          clock=clock, control_period_s=0.1)
-    runner.start()
+    runner = serve(policy, RunnerSettings(LIMITS, 5.0, 1.0, control_period_s=0.1), clock)
     try:
         runner.set_instruction('push the cup')
         runner.submit_frame(FRAME)  # arrives at 100.0
@@ -512,13 +528,13 @@ def test_the_next_inference_starts_before_a_long_chunk_tail_expires():
         wait_for(lambda: runner.status()['queue'] == 5 + 16)
         # The new chunk, queued behind the old tail, counts: no third inference meanwhile.
         runner.submit_frame(FRAME)
-        time.sleep(0.2)
+        settle(runner.worker)
         assert policy.calls == 2
         tick = runner.tick()
         assert tick.command[0] == pytest.approx(0.05)  # the new chunk's first row: no stall
         assert runner.counters.stale_actions == 5 and runner.counters.starved_ticks == 0
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def commands_of(runner, ticks: int) -> list[float]:
@@ -541,7 +557,7 @@ def test_a_reused_chunk_continues_where_execution_stopped():
         # the next inference.
         assert commands == pytest.approx([0.010, 0.011, 0.012, 0.013, 0.050])
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_a_reused_one_action_chunk_repeats_and_ensembles_add_nothing_on_reuse():
@@ -551,7 +567,7 @@ def test_a_reused_one_action_chunk_repeats_and_ensembles_add_nothing_on_reuse():
         commands = commands_of(runner, 3)
         assert commands == pytest.approx([0.01, 0.01, 0.03])  # FlashVLA's reuse: the action
     finally:
-        runner.stop()
+        runner.worker.stop()
     first = chunk(0.01)
     policy = ScriptedPolicy(first, Reused(first))
     runner = make_chunk_runner(policy, ChunkExecution(mode='ensemble', horizon=2))
@@ -564,7 +580,7 @@ def test_a_reused_one_action_chunk_repeats_and_ensembles_add_nothing_on_reuse():
         wait_for(lambda: runner.status()['inferences'] == 2)
         assert runner.tick().command[0] == pytest.approx(0.011)  # first[1] alone, not first[0]
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_ensemble_blends_the_last_chunks_with_cogacts_weights():
@@ -589,7 +605,7 @@ def test_ensemble_blends_the_last_chunks_with_cogacts_weights():
         assert np.allclose(tick.raw[:6], expected[:6]) and tick.raw[6] == 1.0
         assert w[1] > w[0]  # the newest agrees with itself most
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def just_in_time_runner(policy, clock):
@@ -600,13 +616,13 @@ def just_in_time_runner(policy, clock):
         runner.submit_frame(FRAME)
         assert next_action(runner).kind == 'action'  # no latency measured yet: at once
     except BaseException:
-        runner.stop()
+        runner.worker.stop()
         raise
     return runner
 
 
 def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)
     try:
@@ -619,18 +635,18 @@ def test_just_in_time_waits_for_the_tick_and_takes_the_newest_frame():
         # measured latency is a few ms: the worker waits (in clock time) until about 100.09.
         newest = np.full((32, 32, 3), 7, np.uint8)
         runner.submit_frame(FRAME)
-        time.sleep(0.3)
+        settle(runner.worker)
         assert policy.calls == 2  # not yet: the clock has not moved
         clock.t = 100.099
         runner.submit_frame(newest)  # arrives before the start: this is the one inferred
         wait_for(lambda: policy.calls == 3)
         assert runner.counters.dropped_frames == 1  # the older frame was replaced, unread
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)  # its tick at 100.0; the next at 100.1
     try:
@@ -641,7 +657,7 @@ def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
             runner.submit_frame(FRAME)
         assert start + JIT_FRAME_WAIT_S > 100.092  # the next frame falls in the window
         clock.t = start + 0.0005  # past the start, but a fresher frame is due in the window
-        time.sleep(0.3)
+        settle(runner.worker)
         assert policy.calls == 1
         fresh = np.full((32, 32, 3), 7, np.uint8)
         clock.t = 100.092
@@ -659,11 +675,11 @@ def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
         wait_for(lambda: policy.calls == 3)
         assert policy.frames[-1] is older
     finally:
-        runner.stop()
+        runner.worker.stop()
 
 
 def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
-    clock = Clock()
+    clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)
     try:
@@ -682,4 +698,4 @@ def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
         assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S - JIT_MARGIN_DECAY_S)
     finally:
         policy.gate.set()
-        runner.stop()
+        runner.worker.stop()

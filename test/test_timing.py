@@ -16,11 +16,11 @@
 
 import threading
 
+from conftest import LIMITS, ScriptedClock
 import numpy as np
 import pytest
 
-from flashvla_ros.control.runner import PolicyRunner
-from flashvla_ros.control.safety import SafetyLimits
+from flashvla_ros.control.runner import PolicyRunner, RunnerSettings
 from flashvla_ros.control.ticker import FixedRateLoop
 from flashvla_ros.control.timing import (
     BUSY,
@@ -30,18 +30,7 @@ from flashvla_ros.control.timing import (
     missed_targets,
     unjudged_targets,
 )
-
-LIMITS = SafetyLimits.from_lists([1.0] * 7, [-0.05] * 6 + [0.0], [0.05] * 6 + [1.0])
-
-
-class ScriptedClock:
-    """A clock that only the test moves."""
-
-    def __init__(self, t: float = 50.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from flashvla_ros.control.worker import InferenceWorker
 
 
 class ScriptedLoop(FixedRateLoop):
@@ -68,7 +57,7 @@ def run_loop(clock: ScriptedClock, ticks: int, on_tick) -> tuple[list[float], Fi
 
 
 def test_the_schedule_keeps_its_phase_and_skips_what_a_late_tick_cost():
-    clock = ScriptedClock()
+    clock = ScriptedClock(50.0)
 
     def on_tick(i: int) -> None:
         if i == 3:
@@ -82,7 +71,7 @@ def test_the_schedule_keeps_its_phase_and_skips_what_a_late_tick_cost():
 
 
 def test_a_clock_that_jumps_back_restarts_the_schedule():
-    clock = ScriptedClock()
+    clock = ScriptedClock(50.0)
 
     def on_tick(i: int) -> None:
         if i == 2:
@@ -126,7 +115,7 @@ def test_stopping_the_loop_wakes_it_at_once():
 
 def test_the_runner_records_each_ticks_lateness_against_its_planned_time():
     clock = ScriptedClock(10.0)
-    runner = PolicyRunner(None, LIMITS, 0.5, 1.0, clock=clock)
+    runner = PolicyRunner(None, RunnerSettings(LIMITS), InferenceWorker(list), clock)
     for late in (0.0, 0.002, 0.010):
         runner.tick(planned=clock.t - late)
     assert list(runner.lateness_ms) == pytest.approx([0.0, 2.0, 10.0])
@@ -208,7 +197,7 @@ def test_figures_that_meet_the_targets_say_so():
 
 
 def test_a_tick_that_raises_is_reported_and_the_ticks_go_on():
-    clock, errors, planned = ScriptedClock(), [], []
+    clock, errors, planned = ScriptedClock(50.0), [], []
 
     def tick(p: float) -> None:
         planned.append(p)

@@ -49,7 +49,6 @@ simulator. JSON schema (one object):
 from __future__ import annotations
 
 import argparse
-from collections import deque
 from dataclasses import dataclass, field
 import hashlib
 import json
@@ -63,8 +62,14 @@ import numpy as np
 import yaml
 
 from ..accel.registry import accelerate, parse_accel
-from ..control.chunks import ChunkProgress, adaptive_ensemble, new_prediction
-from ..control.runner import EXECUTE_CHUNKS, MODEL_CHUNKS, MODEL_STEPS, ChunkExecution
+from ..control.chunks import (
+    EXECUTE_CHUNKS,
+    MODEL_CHUNKS,
+    MODEL_STEPS,
+    ChunkExecution,
+    ChunkExecutor,
+    Planned,
+)
 from ..params import accel_config, flatten, read_yaml
 from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
@@ -91,6 +96,7 @@ class ConfigRun:
     token_match: list[float] = field(default_factory=list)
     abs_diff: list[float] = field(default_factory=list)
     digests: list[list[str]] = field(default_factory=list)  # per episode, per inference
+    commands: list[list[np.ndarray]] = field(default_factory=list)  # per episode, per step
     model: str = ''  # its checkpoint
     baseline: Any = None  # the same model without accelerators (fidelity), if accelerated
     chunks: ChunkExecution = EXECUTE_CHUNKS  # as the node would execute this model's chunks
@@ -119,55 +125,52 @@ def read_accel(spec: str) -> tuple[list[str], dict]:
 def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
                 baseline: OpenVLAPolicy | None) -> None:
     """
-    Run one closed-loop episode, executing chunks as the node does.
+    Run one closed-loop episode, executing chunks as the node does (its `ChunkExecutor`).
 
-    `execute`: the first `steps` actions of each chunk (0: all); `ensemble`: a prediction
-    every step, blended with the last ones.
+    `execute`: the first `steps` actions of each chunk (0: all), the next inference when they
+    ran; `ensemble`: a prediction every step, blended with the last ones.
     """
     ep = Episode(seed, family, max_steps=max_steps)
-    chunks = run.chunks
+    executor: ChunkExecutor[Planned] = ChunkExecutor(run.chunks)
     run.policy.reset()
     run.digests.append([])
-    predictions: deque[tuple[int, np.ndarray]] = deque(maxlen=chunks.horizon)
-    progress = ChunkProgress()  # what a reused chunk continues
+    run.commands.append([])
     while not ep.done:
-        frame = ep.observe()
-        action = run.policy.predict(Observation(frame, ep.instruction))
-        for part in PARTS:
-            ms = action.timings_ms.get(part, 0.0)
-            run.latency[part].append(ms + (action.timings_ms['preprocess']
-                                           if part == 'vision' else 0.0))
-        run.flops.append(action.info.flops)
-        run.reused.append(action.info.reused)
-        run.records.append(action.info.record)
-        run.digests[-1].append(action_digest(action))
-        if baseline is not None:
-            ref = baseline.predict(Observation(frame, ep.instruction))
-            same = np.array_equal(ref.token_ids, action.token_ids) if not action.token_ids \
-                else np.mean(np.array(ref.token_ids) == np.array(action.token_ids))
-            run.token_match.append(float(same))  # a chunk without tokens: identical or not
-            run.abs_diff.append(float(np.abs(ref.values - action.values).mean()))
-        else:
-            run.token_match.append(1.0)
-            run.abs_diff.append(0.0)
-        if chunks.mode == 'ensemble':
-            step = ep.state.steps
-            if new_prediction(action):
-                predictions.append((step, action.actions))
-            ep.step(adaptive_ensemble(np.stack([a[step - s] for s, a in predictions
-                                                if step - s < len(a)]), chunks.alpha))
-            run.executed.append(1)
-            continue
-        done = 0
-        for row in action.actions[progress.rows(len(action.actions), action.info.reused,
-                                                chunks.steps)]:
-            ep.step(row)
-            done += 1
-            if ep.done:
-                break
-        run.executed.append(done)
+        step = ep.state.steps
+        if executor.wants(step):
+            action = infer(run, Observation(ep.observe(), ep.instruction), baseline)
+            executor.add([Planned(v) for v in action.actions], action.info.reused, step)
+            run.executed.append(0)  # control steps this inference drives
+        item, _ = executor.next(step, Planned.blend)
+        if item is not None:  # None: a reuse continued a chunk that had run out
+            ep.step(item.values)
+            run.commands[-1].append(item.values)
+            run.executed[-1] += 1
     run.successes.append(ep.success())
     run.families.append(family)
+
+
+def infer(run: ConfigRun, observation: Observation, baseline: OpenVLAPolicy | None):
+    """One policy step of a configuration, with its timings, FLOPs, decisions and fidelity."""
+    action = run.policy.predict(observation)
+    for part in PARTS:
+        ms = action.timings_ms.get(part, 0.0)
+        run.latency[part].append(ms + (action.timings_ms['preprocess']
+                                       if part == 'vision' else 0.0))
+    run.flops.append(action.info.flops)
+    run.reused.append(action.info.reused)
+    run.records.append(action.info.record)
+    run.digests[-1].append(action_digest(action))
+    if baseline is not None:
+        ref = baseline.predict(observation)
+        same = np.array_equal(ref.token_ids, action.token_ids) if not action.token_ids \
+            else np.mean(np.array(ref.token_ids) == np.array(action.token_ids))
+        run.token_match.append(float(same))  # a chunk without tokens: identical or not
+        run.abs_diff.append(float(np.abs(ref.values - action.values).mean()))
+    else:
+        run.token_match.append(1.0)
+        run.abs_diff.append(0.0)
+    return action
 
 
 def action_digest(action) -> str:

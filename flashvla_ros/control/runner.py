@@ -13,85 +13,44 @@
 # limitations under the License.
 
 """
-The real-time core: an inference worker thread and a fixed-rate control tick that never waits.
+One robot's real-time core: its frame mailbox, its chunk executor and its control tick.
 
-Data flow: the camera callback drops the newest frame into a one-slot mailbox after checking it
-(a frame the policy cannot use never counts as fresh; an unread frame that gets replaced counts
-as dropped). The worker takes the newest frame whenever the action queue runs dry, runs the
-policy, and queues the resulting chunk. Each control tick pops one action, passes it through the
-safety limits and returns it as the command to publish.
+The camera callback drops the newest frame into a one-slot mailbox after checking it (a frame
+the policy cannot use never counts as fresh; an unread frame that gets replaced counts as
+dropped). The inference worker (`worker.py`, shared by every robot of a node) takes it when
+this runner is due, and delivers the chunk to the executor (`chunks.py`). Each control tick
+takes one action, passes it through the safety limits and returns it as the command.
 
-The worker is the policy's only caller: resets (new episode, hold) and live option changes are
-requested from any thread and applied by the worker before its next step, so no input thread
-ever touches the model, the tokenizer or an accelerator's memory mid-step.
+Resets (new episode, hold) and live option changes are requested from any thread and applied
+by the worker before its next step, so no input thread ever touches the model mid-step.
 
-Holds: a fault (no instruction, stale camera, worker error or death) or the command watchdog (no
-command for `max_command_gap_s` while healthy) produces exactly one hold, then silence until the
-pipeline commands again: the robot is never fed a repeated old command. A hold is zero motion
-with the gripper's last command (NaN, "no gripper command", before there was one), across
-episodes and instructions. A tick with a healthy pipeline and an empty queue publishes nothing
-and is counted as starved.
+Holds: a fault (no instruction, stale camera, worker error or death) or the command watchdog
+(no command for `max_command_gap_s` while healthy) produces exactly one hold, then silence
+until the pipeline commands again: the robot is never fed a repeated old command. A hold is
+zero motion with the gripper's last command (NaN, "no gripper command", before there was one),
+across episodes and instructions. A tick with a healthy pipeline and nothing to run publishes
+nothing and is counted as starved.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
-import threading
 import time
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..policy.actions import GRIPPER
-from ..policy.config import Execution
 from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
-from ..policy.step import ActionChunk, Observation, RunningStats, StepInfo
-from .chunks import ChunkProgress, adaptive_ensemble, new_prediction
+from ..policy.step import ActionChunk, RunningStats, StepInfo
+from .chunks import EXECUTE_CHUNKS, ChunkExecution, ChunkExecutor
 from .safety import SafetyLimits
+from .worker import InferenceWorker
 
-
-@dataclass(frozen=True)
-class ChunkExecution:
-    """
-    How action chunks become commands, and when the next inference starts.
-
-    `execute`: the first `steps` actions of each chunk (0: all; MODEL_STEPS: the model's
-    recommendation, see `for_model`) are queued and run one per tick. `ensemble` (CogACT's
-    adaptive ensembling): a prediction every tick, and the command for a tick blends what the
-    last `horizon` chunks predicted for it with weights exp(alpha * cos(a_k, a_newest)).
-    `just_in_time`: the next inference starts from the measured latency so that it finishes
-    just before the tick that needs it, on the newest frame (instead of as soon as the queue
-    runs dry).
-    """
-
-    mode: str = 'execute'
-    steps: int = 0
-    horizon: int = 2
-    alpha: float = 0.1
-    just_in_time: bool = False
-
-    def for_model(self, recommended: Execution) -> ChunkExecution:
-        """Return this execution with MODEL_STEPS replaced by the model's recommendation."""
-        if self.steps != MODEL_STEPS:
-            return self
-        return replace(self, steps=recommended.chunk_steps or 0)
-
-
-MODEL_STEPS = -1  # chunk_steps left to the model (its config.json "execution"; else 0: all)
-
-
-def check_resolved(chunks: ChunkExecution) -> None:
-    """Refuse an execution whose chunk_steps still waits for the model's recommendation."""
-    if chunks.steps < 0:
-        raise ValueError(f'chunk_steps {chunks.steps}: resolve it with for_model() first')
-
-
-EXECUTE_CHUNKS = ChunkExecution()  # every action of each chunk, as soon as due
-MODEL_CHUNKS = ChunkExecution(steps=MODEL_STEPS)  # as many as the model recommends
 # Just in time: the start leaves the largest recent latency plus a margin that doubles when a
 # result comes late (a starved tick while inferring: the load has risen) and shrinks by 1 ms
 # per inference back to the floor.
@@ -104,13 +63,23 @@ CAMERA_INTERVALS = 16  # recent frame intervals whose median predicts the next f
 
 
 class Policy(Protocol):
-    """What the runner needs of a policy (`OpenVLAPolicy` with any accelerators)."""
-
-    def predict(self, observation: Observation) -> ActionChunk: ...
+    """What a runner needs of its robot's policy (`RobotPolicy`, or a whole `OpenVLAPolicy`)."""
 
     def reset(self) -> None: ...
 
     def check_instruction(self, instruction: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """A runner's live settings (the node builds them once from its parameters)."""
+
+    limits: SafetyLimits
+    max_image_age_s: float = 0.5
+    max_action_age_s: float = 1.0
+    max_command_gap_s: float = 0.5
+    chunks: ChunkExecution = EXECUTE_CHUNKS
+    control_period_s: float | None = None  # the tick's period, for just-in-time starts
 
 
 @dataclass
@@ -167,6 +136,7 @@ class Counters:
     clamped_values: int = 0
     commands: int = 0
     ticks: int = 0
+    skipped_ticks: int = 0  # planned ticks that never ran (the tick thread was a period late)
     commanding_ticks: int = 0  # ticks after an episode's first command: what stalls count in
     commanding_commands: int = 0  # commands on those ticks
     holds: int = 0
@@ -176,7 +146,7 @@ class Counters:
 
 
 class RateMeter:
-    """Events per second over a sliding window of timestamps."""
+    """Events per second over a sliding window of timestamps (the runner's clock)."""
 
     def __init__(self, window: int = 100) -> None:
         self.times: deque[float] = deque(maxlen=window)
@@ -191,29 +161,14 @@ class RateMeter:
 
 
 class PolicyRunner:
-    def __init__(
-        self,
-        policy: Policy,
-        limits: SafetyLimits,
-        max_image_age_s: float,
-        max_action_age_s: float,
-        max_command_gap_s: float = 0.5,
-        check_frame: Callable[[np.ndarray], object] = check_rgb,
-        clock: Callable[[], float] = time.monotonic,
-        chunks: ChunkExecution = EXECUTE_CHUNKS,
-        control_period_s: float | None = None,
-        lock: threading.Condition | None = None,
-    ) -> None:
-        check_resolved(chunks)
-        self.policy = policy
-        self.limits = limits
-        self.max_image_age_s = max_image_age_s
-        self.max_action_age_s = max_action_age_s
-        self.max_command_gap_s = max_command_gap_s
+    def __init__(self, policy: Any, settings: RunnerSettings, worker: InferenceWorker,
+                 clock: Callable[[], float] = time.monotonic,
+                 check_frame: Callable[[np.ndarray], object] = check_rgb) -> None:
+        self.policy = policy  # this robot's policy, as the worker passes it to predict_batch
+        self.settings = settings
+        self.worker = worker
         self.check_frame = check_frame  # raises InputError for a frame the policy cannot use
         self.clock = clock
-        self.chunks = chunks
-        self.control_period_s = control_period_s  # the tick's period, for just-in-time starts
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=500)
         self.jit_margin_s = JIT_MARGIN_S
@@ -224,23 +179,17 @@ class PolicyRunner:
         self.last_error = ''
         self.last_info: StepInfo | None = None  # of the last inference
         self.step_stats = RunningStats()  # reuse and FLOPs saved over this runner's steps
-        # Several robots served by one worker (control/batching.py) share one condition: any
-        # robot's new frame or tick wakes that worker.
-        self._lock = lock or threading.Condition()
-        self._frame: tuple[np.ndarray, float, float] | None = None  # newest unread frame
+        self._lock = worker.lock  # any runner's frame or tick wakes the one worker
+        self._frame: tuple[np.ndarray, float, int] | None = None  # newest unread frame
         # Arrival times of the newest valid frames, newest last: camera staleness reads the
         # last, the just-in-time frame wait their intervals.
         self._arrivals: deque[float] = deque(maxlen=CAMERA_INTERVALS + 1)
         self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
         self._instruction = ''
         self._episode = 0
-        self._queue: deque[QueuedAction] = deque()  # execute mode: actions to run, in order
-        self._progress = ChunkProgress()  # execute mode: what a reused chunk continues
-        self._predictions: deque[tuple[int, list[QueuedAction]]] = deque()  # ensemble mode:
-        # (tick index of the chunk's first action, its actions), newest last
+        self._executor: ChunkExecutor[QueuedAction] = ChunkExecutor(settings.chunks)
         self._tick_index = 0  # ticks so far
         self._last_tick: float | None = None  # clock of the last tick
-        self._predicted_for = -1  # ensemble: the tick the newest prediction starts at
         self._commanded = False  # the episode has sent a command (stalls count from then)
         self._busy_since: float | None = None
         self._error = ''  # set by the worker on failure, cleared by its next success
@@ -252,9 +201,8 @@ class PolicyRunner:
         self._last_gripper: float | None = None  # the gripper's last command, kept for holds
         self._reset_pending = False  # the worker empties the policy's memory before its next step
         self._pending_update: Callable[[], None] | None = None  # a live option change
-        self._running = False
-        self._thread: threading.Thread | None = None
-        self._own_thread = True  # False: a BatchWorker's thread serves this runner
+        self.running = False  # served by the worker (between resume and pause)
+        worker.add(self)
 
     # -- inputs (any thread) -------------------------------------------------------------
 
@@ -312,41 +260,20 @@ class PolicyRunner:
         # Under the lock: results of the old episode are discarded, memories forgotten. The
         # gripper's last command is not: the robot still holds what it grasped.
         self._episode += 1
-        self._queue.clear()
-        self._predictions.clear()
-        self._progress.reset()
+        self._executor.reset()
         self._commanded = False
-        self._reset_policy()
-        self._lock.notify_all()
-
-    def _reset_policy(self) -> None:
-        """Have the worker empty the policy's memory (reuse history) before its next step."""
         self._reset_pending = True
+        self._lock.notify_all()
 
     def check_instruction(self, text: str) -> str:
         """Apply the policy's thread-safe instruction rule (InputError when unusable)."""
         return self.policy.check_instruction(text)
 
-    def reconfigure(self, limits: SafetyLimits, max_image_age_s: float,
-                    max_action_age_s: float, max_command_gap_s: float,
-                    chunks: ChunkExecution) -> None:
-        """
-        Apply live parameters at once, between two ticks.
-
-        A change of how chunks execute (mode or steps) empties the queue, the chunk progress
-        and the ensemble's predictions: they were planned for the old one.
-        """
-        check_resolved(chunks)
+    def reconfigure(self, settings: RunnerSettings) -> None:
+        """Apply live settings at once, between two ticks (a new chunk plan drops the old)."""
         with self._lock:
-            self.limits = limits
-            self.max_image_age_s = max_image_age_s
-            self.max_action_age_s = max_action_age_s
-            self.max_command_gap_s = max_command_gap_s
-            if (chunks.mode, chunks.steps) != (self.chunks.mode, self.chunks.steps):
-                self._queue.clear()
-                self._predictions.clear()
-                self._progress.reset()
-            self.chunks = chunks
+            self._executor.reconfigure(settings.chunks)
+            self.settings = settings
             self._lock.notify_all()
 
     def update_policy(self, apply: Callable[[], None]) -> None:
@@ -359,44 +286,32 @@ class PolicyRunner:
     def instruction(self) -> str:
         return self._instruction
 
-    # -- worker thread -------------------------------------------------------------------
+    @property
+    def chunks(self) -> ChunkExecution:
+        return self._executor.execution
 
-    def start(self, worker: threading.Thread | None = None) -> None:
-        """Start commanding: with its own inference thread, or served by `worker`'s."""
-        if worker is None and self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:  # the watchdog counts from the first healthy tick of this run
-            self._gap_start, self._stall, self._fault = None, '', ''
-            self._running = True
-        self._own_thread = worker is None
-        if worker is not None:
-            self._thread = worker
-            return
-        self._thread = threading.Thread(target=self._work, name='flashvla-inference', daemon=True)
-        self._thread.start()
+    def resume(self) -> None:
+        """Be served again (the worker calls it under the lock); the watchdog starts afresh."""
+        self._gap_start, self._stall, self._fault = None, '', ''
+        self.running = True
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def pause(self) -> None:
+        """Stop being served (under the lock); a step in flight for it is discarded."""
+        self.running = False
+
+    def stop(self) -> None:
+        """Stop this robot alone; the worker goes on for the others."""
         with self._lock:
-            self._running = False
+            self.pause()
             self._lock.notify_all()
-        if self._thread is not None and self._own_thread:
-            self._thread.join(timeout)
-        self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    @property
-    def lock(self) -> threading.Condition:
-        """Return the condition guarding this runner (shared by the robots of one batch worker)."""
-        return self._lock
 
     @property
     def worker_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.running and self.worker.serving
 
-    def _due(self, now: float) -> float | None:
+    # -- for the worker (under its lock unless said) --------------------------------------
+
+    def due(self, now: float) -> float | None:
         """
         Seconds until the next inference should start (0: now; None: not wanted yet).
 
@@ -409,14 +324,14 @@ class PolicyRunner:
         """
         if self._frame is None or not self._instruction:
             return None
-        c = self.chunks
-        ensemble = c.mode == 'ensemble'
-        if ensemble and self._predicted_for > self._tick_index:
+        s = self.settings
+        ensemble = s.chunks.ensemble
+        if ensemble and not self._executor.wants(self._tick_index + 1):
             return None  # the next tick already has its prediction
-        period = self.control_period_s or 0.0
+        period = s.control_period_s or 0.0
         next_tick = now if self._last_tick is None else max(now, self._last_tick + period)
         usable = 0 if ensemble else self._usable(next_tick)
-        if not c.just_in_time or not period or self._last_tick is None \
+        if not s.chunks.just_in_time or not period or self._last_tick is None \
                 or len(self.latencies_ms) < JIT_MIN_LATENCIES:  # too few to trust: asap
             return 0.0 if ensemble or not usable else None
         needed = next_tick + usable * period
@@ -437,10 +352,10 @@ class PolicyRunner:
         The rest will expire unused (max_action_age_s, e.g. the tail of a long chunk, left
         before the next chunk): the next inference is timed as if they were not there.
         """
-        period = self.control_period_s or 0.0
+        period = self.settings.control_period_s or 0.0
         usable, tick = 0, next_tick
-        for item in self._queue:  # as the ticks will: an expired action costs no tick
-            if tick - item.frame_time <= self.max_action_age_s:
+        for item in self._executor.queue:  # as the ticks will: an expired action costs no tick
+            if tick - item.frame_time <= self.settings.max_action_age_s:
                 usable += 1
                 tick += period
         return usable
@@ -452,29 +367,16 @@ class PolicyRunner:
         interval = float(np.median(np.diff(np.array(self._arrivals))))
         return self._arrivals[-1] + interval if interval > 0 else None
 
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                while self._running:
-                    wait = self._due(self.clock())
-                    if wait == 0.0:
-                        break
-                    self._lock.wait(0.1 if wait is None else min(wait, 0.1))
-                if not self._running:
-                    return
-                request = self._take()
-            if self._prepare(request) and not request.stale:
-                self._deliver(request, *self._predict(request))
-
-    def _take(self) -> Request:
+    def take(self) -> Request:
         """
-        Take the newest frame for an inference (under the lock); a stale one is only counted.
+        Take the newest frame for an inference; a stale one is only counted.
 
-        The pending reset and live option change travel with the request: `_prepare` applies
+        The pending reset and live option change travel with the request: `prepare` applies
         them in the worker before the step, even when the frame is too old to infer on.
         """
+        assert self._frame is not None
         (rgb, frame_time, stamp_ns), self._frame = self._frame, None
-        stale = self.clock() - frame_time > self.max_image_age_s
+        stale = self.clock() - frame_time > self.settings.max_image_age_s
         request = Request(rgb, (frame_time, stamp_ns), self._instruction, self._episode,
                           self._reset_pending, self._pending_update, stale)
         self._reset_pending, self._pending_update = False, None
@@ -484,19 +386,9 @@ class PolicyRunner:
             self._busy_since = self.clock()
         return request
 
-    def _predict(self, request: Request) -> tuple[ActionChunk | Exception, float]:
-        """Run the policy on one request; return its chunk or error, and the time it took."""
-        start = time.perf_counter()
-        try:
-            result: ActionChunk | Exception = self.policy.predict(
-                Observation(request.rgb, request.instruction))
-        except Exception as exc:
-            result = exc
-        return result, (time.perf_counter() - start) * 1e3
-
-    def _prepare(self, request: Request) -> bool:
+    def prepare(self, request: Request) -> bool:
         """
-        Apply a live option change and the policy's reset before a step (worker thread).
+        Apply a live option change and the policy's reset before a step (worker, no lock).
 
         A failure is a worker error (a fault: one hold, the reason in the diagnostics), not
         the worker's end; a failed reset is tried again before the next step.
@@ -517,62 +409,52 @@ class PolicyRunner:
             return False
         return True
 
-    def _deliver(self, request: Request, result: ActionChunk | Exception,
-                 elapsed_ms: float) -> None:
-        """Queue a step's actions, or count its error (worker thread)."""
-        error, counter, rejected, chunk = '', '', '', None
+    def deliver(self, request: Request, result: ActionChunk | Exception,
+                elapsed_ms: float) -> None:
+        """Queue a step's actions, or count its error (worker, no lock)."""
         values = np.zeros((0, 0))
         if not isinstance(result, Exception):
-            chunk = result
             try:
-                values = np.atleast_2d(np.asarray(chunk.actions, dtype=np.float64))
-            except (TypeError, ValueError) as exc:  # a malformed result: a worker error
+                values = np.atleast_2d(np.asarray(result.actions, dtype=np.float64))
+            except (TypeError, ValueError, AttributeError) as exc:  # malformed: worker error
                 result = exc
             else:
                 if not np.isfinite(values).all():
                     result = NonFiniteOutputError(f'non-finite action {values.tolist()}')
-        if isinstance(result, InputError):
-            rejected = str(result)
-        elif isinstance(result, NonFiniteOutputError):
-            error, counter = f'non-finite model output: {result}', 'nonfinite_outputs'
-        elif isinstance(result, Exception):
-            error = f'inference failed: {type(result).__name__}: {result}'
-            counter = 'worker_errors'
         with self._lock:
             self._busy_since = None
-            if rejected:
-                self.counters.rejected_inputs += 1
-                self.last_error = rejected
+            if isinstance(result, Exception):
+                self._count_error(result)
                 return
-            self._error = error
-            if error:
-                setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-                self.last_error = error
-                return
-            assert chunk is not None
+            self._error = ''
             self.counters.inferences += 1
             self.latencies_ms.append(elapsed_ms)
             self.jit_margin_s = max(JIT_MARGIN_S, self.jit_margin_s - JIT_MARGIN_DECAY_S)
-            self.inference_rate.mark(time.monotonic())
-            self.last_info = chunk.info
-            self.step_stats.add(chunk.info)
+            self.inference_rate.mark(self.clock())
+            self.last_info = result.info
+            self.step_stats.add(result.info)
             if request.episode != self._episode:  # the instruction changed meanwhile
                 self.counters.discarded_results += 1
                 return
-            actions = [QueuedAction(v, *request.times, request.episode, chunk.info, request.rgb)
-                       for v in values]
-            if self.chunks.mode == 'ensemble':
-                if not new_prediction(chunk):
-                    return  # the last predictions still cover the ticks
-                self._predicted_for = self._tick_index + 1  # its first action: the next tick
-                self._predictions.append((self._predicted_for, actions))
-                while len(self._predictions) > self.chunks.horizon:
-                    self._predictions.popleft()
-            else:
-                self._queue.extend(actions[self._progress.rows(len(actions), chunk.info.reused,
-                                                               self.chunks.steps)])
+            self._executor.add(
+                [QueuedAction(v, *request.times, request.episode, result.info, request.rgb)
+                 for v in values], result.info.reused, self._tick_index + 1)
 
-    # -- control tick (timer thread; never blocks on inference) ---------------------------
+    def _count_error(self, error: Exception) -> None:
+        """Count a step's error: bad input is only counted; anything else is a fault."""
+        if isinstance(error, InputError):
+            self.counters.rejected_inputs += 1
+            self.last_error = str(error)
+            return
+        if isinstance(error, NonFiniteOutputError):
+            self._error = f'non-finite model output: {error}'
+            self.counters.nonfinite_outputs += 1
+        else:
+            self._error = f'inference failed: {type(error).__name__}: {error}'
+            self.counters.worker_errors += 1
+        self.last_error = self._error
+
+    # -- control tick (its own thread; never blocks on inference) -------------------------
 
     def fault(self, now: float) -> str:
         """Return why commanding must stop now, or '' when the pipeline is healthy."""
@@ -582,31 +464,28 @@ class PolicyRunner:
         if not self._arrivals:
             return f'camera stale: no valid frame yet{rejected}' if rejected \
                 else 'no camera frame yet'
-        if now - self._arrivals[-1] > self.max_image_age_s:
-            return f'camera stale: no valid frame for over {self.max_image_age_s:g} s{rejected}'
+        age = self.settings.max_image_age_s
+        if now - self._arrivals[-1] > age:
+            return f'camera stale: no valid frame for over {age:g} s{rejected}'
         if not self.worker_alive:
-            return 'inference worker is not running'
-        if self._error:
-            return self._error
-        return ''
+            return self.worker.stuck() or 'inference worker is not running'
+        return self._error
 
     def tick(self, planned: float | None = None) -> Tick:
         """One control tick; `planned` is its time on the schedule (default: now)."""
         now = self.clock()
         planned = now if planned is None else planned
-        self.tick_rate.mark(time.monotonic())
+        s = self.settings
         with self._lock:
+            self.tick_rate.mark(now)
             self.lateness_ms.append((now - planned) * 1e3)
             self.counters.ticks += 1
             self.counters.commanding_ticks += self._commanded
             self._tick_index += 1
             self._last_tick = now
-            episode = self._episode
             fault = self.fault(now)
             if fault:
-                self._queue.clear()
-                self._predictions.clear()
-                self._progress.reset()
+                self._executor.reset()
                 holding = bool(self._fault or self._stall)  # already stopped: stay silent
                 self._stall, self._gap_start = '', None
                 self._fault = fault
@@ -614,29 +493,16 @@ class PolicyRunner:
             if self._fault or self._gap_start is None:  # healthy (again): the watchdog starts
                 self._fault = ''
                 self._restart_watchdog(now)
-            if self.chunks.mode == 'ensemble':
-                self._queue = self._ensembled(now)
-            while self._queue and now - self._queue[0].frame_time > self.max_action_age_s:
-                self._expired_age_s = now - self._queue.popleft().frame_time
+            for item in self._executor.drop(lambda q: now - q.frame_time <= s.max_action_age_s):
+                self._expired_age_s = now - item.frame_time
                 self.counters.stale_actions += 1
-            if not self._queue:
-                self.counters.starved_ticks += 1
-                if self.chunks.just_in_time and self._busy_since is not None:  # came late
-                    self.jit_margin_s = min(JIT_MARGIN_MAX_S, 2 * self.jit_margin_s)
-                self.counters.boundary_stalls += self._commanded
-                self._lock.notify_all()
-                if self._stall:
-                    return Tick('idle', fault=self._stall)
-                if now - self._gap_start > self.max_command_gap_s:
-                    self._stall = self._stall_cause(now)
-                    self.counters.watchdog_holds += 1
-                    return self._hold(self._stall, planned)
-                return Tick('starved')
-            item = self._queue.popleft()
-            remaining = [self.limits.apply(q.values)[0] for q in self._queue]
-            if not self._queue:
+            item, rest = self._executor.next(self._tick_index, blended)
+            if item is None:
+                return self._starved(now, planned)
+            if not rest:
                 self._lock.notify_all()  # wake the worker: the next frame is needed now
-            command, clamped = self.limits.apply(item.values)
+            remaining = [s.limits.apply(q.values)[0] for q in rest]
+            command, clamped = s.limits.apply(item.values)
             self.counters.commanding_commands += self._commanded
             self._stall = ''
             self._restart_watchdog(now)
@@ -644,36 +510,33 @@ class PolicyRunner:
             self.counters.clamped_values += clamped
             self.counters.commands += 1
             self._commanded = True
-            if self.chunks.mode == 'ensemble':
-                self._queue.clear()  # the rest of the newest chunk was only for the trajectory
+            episode = self._episode
         self.e2e_ms.append((now - item.stamp_ns * 1e-9) * 1e3)
         return Tick('action', command=command, raw=item.values, remaining=remaining,
                     frame=item.frame, info=item.info, planned=planned,
                     source_stamp_ns=item.stamp_ns, episode=episode)
 
-    def _ensembled(self, now: float) -> deque[QueuedAction]:
-        """
-        Blend the last chunks' predictions for this tick (`adaptive_ensemble`).
+    def skipped(self, planned: float, now: float) -> None:
+        """Count a planned tick that never ran; its lateness is how late it would have been."""
+        with self._lock:
+            self.counters.skipped_ticks += 1
+            self.lateness_ms.append((now - planned) * 1e3)
 
-        Returns the blended action followed by the rest of the newest chunk (for the
-        trajectory), or nothing. Chunks from stale frames are dropped.
-        """
-        while self._predictions and \
-                now - self._predictions[0][1][0].frame_time > self.max_action_age_s:
-            self._expired_age_s = now - self._predictions.popleft()[1][0].frame_time
-            self.counters.stale_actions += 1
-        s = self._tick_index
-        rows = [(start, actions) for start, actions in self._predictions
-                if 0 <= s - start < len(actions)]
-        if not rows:
-            return deque()
-        start, newest = rows[-1]
-        current = newest[s - start]
-        blended = adaptive_ensemble(np.stack([actions[s - k].values for k, actions in rows]),
-                                    self.chunks.alpha)
-        item = QueuedAction(blended, current.frame_time, current.stamp_ns, current.episode,
-                            current.info, current.frame)
-        return deque([item, *newest[s - start + 1:]])
+    def _starved(self, now: float, planned: float) -> Tick:
+        """Nothing to run on a healthy tick: count it; the watchdog holds once after a gap."""
+        assert self._gap_start is not None
+        self.counters.starved_ticks += 1
+        if self.settings.chunks.just_in_time and self._busy_since is not None:  # came late
+            self.jit_margin_s = min(JIT_MARGIN_MAX_S, 2 * self.jit_margin_s)
+        self.counters.boundary_stalls += self._commanded
+        self._lock.notify_all()
+        if self._stall:
+            return Tick('idle', fault=self._stall)
+        if now - self._gap_start > self.settings.max_command_gap_s:
+            self._stall = self._stall_cause(now)
+            self.counters.watchdog_holds += 1
+            return self._hold(self._stall, planned)
+        return Tick('starved')
 
     def _restart_watchdog(self, now: float) -> None:
         self._gap_start, self._stale_mark = now, self.counters.stale_actions
@@ -681,19 +544,21 @@ class PolicyRunner:
     def _hold(self, reason: str, planned: float) -> Tick:
         """One hold (under the lock): the reuse memory goes, since the robot stops here."""
         self.counters.holds += 1
-        self._reset_policy()
-        return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason,
+        self._reset_pending = True
+        return Tick('hold', command=self.settings.limits.hold(self._last_gripper), fault=reason,
                     planned=planned, episode=self._episode)
 
     def _stall_cause(self, now: float) -> str:
         """Why no command came for max_command_gap_s although no input is faulty."""
+        assert self._gap_start is not None
+        s = self.settings
         gap = f'no command for {now - self._gap_start:.2f} s (max_command_gap_s ' \
-              f'{self.max_command_gap_s:g})'
+              f'{s.max_command_gap_s:g})'
         if self.counters.stale_actions > self._stale_mark:
             latency = f'{self.latencies_ms[-1]:.0f} ms' if self.latencies_ms else 'unknown'
             return (f'{gap}: all actions expired: {self._expired_age_s * 1e3:.0f} ms from frame '
                     f'to tick (inference {latency}) > max_action_age_s '
-                    f'{self.max_action_age_s * 1e3:.0f} ms')
+                    f'{s.max_action_age_s * 1e3:.0f} ms')
         if self._busy_since is not None:
             return f'{gap}: inference running for {now - self._busy_since:.2f} s'
         if self.last_error:
@@ -709,8 +574,8 @@ class PolicyRunner:
         with self._lock:
             self._new_episode()
             self.counters.holds += 1
-            return Tick('hold', command=self.limits.hold(self._last_gripper), fault=reason,
-                        planned=self.clock(), episode=self._episode)
+            return Tick('hold', command=self.settings.limits.hold(self._last_gripper),
+                        fault=reason, planned=self.clock(), episode=self._episode)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -719,8 +584,9 @@ class PolicyRunner:
         if not self.latencies_ms:
             return ''
         latency_ms = float(np.median(np.array(self.latencies_ms)))
-        if latency_ms > self.max_action_age_s * 1e3:
-            return (f'max_action_age_s {self.max_action_age_s:g} s is below the inference '
+        max_age_s = self.settings.max_action_age_s
+        if latency_ms > max_age_s * 1e3:
+            return (f'max_action_age_s {max_age_s:g} s is below the inference '
                     f'latency {latency_ms:.0f} ms: actions expire before they are used')
         return ''
 
@@ -729,7 +595,7 @@ class PolicyRunner:
         e2e = np.array(self.e2e_ms) if self.e2e_ms else np.zeros(1)
         late = np.array(self.lateness_ms) if self.lateness_ms else np.zeros(1)
         c = self.counters
-        commanding_s = c.commanding_ticks * (self.control_period_s or 0.0)
+        commanding_s = c.commanding_ticks * (self.settings.control_period_s or 0.0)
         warning = self.warning()
         with self._lock:
             fault = self.fault(self.clock())
@@ -740,7 +606,7 @@ class PolicyRunner:
                 'episode': self._episode,
                 'chunk_mode': self.chunks.mode,
                 'chunk_steps': self.chunks.steps,
-                'queue': len(self._queue),
+                'queue': len(self._executor.queue),
                 'busy': self._busy_since is not None,
                 'last_gripper': self._last_gripper,
                 'latency_p50_ms': float(np.percentile(lat, 50)),
@@ -760,3 +626,9 @@ class PolicyRunner:
                 **{f'policy_{k}': v for k, v in self.step_stats.scalars().items()},
                 **vars(self.counters),
             }
+
+
+def blended(newest: QueuedAction, values: np.ndarray) -> QueuedAction:
+    """The ensemble's action for a tick: blended values, the newest chunk's frame and info."""
+    return QueuedAction(values, newest.frame_time, newest.stamp_ns, newest.episode, newest.info,
+                        newest.frame)

@@ -39,6 +39,7 @@ class FixedRateLoop:
     def __init__(self, period_s: float, tick: Callable[[float], None],
                  clock: Callable[[], float], name: str = 'flashvla-control',
                  on_error: Callable[[Exception], None] | None = None,
+                 on_skip: Callable[[float, float], None] | None = None,
                  offset_s: float = 0.0) -> None:
         self.period_s = period_s
         self.offset_s = offset_s  # the schedule's phase: planned = start + offset + k * period
@@ -46,6 +47,7 @@ class FixedRateLoop:
         self.clock = clock
         self.name = name
         self.on_error = on_error  # told of a tick that raised; the next ticks still run
+        self.on_skip = on_skip  # told of each skipped tick: (its planned time, now)
         self.skipped = 0  # planned ticks that never ran (the thread was a period late)
         self.errors = 0  # ticks that raised
         self._stop = threading.Event()
@@ -95,7 +97,11 @@ class FixedRateLoop:
                 if self.on_error is not None:
                     self.on_error(exc)
             k += 1
-            behind = int((self.clock() - (start + k * period)) // period)  # a period late
+            now = self.clock()
+            behind = int((now - (start + k * period)) // period)  # a period late
             if behind > 0:
                 self.skipped += behind
+                if self.on_skip is not None:
+                    for j in range(behind):
+                        self.on_skip(start + (k + j) * period, now)
                 k += behind

@@ -19,9 +19,10 @@ The OpenVLA model (vision -> projector -> Llama) and the policy: one forward wit
                          unnorm_key='bridge_orig')
     chunk = policy.predict(Observation(rgb, 'pick up the red block'))  # chunk.values: 7 floats
 
-Accelerators (`accel/`) plug into `predict` through `Hooks` (see `step.py`), composed and
-checked together by a `Composition`; the policy runs the planned layers and the head
-(`heads.py`), and counts what ran in the step's `StepRecord`.
+Accelerators (`accel/`) plug into the one forward, `predict_batch` (`predict` is its batch
+of one), through `Hooks` (see `step.py`), composed and checked together by a `Composition`;
+the policy runs the planned layers and the head (`heads.py`), and counts what ran in the
+step's `StepRecord`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import os
 from pathlib import Path
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -113,13 +114,23 @@ class Stopwatch:
                 'total': (self.last - self.start) * 1e3}
 
 
+class Robot(Protocol):
+    """A robot of a forward: its accelerators' memory and the instruction that memory is for."""
+
+    composition: Composition
+    instruction: str | None
+
+    def reset(self) -> None: ...
+
+
 class RobotPolicy:
     """
     One robot's policy on a shared model (`OpenVLAPolicy.for_robot`): its own accelerators.
 
     The model, its layer plan and its weights are shared; the hooks' state (the reuse gate,
     the previous action, caches, the episode) and the instruction followed are the robot's.
-    `predict` runs a batch of one; a server batches robots with `OpenVLAPolicy.predict_batch`.
+    `predict` runs a batch of one; the inference worker batches robots with
+    `OpenVLAPolicy.predict_batch`.
     """
 
     def __init__(self, shared: OpenVLAPolicy, composition: Composition) -> None:
@@ -143,7 +154,7 @@ class RobotPolicy:
 
 class OpenVLAPolicy:
     """
-    Greedy OpenVLA inference on one frame at a time: the one forward, with hook points.
+    Greedy OpenVLA inference: the one forward, with hook points, for one robot or a batch.
 
     The prompt and the vision towers feed the decoder layers of the hooks' plan (a
     `Composition`), then the model's head (`heads.py`: action tokens, or CogACT's diffusion
@@ -203,7 +214,7 @@ class OpenVLAPolicy:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._check_lock = threading.Lock()
         self._check_tokenizer: Any = None  # made on first use
-        self._instruction: str | None = None
+        self.instruction: str | None = None  # the instruction its composition's memory is for
         self._full_flops: dict[int, int] = {}  # prompt length -> the plain model's step FLOPs
         self.max_batch = 1  # robots per forward (`serve`)
 
@@ -271,44 +282,12 @@ class OpenVLAPolicy:
 
     # -- the one forward -------------------------------------------------------------------
 
-    @torch.inference_mode()
     def predict(self, observation: Observation) -> ActionChunk:
         """One step: gates, vision, the planned layers with their hooks, the head."""
-        clock = Stopwatch(self.device)
-        check_rgb(observation.rgb)  # bad input is rejected on a reused step too
-        ids = self.prompt_ids(observation.instruction)
-        if observation.instruction != self._instruction:
-            self._instruction = observation.instruction
-            self.reset()
-        hooks = self.composition
-        step = self._gated_step(observation, ids, hooks)
-        layout, record = step.layout, step.record
-        if step.reuse is not None:
-            clock.mark('preprocess')
-            return self._reused(step, clock)
-
-        pixels = preprocess(observation.rgb, self.cfg.image_size, self.crop_area)
-        pixels = pixels.to(self.device, self.dtype)
-        clock.mark('preprocess')
-        patches = self.model.encode_image(pixels)
-        record.vision = True
-        clock.mark('vision')
-        llm = self.model.language_model
-        sequence = layout.assemble(llm.embed(ids[None]), patches)
-        step.decoder_input = sequence
-        out = prefill(llm, sequence, layout.positions(self.device), hooks.plan, hooks.probes,
-                      lambda layer, hidden, probes: hooks.after_layer(step, layer, hidden,
-                                                                      probes),
-                      record.layer_tokens)
-        if out is None:  # a gate ended the step
-            record.stopped = True
-            clock.mark('prefill')
-            return self._reused(step, clock)
-        (result,) = self.head.run([step], out[0], [hooks], clock)
+        (result,) = self.predict_batch([(self, observation)])
         if isinstance(result, Exception):
             raise result
-        clock.mark('head')
-        return self._finish(step, result, clock, reused=False)
+        return result
 
     def _gated_step(self, observation: Observation, ids: torch.Tensor,
                     composition: Composition) -> Step:
@@ -363,11 +342,14 @@ class OpenVLAPolicy:
         """
         Prepare for batches of up to `max_batch` robots: the append KV cache with that many rows.
 
-        The static cache (and compile) keep one row per slot, so they are refused here.
+        The static cache (and compile) keep one row per slot: a batch of one only.
         """
+        if max_batch == self.max_batch:
+            return
         if self.static_cache:
-            raise ValueError('batches of robots run the append KV cache: turn static_cache and '
-                             'compile off')
+            raise ValueError('batches of several robots run the append KV cache: turn '
+                             'static_cache and compile off, or serve one robot per forward '
+                             '(max_batch 1)')
         capacity = self.layout(self.max_prompt_tokens).length
         self.model.language_model.setup_cache(capacity, batch=max_batch)
         self.max_batch = max_batch
@@ -381,7 +363,7 @@ class OpenVLAPolicy:
         return RobotPolicy(self, composition)
 
     @torch.inference_mode()
-    def predict_batch(self, requests: Sequence[tuple[RobotPolicy, Observation]]
+    def predict_batch(self, requests: Sequence[tuple[Robot, Observation]]
                       ) -> list[ActionChunk | Exception]:
         """
         One step for each robot, as few forwards as possible: a chunk or that robot's error.
@@ -392,12 +374,13 @@ class OpenVLAPolicy:
         same count in every row, so shapes agree); a gate that stops its robot after a layer
         takes that row out of the batch. Shorter prompts are padded after the visual tokens
         to the batch's longest: pad tokens sit at position -1 and no token attends to them.
-        Bad input (InputError) and NaN/inf are one robot's.
+        Bad input (InputError) and NaN/inf are one robot's. A robot's timings are those of
+        the forward that served it. One robot (`predict`) is a batch of one.
         """
-        clock = Stopwatch(self.device)
         results: list[ActionChunk | Exception | None] = [None] * len(requests)
-        waiting: list[tuple[int, RobotPolicy, Step, torch.Tensor]] = []
+        waiting: list[tuple[int, Robot, Step, torch.Tensor]] = []
         for i, (robot, observation) in enumerate(requests):
+            clock = Stopwatch(self.device)
             try:
                 check_rgb(observation.rgb)
                 ids = self.prompt_ids(observation.instruction)
@@ -410,17 +393,19 @@ class OpenVLAPolicy:
             step = self._gated_step(observation, ids, robot.composition)
             step.extras['batch'] = 0  # rows of the forward it joined (0: none)
             if step.reuse is not None:
+                clock.mark('preprocess')
                 results[i] = self._reused(step, clock, robot.composition)
             else:
                 waiting.append((i, robot, step, ids))
         waiting.sort(key=lambda row: row[3].numel())  # several batches: alike lengths together
         for start in range(0, len(waiting), self.max_batch):
-            self._forward_rows(waiting[start:start + self.max_batch], clock, results)
+            self._forward_rows(waiting[start:start + self.max_batch], results)
         return results  # type: ignore[return-value]  # every entry is set
 
-    def _forward_rows(self, rows: list[tuple[int, RobotPolicy, Step, torch.Tensor]],
-                      clock: Stopwatch, results: list) -> None:
+    def _forward_rows(self, rows: list[tuple[int, Robot, Step, torch.Tensor]],
+                      results: list) -> None:
         """Run vision, the planned layers and the head for one batch of robots."""
+        clock = Stopwatch(self.device)
         steps = [step for _, _, step, _ in rows]
         compositions = [robot.composition for _, robot, _, _ in rows]
         for step in steps:
@@ -442,6 +427,13 @@ class OpenVLAPolicy:
         stopped: list[int] = []
 
         def after_layer(layer: int, hidden: torch.Tensor, probes: dict[str, torch.Tensor]):
+            if len(rows) == 1:  # a batch of one: its hooks' own outcome, positions stay [T]
+                steps[0].record.layer_tokens[layer] = hidden.shape[1]  # (the static cache)
+                outcome = compositions[0].after_layer(steps[0], layer, hidden, probes)
+                if outcome is STOP:
+                    active.clear()
+                    stopped.append(0)
+                return outcome
             outcomes = []
             for row, g in enumerate(active):
                 steps[g].record.layer_tokens[layer] = hidden.shape[1] - steps[g].padding
@@ -505,27 +497,19 @@ class OpenVLAPolicy:
                 torch.arange(1 + visual, visual + ids.numel(), device=self.device)]))
         return torch.stack(text), torch.stack(positions)
 
-    def warm_up_batch(self, steps: int = 2) -> None:
-        """Run `steps` full batches of blank frames (after `serve`), each robot its own hooks."""
+    def warm_up(self, steps: int = 2) -> None:
+        """
+        Run `steps` batches of blank frames so that the first real step is not the slowest.
+
+        A full batch (`serve`), each robot with its own copies of the accelerators, so this
+        policy's memory stays untouched. Two steps by default: the second one drafts
+        (FlashVLA), so the draft-verifying pass is traced and compiled too (with `compile`)
+        before the robot needs it; a CUDA graph may still be recorded on a later call.
+        """
         size = self.cfg.image_size
         blank = Observation(np.zeros((size, size, 3), np.uint8), WARMUP_INSTRUCTION)
         robots = [self.for_robot() for _ in range(self.max_batch)]
         for _ in range(steps):
-            for result in self.predict_batch([(m, blank) for m in robots]):
+            for result in self.predict_batch([(robot, blank) for robot in robots]):
                 if isinstance(result, Exception):
                     raise result
-
-    def warm_up(self, steps: int = 2) -> None:
-        """
-        Run `steps` predictions on a blank frame so the first real step is not the slowest.
-
-        Two by default: the second one drafts (FlashVLA), so the draft-verifying pass is
-        traced and compiled too (with `compile`) before the robot needs it; a CUDA graph may
-        still be recorded on a later call.
-        """
-        size = self.cfg.image_size
-        blank = np.zeros((size, size, 3), np.uint8)
-        for _ in range(steps):
-            self.predict(Observation(blank, WARMUP_INSTRUCTION))
-        self._instruction = None
-        self.reset()

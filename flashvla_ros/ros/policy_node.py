@@ -55,11 +55,11 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from ..accel.registry import accelerate, update_options
-from ..control.batching import BatchWorker
-from ..control.runner import MODEL_STEPS, ChunkExecution, PolicyRunner
-from ..control.safety import SafetyLimits
+from ..control.chunks import MODEL_STEPS
+from ..control.runner import PolicyRunner
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
+from ..control.worker import InferenceWorker
 from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
 from ..policy import CheckpointError, InputError, PolicyError, load_policy, set_cpu_threads
 from ..policy.actions import ACTION_DIM, ACTION_NAMES
@@ -110,7 +110,7 @@ class PolicyNode(LifecycleNode):
             self.add_post_set_parameters_callback(self._on_parameters_set)
         self.policy = None
         self.robots: list[RobotIO] = []  # one (unnamed) for a single robot, while configured
-        self.batcher: BatchWorker | None = None  # serves several robots' runners
+        self.worker: InferenceWorker | None = None  # the policy's only caller, every robot's
         self._robot_services: list[Any] = []
         self.loops: list[FixedRateLoop] = []  # the control ticks (one per robot), while active
         self.state_label = 'unconfigured'
@@ -155,36 +155,27 @@ class PolicyNode(LifecycleNode):
                                       f'this node commands {ACTION_DIM}-D ones '
                                       f'({", ".join(ACTION_NAMES)})')
             self.policy = accelerate(plain_policy, c.accel.names, c.accel.options)
-            if c.robots:  # one model, a batch of robots: the batched path, warmed up too
-                self.policy.serve(min(c.max_batch, len(c.robots)))
-                self.policy.warm_up_batch()
-            else:
-                self.policy.warm_up()  # the first real step as fast as the tenth
+            self.policy.serve(min(c.max_batch, len(c.robots) or 1))  # robots per forward
+            self.policy.warm_up()  # the first real step as fast as the tenth, batch full
         except (PolicyError, ValueError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
             self.stop_reason = f'configure failed: {exc}'
             return TransitionCallbackReturn.FAILURE
         self.model_label = c.model or 'default'
-        lock = threading.Condition()  # a server's robots share it: any robot wakes the worker
+        # One robot is a batch of one: the same worker, runners and robot policies either way.
+        self.worker = InferenceWorker(self.policy.predict_batch, c.batch_window_s,
+                                      self.policy.max_batch)
+        settings = self._runner_settings()
         for name in c.robots or ('',):
-            runner = PolicyRunner(
-                self.policy.for_robot() if c.robots else self.policy,
-                SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, clock=self._now,
-                chunks=self._chunks(), control_period_s=c.control_period_s,
-                lock=lock if c.robots else None)
+            runner = PolicyRunner(self.policy.for_robot(), settings, self.worker, self._now)
             self.robots.append(RobotIO(self, name, runner, c, self._on_instruction))
-        if c.robots:
-            self.batcher = BatchWorker(self.policy, [r.runner for r in self.robots], lock,
-                                       c.batch_window_s, self.policy.max_batch)
-            self._robot_services = [
-                service for robot in self.robots for service in (
-                    self.create_service(Trigger, robot.private('reset'),
-                                        lambda req, res, robot=robot: self._on_reset(
-                                            req, res, robot)),
-                    self.create_service(SetBool, robot.private('enable'),
-                                        lambda req, res, robot=robot: self._on_enable(
-                                            req, res, robot)))]
+        self._robot_services = [  # a server's robots: a reset and a lifecycle each
+            service for robot in self.robots if robot.name for service in (
+                self.create_service(Trigger, robot.private('reset'),
+                                    lambda req, res, robot=robot: self._on_reset(req, res, robot)),
+                self.create_service(SetBool, robot.private('enable'),
+                                    lambda req, res, robot=robot: self._on_enable(req, res,
+                                                                                  robot)))]
         if c.instruction:  # the parameter's text passed the text rule; now the token limit
             for robot in self.robots:
                 self._follow(robot, c.instruction)
@@ -202,10 +193,7 @@ class PolicyNode(LifecycleNode):
         result = super().on_activate(state)  # outputs enabled before the first tick
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        if self.batcher is not None:
-            self.batcher.start([r.runner for r in self.robots if r.enabled])
-        else:
-            self.robots[0].runner.start()
+        self.worker.start([r.runner for r in self.robots if r.enabled])
         self._commanding = True
         # One tick thread per robot, robot k's schedule ROBOT_STAGGER_S * k after the first's:
         # one robot's publishing never delays another's command (measured: about 1 ms per
@@ -215,7 +203,7 @@ class PolicyNode(LifecycleNode):
                           lambda planned, robot=robot: self._on_control_tick(robot, planned),
                           self._now, name='-'.join(filter(None, ['flashvla-control', robot.name])),
                           on_error=lambda exc, robot=robot: self._on_tick_error(robot, exc),
-                          offset_s=k * ROBOT_STAGGER_S)
+                          on_skip=robot.runner.skipped, offset_s=k * ROBOT_STAGGER_S)
             for k, robot in enumerate(self.robots)]
         for robot, loop in zip(self.robots, self.loops, strict=True):
             robot.loop = loop
@@ -256,7 +244,7 @@ class PolicyNode(LifecycleNode):
         for service in self._robot_services:
             self.destroy_service(service)
         self.robots, self._robot_services = [], []
-        self.policy = self.batcher = None
+        self.policy = self.worker = None
 
     def _final_hold(self, reason: str) -> None:
         """Stop the tick and the worker, after exactly one hold per robot that says why."""
@@ -274,10 +262,8 @@ class PolicyNode(LifecycleNode):
         for loop in self.loops:  # a tick still running sees _commanding off and returns
             loop.stop()
         self.loops = []
-        if self.batcher is not None:
-            self.batcher.stop()
-        for robot in self.robots:
-            robot.runner.stop()
+        if self.worker is not None and not self.worker.stop():  # waits a bounded time
+            self.get_logger().error(self.worker.stuck())
 
     def exit(self, reason: str) -> None:
         """
@@ -375,8 +361,8 @@ class PolicyNode(LifecycleNode):
             else:
                 robot.enabled, robot.stop_reason = True, ''
                 robot.runner.reset_episode()
-                if self._commanding and self.batcher is not None:
-                    self.batcher.start([robot.runner])
+                if self._commanding and self.worker is not None:
+                    self.worker.start([robot.runner])  # never waits (worker.py)
                 response.success = True
         response.message = f'{robot.name}: {"enabled" if robot.enabled else "disabled"}'
         self.get_logger().info(response.message)
@@ -424,34 +410,33 @@ class PolicyNode(LifecycleNode):
                 reason = f'instruction rejected: {exc}'
         return reason or ''
 
-    def _chunks(self) -> ChunkExecution:
-        """Return the chunk execution: the parameters, chunk_steps -1 left to the model."""
+    def _runner_settings(self):
+        """Every runner's settings from the parameters; chunk_steps -1 left to the model."""
         recommended = self.policy.cfg.execution
         left = self.config.chunk_steps == MODEL_STEPS
         self.chunk_steps_from = ('model' if recommended.chunk_steps is not None else 'default') \
             if left else 'parameter'
-        return self.config.chunks.for_model(recommended)
+        return self.config.runner_settings(recommended)
 
     def _apply_parameters(self, params, values: dict[str, Any]) -> None:
         self.config = build_config(values)
         c = self.config
         changes_instruction = any(p.name == 'instruction' for p in params)
+        settings = self._runner_settings() if self.robots else None
         for robot in self.robots:
             robot.config = c
-            robot.runner.reconfigure(
-                SafetyLimits.from_lists(c.action_scale, c.action_lower, c.action_upper),
-                c.max_image_age_s, c.max_action_age_s, c.max_command_gap_s, self._chunks())
+            robot.runner.reconfigure(settings)
             if changes_instruction and not self._syncing_instruction:
                 if robot.name:
                     self._follow(robot, c.instruction)
                 elif robot.runner.set_instruction(c.instruction):
                     self.get_logger().info(f'new episode: {c.instruction!r}')
-        if self.batcher is not None:
-            self.batcher.window_s = c.batch_window_s
+        if self.worker is not None:
+            self.worker.window_s = c.batch_window_s
         if any(p.name in ACCEL_PARAMS for p in params):  # live options, at the next step
             # Every robot's change is queued at once (one hold of the shared lock), so no
             # batch mixes robots with old and new options (token counts must agree).
-            with self.robots[0].runner.lock if self.robots else nullcontext():
+            with self.worker.lock if self.worker is not None else nullcontext():
                 for robot in self.robots:
                     hooks = robot.runner.policy.composition.hooks
                     robot.runner.update_policy(
@@ -506,8 +491,6 @@ class PolicyNode(LifecycleNode):
         elif robots:
             values.update(robots=','.join(r.name for r in robots),
                           chunk_steps_from=self.chunk_steps_from)
-            if self.batcher is not None:
-                values.update(self.batcher.status())
             state = 'active' if self.state_label == 'active' else \
                 f'{self.state_label}: {self.stop_reason}'
             statuses = [robot.status(now, self.model_label, state, self.tick_fault(robot))
@@ -516,14 +499,19 @@ class PolicyNode(LifecycleNode):
                        if s.level == DiagnosticStatus.ERROR]
             if faulted:  # the node's entry says which robots are not commanding, and why
                 robot_fault = f'{len(faulted)} of {len(robots)} robots: ' + '; '.join(faulted)
+        if self.worker is not None:
+            values.update(self.worker.status())
+            if stuck := self.worker.stuck():
+                values['worker'] = stuck
         loops = self.loops
         if loops:
             values.update(skipped_ticks=sum(loop.skipped for loop in loops),
                           tick_errors=sum(loop.errors for loop in loops))
         if self.state_label != 'active':
-            failed = self.stop_reason.startswith('configure failed')
+            failed = self.stop_reason.startswith('configure failed') or 'worker' in values
             status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
-            status.message = f'{self.state_label}: not commanding ({self.stop_reason})'
+            status.message = f'{self.state_label}: not commanding ({self.stop_reason})' + (
+                f'; {values["worker"]}' if 'worker' in values else '')
         elif tick_fault:
             status.level, status.message = DiagnosticStatus.ERROR, tick_fault
         elif robot_fault:
@@ -580,22 +568,19 @@ class ExitSignals:
         self.received = self.received or signal.Signals(signum).name
 
 
-def make_executor(several_robots: bool):
+def make_executor():
     """
-    Return the executor: rclpy's C++ events executor for several robots where it exists.
+    Return the executor: rclpy's C++ events executor where it exists (after Jazzy).
 
-    Several robots' camera frames and messages keep the Python executor busy, holding the
-    GIL the tick threads need: with 4 robots on 2 cores it made tick lateness p99 9-13 ms
-    against 3-5 ms with the events executor (two A/B pairs, docs/MULTI_ROBOT.md). rclpy
-    ships it as experimental, from after Jazzy; the single-robot node keeps its executor.
+    The Python executor's bookkeeping holds the GIL the tick threads need: with 4 robots on 2
+    cores it made tick lateness p99 9-13 ms against 3-5 ms with the events executor (two A/B
+    pairs, docs/MULTI_ROBOT.md). rclpy ships it as experimental; elsewhere the Python one.
     """
-    if several_robots:
-        try:
-            from rclpy.experimental import EventsExecutor
-        except ImportError:
-            return SingleThreadedExecutor()
-        return EventsExecutor()
-    return SingleThreadedExecutor()
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:
+        return SingleThreadedExecutor()
+    return EventsExecutor()
 
 
 def main(args: list[str] | None = None) -> None:
@@ -607,7 +592,7 @@ def main(args: list[str] | None = None) -> None:
         rclpy.logging.get_logger('policy_node').fatal(f'bad parameters, not starting: {exc}')
         rclpy.try_shutdown()
         sys.exit(2)
-    executor = make_executor(bool(node.config.robots))
+    executor = make_executor()
     executor.add_node(node)
     code = 0
     try:

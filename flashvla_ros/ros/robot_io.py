@@ -25,6 +25,7 @@ into messages.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import Any
 
@@ -44,7 +45,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..control.runner import PolicyRunner, Tick
 from ..control.throttle import ThrottledLog
-from ..params import NodeConfig
+from ..params import OUTPUTS, NodeConfig
 from ..policy import InputError, StepInfo
 from ..policy.actions import GRIPPER
 from ..viz.debug_view import render_debug
@@ -54,13 +55,12 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                  durability=QoSDurabilityPolicy.VOLATILE)
-OUTPUTS = {
-    'twist': (TwistStamped, 'delta_twist_cmds'),
-    'array': (Float64MultiArray, 'commands'),
-    'trajectory': (JointTrajectory, 'joint_trajectory'),
-    'gripper': (Float64, 'gripper_cmd'),
-    'raw': (Float64MultiArray, 'raw_action'),
-}
+
+
+def message_type(name: str) -> type:
+    """Import a message class by its ROS name, e.g. 'std_msgs/msg/Float64'."""
+    package, kind, message = name.split('/')
+    return getattr(importlib.import_module(f'{package}.{kind}'), message)
 
 
 class RobotIO:
@@ -80,8 +80,9 @@ class RobotIO:
         self.log = ThrottledLog(period_s=1.0)
         self.pub: dict[str, Any] = {}
         for output in config.outputs:
-            msg_type, topic = OUTPUTS[output]
-            self.pub[output] = node.create_lifecycle_publisher(msg_type, self.private(topic), 10)
+            topic, message = OUTPUTS[output]
+            self.pub[output] = node.create_lifecycle_publisher(message_type(message),
+                                                               self.private(topic), 10)
         self.pub['timing'] = node.create_lifecycle_publisher(
             TimeReference, self.private('command_timing'), 10)
         if config.debug_image:
