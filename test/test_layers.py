@@ -12,8 +12,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The layering rules: policy/, accel/, control/ and sim/ import nothing from ROS; no layer
-imports an application (tools/, bench/, train/, testing/)."""
+"""
+The layering rules.
+
+policy/, accel/, control/ and sim/ import nothing from ROS; no layer imports an application
+(tools/, bench/, train/, testing/).
+"""
 
 import ast
 from pathlib import Path

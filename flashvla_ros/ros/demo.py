@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
 
 class StatusPrinter:
     """
-    The live status line: rewritten in place on a terminal; elsewhere (a log) a line of its
-    own every `LOG_STATUS_S` or when the node's state or the episodes change, not 4 a second.
+    The live status line, rewritten in place on a terminal.
+
+    Elsewhere (a log, CI) it is a line of its own every `LOG_STATUS_S`, or when the node's
+    message or the episodes change, not 4 a second.
     """
 
     def __init__(self, terminal: bool) -> None:

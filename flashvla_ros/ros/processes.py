@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-The node graph as processes: environment, start, stop, and the node's /diagnostics seen from
-outside. One library for flashvla-demo, the measurement scripts and the integration tests.
+The node graph as processes: environment, start, stop, /diagnostics seen from outside.
+
+One library for flashvla-demo, the measurement scripts and the integration tests.
 
 It lives in ros/ because the demo (ros/demo.py) uses it and must not import upwards
 (testing/ builds on ros/). Nothing here imports rclpy at module level: the tests' harness
