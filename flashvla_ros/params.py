@@ -212,7 +212,7 @@ class NodeConfig:
                               just_in_time=self.inference_timing == 'just_in_time')
 
     def runner_settings(self, recommended: Execution) -> RunnerSettings:
-        """A runner's settings; chunk_steps -1 takes the model's `recommended` execution."""
+        """Return a runner's settings; chunk_steps -1 takes the model's `recommended` execution."""
         return RunnerSettings(
             SafetyLimits.from_lists(self.action_scale, self.action_lower, self.action_upper),
             self.max_image_age_s, self.max_action_age_s, self.max_command_gap_s,

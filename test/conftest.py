@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Shared fixtures and helpers: one tiny checkpoint per session (the real make-tiny code), ROS
-probes, the command limits of the control tests, a scripted clock, and waiting on conditions.
+Shared fixtures and helpers of the tests.
+
+One tiny checkpoint per session (the real make-tiny code), ROS probes, the command limits of
+the control tests, a scripted clock, and waiting on conditions.
 """
 
 import os

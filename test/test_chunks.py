@@ -34,7 +34,7 @@ SEED, STEPS = 1_000_007, 24
 
 def through_the_runner(policy, chunks: ChunkExecution) -> list[np.ndarray]:
     """
-    The bench's episode through a runner and its worker, on a scripted clock at 10 Hz.
+    Run the bench's episode through a runner and its worker, on a scripted clock at 10 Hz.
 
     Just in time (the node's default): each step's frame arrives halfway through the period,
     after the last command moved the scene, and the inference starts just before the tick

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from flashvla_ros.control.chunks import ChunkExecution
+from flashvla_ros.control.frames import CAMERA_INTERVALS
 from flashvla_ros.control.runner import (
-    CAMERA_INTERVALS,
     JIT_FRAME_WAIT_S,
     JIT_MARGIN_DECAY_S,
     JIT_MARGIN_S,
@@ -106,7 +106,7 @@ class ScriptedPolicy:
 
 
 def serve(policy, settings: RunnerSettings, clock=None) -> PolicyRunner:
-    """A runner of `policy` with its own worker, started (stop it with runner.worker.stop())."""
+    """Return a runner of `policy` with its own worker, started (runner.worker.stop() ends it)."""
     worker = InferenceWorker(policy.predict_batch)
     runner = PolicyRunner(policy, settings, worker, clock or ScriptedClock())
     worker.start()

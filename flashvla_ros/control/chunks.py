@@ -33,7 +33,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from ..policy.actions import GRIPPER
+from ..policy.actions import GRIPPER, gripper_closed
 from ..policy.config import Execution
 
 MODEL_STEPS = -1  # chunk_steps left to the model (its config.json "execution"; else 0: all)
@@ -86,7 +86,7 @@ def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
     Blend predictions for one step, oldest first, newest last (CogACT's adaptive ensemble).
 
     Weights exp(alpha * cos(a_k, a_newest)), normalised. A binary gripper (every candidate 0
-    or 1) is re-binarised at 0.5, as CogACT deploys it.
+    or 1) is re-binarised by `actions.gripper_closed`, as CogACT deploys it.
     """
     a = np.asarray(candidates, dtype=np.float64)
     ref = a[-1]
@@ -94,7 +94,7 @@ def adaptive_ensemble(candidates: np.ndarray, alpha: float) -> np.ndarray:
     w = np.exp(alpha * cos)
     blended = (w / w.sum()) @ a
     if np.isin(a[:, GRIPPER], (0.0, 1.0)).all():
-        blended[GRIPPER] = float(blended[GRIPPER] > 0.5)
+        blended[GRIPPER] = float(gripper_closed(blended[GRIPPER]))
     return blended
 
 
@@ -166,7 +166,7 @@ class ChunkExecutor(Generic[A]):
         self.progress.reset()
 
     def reconfigure(self, execution: ChunkExecution) -> None:
-        """A change of mode or steps drops what was planned for the old one."""
+        """Take a new execution; a new mode or step count drops what was planned for the old."""
         if (execution.mode, execution.steps) != (self.execution.mode, self.execution.steps):
             self.reset()
         self.execution = resolved(execution)

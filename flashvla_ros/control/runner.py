@@ -36,10 +36,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +48,8 @@ from ..policy.errors import InputError, NonFiniteOutputError
 from ..policy.preprocess import check_rgb
 from ..policy.step import ActionChunk, RunningStats, StepInfo
 from .chunks import EXECUTE_CHUNKS, ChunkExecution, ChunkExecutor
+from .frames import FrameSlot
+from .records import Counters, QueuedAction, RateMeter, Request, Tick
 from .safety import SafetyLimits
 from .worker import InferenceWorker
 
@@ -59,15 +61,6 @@ JIT_MIN_LATENCIES = 20  # until then (start-up), inferences start as soon as pos
 # A camera frame due within this long after the start is waited for: it is a camera period
 # fresher, and the wait spends only the floor margin, less 2 ms for the tick's own jitter.
 JIT_FRAME_WAIT_S = JIT_MARGIN_S - 0.002
-CAMERA_INTERVALS = 16  # recent frame intervals whose median predicts the next frame
-
-
-class Policy(Protocol):
-    """What a runner needs of its robot's policy (`RobotPolicy`, or a whole `OpenVLAPolicy`)."""
-
-    def reset(self) -> None: ...
-
-    def check_instruction(self, instruction: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -80,84 +73,6 @@ class RunnerSettings:
     max_command_gap_s: float = 0.5
     chunks: ChunkExecution = EXECUTE_CHUNKS
     control_period_s: float | None = None  # the tick's period, for just-in-time starts
-
-
-@dataclass
-class Request:
-    """One inference a runner asks for: its frame, the task, and what to apply first."""
-
-    rgb: np.ndarray
-    times: tuple[float, int]  # the frame's arrival (runner clock) and its own stamp (ns)
-    instruction: str
-    episode: int
-    reset: bool  # empty the policy's memory before the step
-    update: Callable[[], None] | None  # a live option change to apply before the step
-    stale: bool = False  # the frame is older than max_image_age_s: no inference on it
-
-
-@dataclass
-class QueuedAction:
-    values: np.ndarray  # raw policy output, before the safety limits
-    frame_time: float  # arrival time of the frame it was computed from
-    stamp_ns: int  # the frame's own timestamp (camera clock), exact: it names the frame
-    episode: int
-    info: StepInfo | None = None
-    frame: np.ndarray | None = None  # the frame itself (a reference), for the debug view
-
-
-@dataclass
-class Tick:
-    """What one control tick decided. `command` is None when nothing is to be published."""
-
-    kind: str  # 'action', 'hold', 'idle' (hold already sent) or 'starved'
-    command: np.ndarray | None = None
-    raw: np.ndarray | None = None
-    remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
-    fault: str = ''
-    frame: np.ndarray | None = None  # the frame an action was computed from
-    info: StepInfo | None = None  # the policy's step info, for an action
-    planned: float = 0.0  # the tick's planned time on the schedule (runner clock)
-    source_stamp_ns: int = 0  # an action's camera frame stamp (0: a hold)
-    episode: int = 0
-
-
-@dataclass
-class Counters:
-    frames: int = 0
-    dropped_frames: int = 0
-    stale_frames: int = 0
-    rejected_frames: int = 0
-    rejected_inputs: int = 0  # frames and instructions
-    nonfinite_outputs: int = 0
-    worker_errors: int = 0
-    inferences: int = 0
-    discarded_results: int = 0
-    stale_actions: int = 0
-    clamped_values: int = 0
-    commands: int = 0
-    ticks: int = 0
-    skipped_ticks: int = 0  # planned ticks that never ran (the tick thread was a period late)
-    commanding_ticks: int = 0  # ticks after an episode's first command: what stalls count in
-    commanding_commands: int = 0  # commands on those ticks
-    holds: int = 0
-    watchdog_holds: int = 0
-    starved_ticks: int = 0
-    boundary_stalls: int = 0  # starved ticks after an episode's first command (chunk seams)
-
-
-class RateMeter:
-    """Events per second over a sliding window of timestamps (the runner's clock)."""
-
-    def __init__(self, window: int = 100) -> None:
-        self.times: deque[float] = deque(maxlen=window)
-
-    def mark(self, t: float) -> None:
-        self.times.append(t)
-
-    def rate(self) -> float:
-        if len(self.times) < 2 or self.times[-1] == self.times[0]:
-            return 0.0
-        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
 
 class PolicyRunner:
@@ -180,11 +95,7 @@ class PolicyRunner:
         self.last_info: StepInfo | None = None  # of the last inference
         self.step_stats = RunningStats()  # reuse and FLOPs saved over this runner's steps
         self._lock = worker.lock  # any runner's frame or tick wakes the one worker
-        self._frame: tuple[np.ndarray, float, int] | None = None  # newest unread frame
-        # Arrival times of the newest valid frames, newest last: camera staleness reads the
-        # last, the just-in-time frame wait their intervals.
-        self._arrivals: deque[float] = deque(maxlen=CAMERA_INTERVALS + 1)
-        self._frame_error = ''  # why the newest frame was rejected ('' when it was valid)
+        self._frames = FrameSlot()
         self._instruction = ''
         self._episode = 0
         self._executor: ChunkExecutor[QueuedAction] = ChunkExecutor(settings.chunks)
@@ -221,11 +132,8 @@ class PolicyRunner:
             raise
         with self._lock:
             self.counters.frames += 1
-            if self._frame is not None:
-                self.counters.dropped_frames += 1
-            self._frame = (rgb, now, round(now * 1e9) if stamp_ns is None else stamp_ns)
-            self._arrivals.append(now)
-            self._frame_error = ''
+            self.counters.dropped_frames += self._frames.put(
+                rgb, now, round(now * 1e9) if stamp_ns is None else stamp_ns)
             self._lock.notify_all()
 
     def reject_frame(self, reason: str) -> None:
@@ -233,7 +141,7 @@ class PolicyRunner:
         with self._lock:
             self.counters.rejected_frames += 1
             self.counters.rejected_inputs += 1
-            self._frame_error = self.last_error = reason
+            self._frames.rejected = self.last_error = reason
 
     def reject_input(self, reason: str) -> None:
         """Count another input that was refused (an instruction)."""
@@ -322,7 +230,7 @@ class PolicyRunner:
         comes; and when the camera's next frame is due within `JIT_FRAME_WAIT_S` of that
         start, it waits for that frame (its arrival wakes it).
         """
-        if self._frame is None or not self._instruction:
+        if self._frames.newest is None or not self._instruction:
             return None
         s = self.settings
         ensemble = s.chunks.ensemble
@@ -340,7 +248,7 @@ class PolicyRunner:
         if start > now:
             return start - now
         wait_until = start + JIT_FRAME_WAIT_S
-        next_frame = self._next_frame_time()
+        next_frame = self._frames.next_arrival()
         if next_frame is not None and next_frame <= wait_until and now < wait_until:
             return wait_until - now
         return 0.0
@@ -360,13 +268,6 @@ class PolicyRunner:
                 tick += period
         return usable
 
-    def _next_frame_time(self) -> float | None:
-        """When the camera's next frame should arrive (the median interval; None: unknown)."""
-        if len(self._arrivals) <= CAMERA_INTERVALS // 2:
-            return None
-        interval = float(np.median(np.diff(np.array(self._arrivals))))
-        return self._arrivals[-1] + interval if interval > 0 else None
-
     def take(self) -> Request:
         """
         Take the newest frame for an inference; a stale one is only counted.
@@ -374,8 +275,7 @@ class PolicyRunner:
         The pending reset and live option change travel with the request: `prepare` applies
         them in the worker before the step, even when the frame is too old to infer on.
         """
-        assert self._frame is not None
-        (rgb, frame_time, stamp_ns), self._frame = self._frame, None
+        rgb, frame_time, stamp_ns = self._frames.take()
         stale = self.clock() - frame_time > self.settings.max_image_age_s
         request = Request(rgb, (frame_time, stamp_ns), self._instruction, self._episode,
                           self._reset_pending, self._pending_update, stale)
@@ -460,13 +360,9 @@ class PolicyRunner:
         """Return why commanding must stop now, or '' when the pipeline is healthy."""
         if not self._instruction:
             return 'no instruction'
-        rejected = f' (last frame rejected: {self._frame_error})' if self._frame_error else ''
-        if not self._arrivals:
-            return f'camera stale: no valid frame yet{rejected}' if rejected \
-                else 'no camera frame yet'
-        age = self.settings.max_image_age_s
-        if now - self._arrivals[-1] > age:
-            return f'camera stale: no valid frame for over {age:g} s{rejected}'
+        camera = self._frames.fault(now, self.settings.max_image_age_s)
+        if camera:
+            return camera
         if not self.worker_alive:
             return self.worker.stuck() or 'inference worker is not running'
         return self._error
@@ -496,7 +392,7 @@ class PolicyRunner:
             for item in self._executor.drop(lambda q: now - q.frame_time <= s.max_action_age_s):
                 self._expired_age_s = now - item.frame_time
                 self.counters.stale_actions += 1
-            item, rest = self._executor.next(self._tick_index, blended)
+            item, rest = self._executor.next(self._tick_index, QueuedAction.blended)
             if item is None:
                 return self._starved(now, planned)
             if not rest:
@@ -627,8 +523,3 @@ class PolicyRunner:
                 **vars(self.counters),
             }
 
-
-def blended(newest: QueuedAction, values: np.ndarray) -> QueuedAction:
-    """The ensemble's action for a tick: blended values, the newest chunk's frame and info."""
-    return QueuedAction(values, newest.frame_time, newest.stamp_ns, newest.episode, newest.info,
-                        newest.frame)

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..policy.actions import GRIPPER
-
-MOTION = slice(0, GRIPPER)  # the dimensions a hold sets to zero
+from ..policy.actions import GRIPPER, MOTION
 
 
 def hold_outside_limits(lower, upper) -> list[int]:
     """Motion dimensions whose limits exclude zero: a hold there would move the robot."""
-    return [i for i in range(GRIPPER) if not lower[i] <= 0.0 <= upper[i]]
+    return [i for i in range(MOTION.stop) if not lower[i] <= 0.0 <= upper[i]]
 
 
 @dataclass

@@ -47,7 +47,7 @@ from .dit import ActionModel
 from .errors import CheckpointError, InputError
 from .flops import StepRecord, count_flops, full_flops
 from .heads import ActionHead, DiffusionHead, HeadOutput, TokenHead
-from .instruction import check_instruction
+from .instruction import check_instruction, prompt_tokens
 from .layout import SequenceLayout
 from .llama import STOP, Llama, Narrow
 from .preprocess import check_rgb, preprocess
@@ -56,7 +56,6 @@ from .step import ActionChunk, Hooks, Observation, Step, StepInfo
 from .tokenizer import SPACE
 from .vision import FusedProjector, FusedVisionBackbone
 
-PROMPT = 'In: What action should the robot take to {}?\nOut:'
 WARMUP_INSTRUCTION = 'pick up the block'
 
 
@@ -266,10 +265,8 @@ class OpenVLAPolicy:
 
     def _prompt_tokens(self, tokenizer: Any, text: str) -> list[int]:
         """Tokenize the prompt of an instruction that passed the text rule; check its length."""
-        ids = list(tokenizer(PROMPT.format(text.lower()))['input_ids'])
-        if ids[-1] != self.space_id:
-            ids.append(self.space_id)
-        ids += self.head.prompt_suffix(tokenizer)
+        ids = prompt_tokens(lambda t: tokenizer(t)['input_ids'], text, self.space_id,
+                            self.head.prompt_suffix(tokenizer))
         if len(ids) > self.max_prompt_tokens:
             raise InputError(
                 f'instruction makes a {len(ids)}-token prompt; '

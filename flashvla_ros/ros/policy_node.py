@@ -26,28 +26,18 @@ shutdown, SIGINT, SIGTERM) end with exactly one hold.
 
 from __future__ import annotations
 
-import array
 from contextlib import nullcontext
 from pathlib import Path
-import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
-    SetParametersResult,
-)
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.duration import Duration as RclpyDuration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -60,48 +50,24 @@ from ..control.runner import PolicyRunner
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
 from ..control.worker import InferenceWorker
-from ..params import ACCEL_PARAMS, PARAMS, NodeConfig, build_config, check_config, check_value
+from ..params import ACCEL_PARAMS, NodeConfig, build_config
 from ..policy import CheckpointError, InputError, PolicyError, load_policy, set_cpu_threads
 from ..policy.actions import ACTION_DIM, ACTION_NAMES
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
-from .robot_io import RobotIO, key_values
+from . import parameters
+from .diagnostics import node_diagnostics
+from .robot_io import RobotIO
+from .spin import ExitSignals, make_executor, wait_for_acks
 
-ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-LIST_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY,
-              str: ParameterType.PARAMETER_STRING_ARRAY}
 ROBOT_STAGGER_S = 0.002  # several robots: each robot's tick this much after the previous one's
-# A final hold waits at most this long for reliable subscribers' acks; Fast DDS acknowledges
-# on its writer's heartbeat, measured here at up to about 1 s after the sample arrived.
-ACK_TIMEOUT_S = 1.0
-
-
-def descriptor(p) -> ParameterDescriptor:
-    if p.kind is not None:  # unset by default; typed and checked by the config validator
-        return ParameterDescriptor(description=f'{p.description} (unset: the preset decides)',
-                                   read_only=p.read_only, dynamic_typing=True)
-    d = p.default
-    if isinstance(d, list) and not d:  # an empty list has no type of its own: checked here
-        return ParameterDescriptor(description=p.description, read_only=p.read_only,
-                                   dynamic_typing=True)
-    kind = LIST_TYPES[type(d[0])] if isinstance(d, list) else ROS_TYPES[type(d)]
-    desc = ParameterDescriptor(type=kind, description=p.description, read_only=p.read_only)
-    if p.choices:
-        desc.additional_constraints = f'one of {list(p.choices)}'
-    if p.low is not None and isinstance(d, int) and not isinstance(d, bool):
-        desc.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high))]
-    elif p.low is not None:
-        desc.floating_point_range = [FloatingPointRange(from_value=p.low, to_value=p.high)]
-    return desc
 
 
 class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('policy_node', **kwargs)
-        for p in PARAMS:
-            self.declare_parameter(p.name, p.default, descriptor(p))
-        self.config: NodeConfig = build_config(self._parameter_values())
+        parameters.declare(self)
+        self.config: NodeConfig = build_config(parameters.read(self))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Side effects of a change run once it is stored; Humble's rclpy has no post-set
         # callback, so there the validator applies an accepted change itself.
@@ -119,7 +85,7 @@ class PolicyNode(LifecycleNode):
         self.model_label = ''
         self.chunk_steps_from = ''  # 'model', 'default' or 'parameter': whose chunk_steps runs
         self.cpu_threads = 0  # set at configure
-        self._log = ThrottledLog(period_s=1.0)
+        self.log = ThrottledLog(period_s=1.0)
         # Whether ticks may publish; each robot's lock keeps its ticks and its final hold
         # apart, so that after the final hold no tick publishes.
         self._commanding = False
@@ -167,7 +133,7 @@ class PolicyNode(LifecycleNode):
                                       self.policy.max_batch)
         settings = self._runner_settings()
         for name in c.robots or ('',):
-            runner = PolicyRunner(self.policy.for_robot(), settings, self.worker, self._now)
+            runner = PolicyRunner(self.policy.for_robot(), settings, self.worker, self.now_s)
             self.robots.append(RobotIO(self, name, runner, c, self._on_instruction))
         self._robot_services = [  # a server's robots: a reset and a lifecycle each
             service for robot in self.robots if robot.name for service in (
@@ -201,7 +167,8 @@ class PolicyNode(LifecycleNode):
         self.loops = [
             FixedRateLoop(self.config.control_period_s,
                           lambda planned, robot=robot: self._on_control_tick(robot, planned),
-                          self._now, name='-'.join(filter(None, ['flashvla-control', robot.name])),
+                          self.now_s,
+                          name='-'.join(filter(None, ['flashvla-control', robot.name])),
                           on_error=lambda exc, robot=robot: self._on_tick_error(robot, exc),
                           on_skip=robot.runner.skipped, offset_s=k * ROBOT_STAGGER_S)
             for k, robot in enumerate(self.robots)]
@@ -283,7 +250,8 @@ class PolicyNode(LifecycleNode):
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def _now(self) -> float:
+    def now_s(self) -> float:
+        """The node clock's time in seconds (sim time under use_sim_time)."""
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_instruction(self, robot: RobotIO, msg: String) -> None:
@@ -368,17 +336,12 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
-    def _parameter_values(self) -> dict[str, Any]:
-        values = {p.name: plain(self.get_parameter(p.name).value) for p in PARAMS}
-        if values['robots'] is None:  # `robots:=[]` leaves it unset
-            values['robots'] = []
-        return values
-
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Accept or refuse a change, saying why; its side effects come once it is stored."""
         with self._instruction_lock:
-            values = self._parameter_values()
-            reason = self._check_parameters(params, values)
+            values = parameters.read(self)
+            reason = parameters.refusal(params, values, None if self._syncing_instruction
+                                        else self._check_instruction)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             if not self._post_set:  # Humble: no post-set callback, apply once accepted
@@ -388,27 +351,7 @@ class PolicyNode(LifecycleNode):
     def _on_parameters_set(self, params) -> None:
         """Apply a stored change (post-set callback): the config, the runner, the task."""
         with self._instruction_lock:
-            self._apply_parameters(params, self._parameter_values())
-
-    def _check_parameters(self, params, values: dict[str, Any]) -> str:
-        """Return why the change is refused ('' when accepted); `values` gets the new values."""
-        for p in params:
-            if p.name == 'use_sim_time':
-                return ('use_sim_time is fixed at start-up (--ros-args -p use_sim_time:=true): '
-                        'switching clocks while running would invalidate every age and timeout')
-            value = plain(p.value)
-            reason = check_value(p.name, value)
-            if reason:
-                return reason
-            values[p.name] = value
-        reason = check_config(values)
-        if not reason and any(p.name == 'instruction' for p in params) \
-                and not self._syncing_instruction and values['instruction']:
-            try:
-                self._check_instruction(values['instruction'])
-            except InputError as exc:
-                reason = f'instruction rejected: {exc}'
-        return reason or ''
+            self._apply_parameters(params, parameters.read(self))
 
     def _runner_settings(self):
         """Every runner's settings from the parameters; chunk_steps -1 left to the model."""
@@ -469,119 +412,7 @@ class PolicyNode(LifecycleNode):
         return ''
 
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name='flashvla_ros: policy_node', hardware_id=self.model_label)
-        c = self.config
-        values: dict[str, Any] = {'lifecycle_state': self.state_label, 'model': self.model_label,
-                                  'device': c.device, 'dtype': c.dtype,
-                                  'quantize': c.quantize, 'cpu_threads': self.cpu_threads,
-                                  'control_rate_hz': c.control_rate_hz,
-                                  'accel': '+'.join(c.accel.names) or 'none',
-                                  'accel_options': c.accel.options,
-                                  'stop_reason': self.stop_reason}
-        warnings: dict[str, str] = {}  # reason -> text
-        robot_fault = tick_fault = ''
-        now = self._now()
-        robots = list(self.robots)
-        statuses = []
-        if robots and not robots[0].name:  # the single robot: its values are the node's
-            robot_values, warnings, robot_fault = robots[0].values(now)
-            values.update(robot_values)
-            values['chunk_steps_from'] = self.chunk_steps_from
-            tick_fault = self.tick_fault(robots[0])
-        elif robots:
-            values.update(robots=','.join(r.name for r in robots),
-                          chunk_steps_from=self.chunk_steps_from)
-            state = 'active' if self.state_label == 'active' else \
-                f'{self.state_label}: {self.stop_reason}'
-            statuses = [robot.status(now, self.model_label, state, self.tick_fault(robot))
-                        for robot in robots]
-            faulted = [f'{r.name}: {s.message}' for r, s in zip(robots, statuses, strict=True)
-                       if s.level == DiagnosticStatus.ERROR]
-            if faulted:  # the node's entry says which robots are not commanding, and why
-                robot_fault = f'{len(faulted)} of {len(robots)} robots: ' + '; '.join(faulted)
-        if self.worker is not None:
-            values.update(self.worker.status())
-            if stuck := self.worker.stuck():
-                values['worker'] = stuck
-        loops = self.loops
-        if loops:
-            values.update(skipped_ticks=sum(loop.skipped for loop in loops),
-                          tick_errors=sum(loop.errors for loop in loops))
-        if self.state_label != 'active':
-            failed = self.stop_reason.startswith('configure failed') or 'worker' in values
-            status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
-            status.message = f'{self.state_label}: not commanding ({self.stop_reason})' + (
-                f'; {values["worker"]}' if 'worker' in values else '')
-        elif tick_fault:
-            status.level, status.message = DiagnosticStatus.ERROR, tick_fault
-        elif robot_fault:
-            status.level, status.message = DiagnosticStatus.ERROR, robot_fault
-        elif warnings:
-            status.level, status.message = DiagnosticStatus.WARN, '; '.join(warnings.values())
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'commanding'
-        for reason, text in warnings.items():
-            if line := self._log(reason, text, period_s=30.0):
-                self.get_logger().warning(line)
-        status.values = key_values(values)
-        statuses = [status, *statuses]
-        msg = DiagnosticArray(status=statuses)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics.publish(msg)
-
-
-def plain(value: Any) -> Any:
-    """Return array parameters (rclpy gives array.array) as lists, other values as they are."""
-    return list(value) if isinstance(value, array.array) else value
-
-
-def wait_for_acks(publishers, timeout_s: float = ACK_TIMEOUT_S) -> bool:
-    """
-    Wait until every reliable subscriber acknowledged what was published.
-
-    Polled, because rclpy's blocking wait keeps the GIL: inference and the acks themselves
-    would stall.
-    """
-    now = RclpyDuration()
-    pending, deadline = list(publishers), time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if not p.wait_for_all_acked(now)]
-        if pending:
-            time.sleep(0.005)
-    return not pending
-
-
-class ExitSignals:
-    """
-    Record SIGINT and SIGTERM; the spin loop ends on them.
-
-    rclpy's own handler would shut the context down at once, and the node must still publish
-    its final hold after the signal arrives.
-    """
-
-    def __init__(self) -> None:
-        self.received = ''
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.received = self.received or signal.Signals(signum).name
-
-
-def make_executor():
-    """
-    Return the executor: rclpy's C++ events executor where it exists (after Jazzy).
-
-    The Python executor's bookkeeping holds the GIL the tick threads need: with 4 robots on 2
-    cores it made tick lateness p99 9-13 ms against 3-5 ms with the events executor (two A/B
-    pairs, docs/MULTI_ROBOT.md). rclpy ships it as experimental; elsewhere the Python one.
-    """
-    try:
-        from rclpy.experimental import EventsExecutor
-    except ImportError:
-        return SingleThreadedExecutor()
-    return EventsExecutor()
-
+        self.diagnostics.publish(node_diagnostics(self))
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)

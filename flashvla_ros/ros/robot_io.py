@@ -43,11 +43,12 @@ from sensor_msgs.msg import CompressedImage, Image, JointState, TimeReference
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..control.runner import PolicyRunner, Tick
+from ..control.records import Tick
+from ..control.runner import PolicyRunner
 from ..control.throttle import ThrottledLog
 from ..params import OUTPUTS, NodeConfig
 from ..policy import InputError, StepInfo
-from ..policy.actions import GRIPPER
+from ..policy.actions import ANGULAR, GRIPPER, LINEAR, XY
 from ..viz.debug_view import render_debug
 from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
 
@@ -174,8 +175,8 @@ class RobotIO:
             msg = TwistStamped()
             msg.header.stamp, msg.header.frame_id = stamp, self.config.command_frame_id
             v = cmd / period
-            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, v[:3])
-            msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = map(float, v[3:6])
+            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, v[LINEAR])
+            msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = map(float, v[ANGULAR])
             self.pub['twist'].publish(msg)
         if 'array' in self.pub:
             self.pub['array'].publish(float_array(cmd, 'action'))
@@ -209,7 +210,7 @@ class RobotIO:
                              reused=bool(info and info.reused),
                              kept=info.kept_indices if info else None,
                              tokens=info.visual_tokens if info else 0,
-                             max_step=float(np.max(np.abs(self.config.action_upper[:2]))))
+                             max_step=float(np.max(np.abs(self.config.action_upper[XY]))))
         self.pub['debug'].publish(rgb_to_image(image, stamp))
 
     def _trajectory(self, tick: Tick, stamp, period: float) -> JointTrajectory:
