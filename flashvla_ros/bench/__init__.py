@@ -12,4 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The closed-loop benchmark every accelerator is judged by (no ROS)."""
+"""
+The closed-loop benchmark every accelerator is judged by (no ROS), and latency measurements.
+
+Its episodes run chunks through the node's own chunk executor (`control/chunks.py`).
+"""

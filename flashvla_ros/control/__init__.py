@@ -12,4 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The control side, free of ROS: worker thread, action queue, control tick, safety limits."""
+"""
+The control side, free of ROS: between the policy and the robot's commands.
+
+One inference worker for every robot (`worker.py`), each robot's runner (`runner.py`: its
+camera slot, just-in-time start, tick, holds, watchdog), the chunk executor the bench shares
+(`chunks.py`), the tick's thread (`ticker.py`), safety limits, and the timing figures.
+"""

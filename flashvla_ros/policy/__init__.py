@@ -12,7 +12,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The policy runtime: OpenVLA-compatible models in plain PyTorch, with no ROS imports."""
+"""
+The policy runtime: OpenVLA-compatible models in plain PyTorch, with no ROS imports.
+
+One forward (`OpenVLAPolicy.predict_batch`, a robot alone being a batch of one) with the
+accelerators' hook points, the token and diffusion heads, checkpoints and quantized weights.
+"""
 
 from .checkpoint import expand_path, load_policy
 from .errors import CheckpointError, InputError, NonFiniteOutputError, PolicyError

@@ -12,4 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The thin ROS 2 layer: message conversion, the nodes, bag tools."""
+"""
+The thin ROS 2 layer: messages in and out, nothing else.
+
+The policy node (`policy_node.py`, with its parameters, diagnostics and process handling in
+modules of their own), one robot's topics (`robot_io.py`), the mock world node, message
+conversion, bag tools, the demo and the processes it starts.
+"""

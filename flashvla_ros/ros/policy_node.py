@@ -251,7 +251,7 @@ class PolicyNode(LifecycleNode):
     # -- inputs ----------------------------------------------------------------------------
 
     def now_s(self) -> float:
-        """The node clock's time in seconds (sim time under use_sim_time)."""
+        """Return the node clock's time in seconds (sim time under use_sim_time)."""
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_instruction(self, robot: RobotIO, msg: String) -> None:
