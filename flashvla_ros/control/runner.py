@@ -522,4 +522,3 @@ class PolicyRunner:
                 **{f'policy_{k}': v for k, v in self.step_stats.scalars().items()},
                 **vars(self.counters),
             }
-

@@ -414,6 +414,7 @@ class PolicyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         self.diagnostics.publish(node_diagnostics(self))
 
+
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signals = ExitSignals()
