@@ -29,6 +29,7 @@ from flashvla_ros.control.runner import (
     JIT_MARGIN_DECAY_S,
     JIT_MARGIN_S,
     JIT_MIN_LATENCIES,
+    LATE_TICK_S,
     PolicyRunner,
     RunnerSettings,
 )
@@ -678,7 +679,7 @@ def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
         runner.worker.stop()
 
 
-def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
+def test_a_late_result_makes_a_late_command_and_widens_the_margin():
     clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)
@@ -690,12 +691,47 @@ def test_a_late_just_in_time_result_widens_the_margin_and_it_shrinks_back():
         runner.submit_frame(FRAME)
         wait_for(lambda: runner.status()['busy'])
         clock.t = 100.1
-        assert runner.tick().kind == 'starved'
+        ticks = runner.counters.ticks
+        waiting = runner.tick(planned=100.1)  # its action is in flight: the tick waits for it
+        assert waiting.kind == 'waiting' and waiting.command is None
+        assert waiting.retry_until == pytest.approx(100.1 + LATE_TICK_S)
         assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S)
         assert runner.status()['jit_margin_ms'] == pytest.approx(2e3 * JIT_MARGIN_S)
+        assert not runner.delivered.is_set()
         policy.gate.set()  # each finished inference takes 1 ms off, down to the floor
-        wait_for(lambda: runner.status()['inferences'] == 2)
+        wait_for(runner.delivered.is_set)
         assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S - JIT_MARGIN_DECAY_S)
+        clock.t = 100.104
+        late = runner.tick(planned=100.1)  # the same tick, run again: a command 4 ms late
+        assert late.kind == 'action' and late.command[0] == pytest.approx(0.01)
+        assert runner.lateness_ms[-1] == pytest.approx(4.0)
+        assert runner.counters.ticks == ticks + 1 and runner.counters.starved_ticks == 0
+    finally:
+        policy.gate.set()
+        runner.worker.stop()
+
+
+def test_a_result_later_than_the_wait_starves_its_tick():
+    clock = ScriptedClock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6)
+    runner = just_in_time_runner(policy, clock)
+    try:
+        runner.latencies_ms.extend([1.0] * JIT_MIN_LATENCIES)
+        policy.gate.clear()
+        clock.t = 100.099
+        runner.submit_frame(FRAME)
+        wait_for(lambda: runner.status()['busy'])
+        clock.t = 100.1
+        assert runner.tick(planned=100.1).kind == 'waiting'
+        clock.t = 100.1 + LATE_TICK_S
+        assert runner.tick(planned=100.1).kind == 'starved'  # its wait is over
+        assert runner.counters.starved_ticks == 1 and runner.counters.boundary_stalls == 1
+        assert runner.jit_margin_s == pytest.approx(2 * JIT_MARGIN_S)  # doubled once
+        clock.t = 100.2  # still in flight at the next tick: that one waits too, then starves
+        assert runner.tick(planned=100.2).kind == 'waiting'
+        clock.t = 100.2 + LATE_TICK_S
+        assert runner.tick(planned=100.2).kind == 'starved'
+        assert runner.counters.starved_ticks == 2 and runner.counters.ticks == 3
     finally:
         policy.gate.set()
         runner.worker.stop()

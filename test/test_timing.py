@@ -36,7 +36,7 @@ from flashvla_ros.control.worker import InferenceWorker
 class ScriptedLoop(FixedRateLoop):
     """The loop on a scripted clock: each wait moves the clock to its end, nothing else."""
 
-    def _wait(self, seconds: float) -> bool:
+    def _wait(self, seconds: float, wake=None) -> bool:
         self.clock.t += seconds
         return self._stop.is_set()
 
@@ -70,6 +70,33 @@ def test_the_schedule_keeps_its_phase_and_skips_what_a_late_tick_cost():
     assert np.allclose(np.diff(planned) / 0.1, np.round(np.diff(planned) / 0.1))
 
 
+def test_a_waiting_tick_runs_again_when_woken_or_at_its_deadline():
+    clock = ScriptedClock(50.0)
+    wake = threading.Event()
+    calls: list[tuple[float, float]] = []  # (planned, clock) of every call
+
+    def tick(p: float) -> float | None:
+        calls.append((p, clock.t))
+        if len(calls) == 1:  # its action is in flight: it lands 3 ms later
+            clock.t += 0.003
+            wake.set()
+            return p + 0.02
+        if len(calls) == 3:  # nothing lands: run again at the deadline
+            wake.clear()  # (the runner clears it when its tick starts waiting)
+            return p + 0.02
+        if len(calls) == 5:
+            loop._stop.set()
+        return None
+
+    loop = ScriptedLoop(0.1, tick, clock, wake=wake)
+    loop._run()
+    planned = [p for p, _ in calls]
+    assert planned == pytest.approx([50.1, 50.1, 50.2, 50.2, 50.3])  # the same tick again
+    assert calls[1][1] == pytest.approx(50.103)  # at once when woken
+    assert calls[3][1] == pytest.approx(50.22)  # else at its deadline
+    assert loop.skipped == 0
+
+
 def test_a_clock_that_jumps_back_restarts_the_schedule():
     clock = ScriptedClock(50.0)
 
@@ -87,11 +114,11 @@ def test_sim_time_starts_the_schedule_at_its_first_clock_message():
     planned: list[float] = []
 
     class SimLoop(ScriptedLoop):
-        def _wait(self, seconds: float) -> bool:
+        def _wait(self, seconds: float, wake=None) -> bool:
             if clock.t == 0.0:
                 clock.t = 1000.0  # /clock arrives
                 return False
-            return super()._wait(seconds)
+            return super()._wait(seconds, wake)
 
     def tick(p: float) -> None:
         planned.append(p)

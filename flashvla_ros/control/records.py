@@ -57,7 +57,7 @@ class QueuedAction:
 class Tick:
     """What one control tick decided. `command` is None when nothing is to be published."""
 
-    kind: str  # 'action', 'hold', 'idle' (hold already sent) or 'starved'
+    kind: str  # 'action', 'hold', 'idle' (hold already sent), 'starved' or 'waiting'
     command: np.ndarray | None = None
     raw: np.ndarray | None = None
     remaining: list[np.ndarray] = field(default_factory=list)  # rest of the chunk, limited
@@ -67,6 +67,7 @@ class Tick:
     planned: float = 0.0  # the tick's planned time on the schedule (runner clock)
     source_stamp_ns: int = 0  # an action's camera frame stamp (0: a hold)
     episode: int = 0
+    retry_until: float | None = None  # 'waiting': run this tick again by then (runner clock)
 
 
 @dataclass

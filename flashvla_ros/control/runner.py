@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
+import threading
 import time
 from typing import Any
 
@@ -61,6 +62,10 @@ JIT_MIN_LATENCIES = 20  # until then (start-up), inferences start as soon as pos
 # A camera frame due within this long after the start is waited for: it is a camera period
 # fresher, and the wait spends only the floor margin, less 2 ms for the tick's own jitter.
 JIT_FRAME_WAIT_S = JIT_MARGIN_S - 0.002
+# A tick whose action is still being inferred waits this long for it on its own thread (it runs
+# again when the result lands), so a result a few ms late makes a late command, not a missed
+# one; later than that, the tick is starved (nothing is sent).
+LATE_TICK_S = 0.020
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class PolicyRunner:
         self._last_gripper: float | None = None  # the gripper's last command, kept for holds
         self._reset_pending = False  # the worker empties the policy's memory before its next step
         self._pending_update: Callable[[], None] | None = None  # a live option change
+        self._waiting_for: float | None = None  # a tick waiting for its action: its planned
+        self.delivered = threading.Event()  # set when a step's actions arrive (a waiting tick)
         self.running = False  # served by the worker (between resume and pause)
         worker.add(self)
 
@@ -339,6 +346,7 @@ class PolicyRunner:
             self._executor.add(
                 [QueuedAction(v, *request.times, request.episode, result.info, request.rgb)
                  for v in values], result.info.reused, self._tick_index + 1)
+            self.delivered.set()
 
     def _count_error(self, error: Exception) -> None:
         """Count a step's error: bad input is only counted; anything else is a fault."""
@@ -368,17 +376,26 @@ class PolicyRunner:
         return self._error
 
     def tick(self, planned: float | None = None) -> Tick:
-        """One control tick; `planned` is its time on the schedule (default: now)."""
+        """
+        One control tick; `planned` is its time on the schedule (default: now).
+
+        A tick that returns 'waiting' (its action is still being inferred) is run again with
+        the same `planned` when `delivered` is set or at its `retry_until`: the same tick.
+        """
         now = self.clock()
         planned = now if planned is None else planned
         s = self.settings
         with self._lock:
-            self.tick_rate.mark(now)
-            self.lateness_ms.append((now - planned) * 1e3)
-            self.counters.ticks += 1
-            self.counters.commanding_ticks += self._commanded
-            self._tick_index += 1
-            self._last_tick = now
+            waited, self._waiting_for = planned == self._waiting_for, None
+            if waited:  # the same tick again: its lateness is now's
+                self.lateness_ms[-1] = (now - planned) * 1e3
+            else:
+                self.tick_rate.mark(now)
+                self.lateness_ms.append((now - planned) * 1e3)
+                self.counters.ticks += 1
+                self.counters.commanding_ticks += self._commanded
+                self._tick_index += 1
+                self._last_tick = now
             fault = self.fault(now)
             if fault:
                 self._executor.reset()
@@ -394,7 +411,7 @@ class PolicyRunner:
                 self.counters.stale_actions += 1
             item, rest = self._executor.next(self._tick_index, QueuedAction.blended)
             if item is None:
-                return self._starved(now, planned)
+                return self._starved(now, planned, waited)
             if not rest:
                 self._lock.notify_all()  # wake the worker: the next frame is needed now
             remaining = [s.limits.apply(q.values)[0] for q in rest]
@@ -418,12 +435,21 @@ class PolicyRunner:
             self.counters.skipped_ticks += 1
             self.lateness_ms.append((now - planned) * 1e3)
 
-    def _starved(self, now: float, planned: float) -> Tick:
-        """Nothing to run on a healthy tick: count it; the watchdog holds once after a gap."""
+    def _starved(self, now: float, planned: float, waited: bool) -> Tick:
+        """
+        Nothing to run on a healthy tick: wait for an action in flight, or count it starved.
+
+        The watchdog holds once after a gap.
+        """
         assert self._gap_start is not None
-        self.counters.starved_ticks += 1
-        if self.settings.chunks.just_in_time and self._busy_since is not None:  # came late
+        if self._busy_since is not None and self.settings.chunks.just_in_time and not waited:
+            # Its action comes late: the load has risen, so the margin doubles.
             self.jit_margin_s = min(JIT_MARGIN_MAX_S, 2 * self.jit_margin_s)
+            if not self._stall and now - planned < LATE_TICK_S:
+                self._waiting_for = planned
+                self.delivered.clear()
+                return Tick('waiting', planned=planned, retry_until=planned + LATE_TICK_S)
+        self.counters.starved_ticks += 1
         self.counters.boundary_stalls += self._commanded
         self._lock.notify_all()
         if self._stall:

@@ -23,6 +23,9 @@ The schedule is planned = start + k * period. A tick that runs late keeps its pl
 (its lateness is actual - planned); ticks whose time has passed by a whole period before they
 could run are skipped and counted, so the schedule keeps its phase and never bursts to catch
 up. A clock that jumps (sim time reset, system clock step) re-anchors the schedule.
+
+A tick may ask to run again (it returns a deadline: its action is still being inferred): the
+loop runs the same planned tick again when `wake` is set or at that deadline, whichever first.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ POLL_S = 0.05  # longest single wait: a clock other than the wall clock (sim tim
 class FixedRateLoop:
     """Call `tick(planned)` every `period_s` on `clock` from a thread of its own."""
 
-    def __init__(self, period_s: float, tick: Callable[[float], None],
+    def __init__(self, period_s: float, tick: Callable[[float], float | None],
                  clock: Callable[[], float], name: str = 'flashvla-control',
                  on_error: Callable[[Exception], None] | None = None,
                  on_skip: Callable[[float, float], None] | None = None,
-                 offset_s: float = 0.0) -> None:
+                 offset_s: float = 0.0, wake: threading.Event | None = None) -> None:
         self.period_s = period_s
         self.offset_s = offset_s  # the schedule's phase: planned = start + offset + k * period
         self.tick = tick
@@ -48,6 +51,7 @@ class FixedRateLoop:
         self.name = name
         self.on_error = on_error  # told of a tick that raised; the next ticks still run
         self.on_skip = on_skip  # told of each skipped tick: (its planned time, now)
+        self.wake = wake  # set when a tick waiting to run again should (its action arrived)
         self.skipped = 0  # planned ticks that never ran (the thread was a period late)
         self.errors = 0  # ticks that raised
         self._stop = threading.Event()
@@ -69,9 +73,22 @@ class FixedRateLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _wait(self, seconds: float) -> bool:
-        """Sleep (woken early by stop); return whether the loop is to stop."""
-        return self._stop.wait(seconds)
+    def _wait(self, seconds: float, wake: threading.Event | None = None) -> bool:
+        """Sleep (woken early by stop, or by `wake`); return whether the loop is to stop."""
+        if wake is None:
+            return self._stop.wait(seconds)
+        wake.wait(seconds)
+        return self._stop.is_set()
+
+    def _wait_for_wake(self, deadline: float) -> bool:
+        """Wait until `wake` is set or `deadline` (clock) passes; return whether to stop."""
+        while not (self.wake is not None and self.wake.is_set()):
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            if self._wait(min(left, POLL_S), self.wake):
+                return True
+        return self._stop.is_set()
 
     def _run(self) -> None:
         period = self.period_s
@@ -91,7 +108,11 @@ class FixedRateLoop:
             if self._stop.is_set():
                 return
             try:
-                self.tick(planned)
+                retry = self.tick(planned)
+                while retry is not None:  # the same tick again, once woken or at `retry`
+                    if self._wait_for_wake(retry):
+                        return
+                    retry = self.tick(planned)
             except Exception as exc:  # a bug in one tick must not end the ticks
                 self.errors += 1
                 if self.on_error is not None:

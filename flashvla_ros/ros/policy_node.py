@@ -170,7 +170,8 @@ class PolicyNode(LifecycleNode):
                           self.now_s,
                           name='-'.join(filter(None, ['flashvla-control', robot.name])),
                           on_error=lambda exc, robot=robot: self._on_tick_error(robot, exc),
-                          on_skip=robot.runner.skipped, offset_s=k * ROBOT_STAGGER_S)
+                          on_skip=robot.runner.skipped, offset_s=k * ROBOT_STAGGER_S,
+                          wake=robot.runner.delivered)
             for k, robot in enumerate(self.robots)]
         for robot, loop in zip(self.robots, self.loops, strict=True):
             robot.loop = loop
@@ -393,15 +394,17 @@ class PolicyNode(LifecycleNode):
                                            f'{traceback.format_exc()}'):
             self.get_logger().error(line)
 
-    def _on_control_tick(self, robot: RobotIO, planned: float) -> None:
+    def _on_control_tick(self, robot: RobotIO, planned: float) -> float | None:
+        """Run `robot`'s tick and publish; return when to run it again ('waiting'), or None."""
         with robot.lock:
             if not self._commanding or not robot.enabled:
-                return
+                return None
             tick = robot.runner.tick(planned)
             if tick.kind == 'hold':
                 self.get_logger().error(f'{robot.where}holding: {tick.fault}')
             robot.publish(tick, self.get_clock().now().to_msg())
             robot.tick_error = ''
+            return tick.retry_until
 
     def tick_fault(self, robot: RobotIO) -> str:
         """Why `robot`'s control tick fails ('' when it runs): its last error, or a dead thread."""
