@@ -18,10 +18,12 @@
 import pytest
 import torch
 
+from flashvla_ros.accel.base import token_budget
 from flashvla_ros.accel.efficientvla import EfficientVLA
 from flashvla_ros.accel.flashvla import FlashVLA, information_contribution, select_tokens
 from flashvla_ros.accel.registry import accelerate, check_accel, parse_accel
 from flashvla_ros.policy import Observation, load_policy
+from flashvla_ros.policy.presets import model_path
 from flashvla_ros.policy.step import Hooks
 from flashvla_ros.sim.tasks import Episode
 
@@ -165,3 +167,79 @@ def test_accelerators_that_decide_nothing_run_exactly_the_plain_step(policy):
         assert chunk.info.record == plain.info.record, names
         assert chunk.info.flops == plain.info.flops and chunk.token_ids == plain.token_ids
     policy.set_hooks([])
+
+
+# -- the token-budget rule: a budget counts the model's visual tokens ----------------------
+
+
+@pytest.mark.parametrize(('model', 'keep_tokens', 'keep_fraction', 'present', 'kept'), [
+    (64, 0, 0.625, None, 40),  # alone: a fraction of the model's tokens
+    (64, 0, 0.625, 64, 40),  # nothing selected before: the same
+    (64, 0, 0.625, 14, 14),  # after EfficientVLA's 14: 40 >= 14, so all 14 stay (not 9)
+    (64, 0, 0.125, 14, 8),  # a budget below the survivors still selects: 8 of the model's 64
+    (64, 9, 0.625, 14, 9),  # a count was always of the model's tokens
+    (64, 40, 1.0, 14, 14),
+    (256, 0, 0.5, 128, 128),
+    (256, 0, 0.25, 128, 64),
+    (64, 0, 0.001, None, 1),  # at least one
+    (64, 0, 0.001, 14, 1),
+    (64, 100, 1.0, None, 64),  # at most the model's
+])
+def test_a_token_budget_counts_the_models_visual_tokens(model, keep_tokens, keep_fraction,
+                                                         present, kept):
+    assert token_budget(model, keep_tokens, keep_fraction, present) == kept
+
+
+def test_flashvla_scores_only_when_its_budget_is_below_the_tokens_present():
+    defaults = FlashVLA.build_options({})  # conservative: keep_fraction 0.625
+    assert defaults.kept_tokens(64) == 40 and defaults.scores_tokens(64)
+    assert defaults.kept_tokens(64, 14) == 14 and not defaults.scores_tokens(64, 14)
+    assert defaults.kept_tokens(64, 41) == 40 and defaults.scores_tokens(64, 41)
+    efficient = EfficientVLA.build_options({})  # default: keep_fraction 0.22
+    assert efficient.kept_tokens(64) == 14 and efficient.kept_tokens(64, 10) == 10
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize(('fraction', 'kept', 'scored'), [
+    (0.625, 128, []),  # budget 160 of 256 >= EfficientVLA's 128: FlashVLA keeps them all
+    (0.25, 64, [('gram', 128)]),  # budget 64 of 256: it ranks the 128 and keeps 64
+])
+def test_composed_fractions_do_not_multiply(policy, fraction, kept, scored):
+    chunk = accelerate(policy, ['efficientvla', 'flashvla'], {
+        'efficientvla': {'preset': '', 'keep_tokens': 128, 'token_layer': 2},
+        'flashvla': {'layer': 2, 'keep_fraction': fraction, 'reuse': False}}).predict(
+            observation())
+    n = chunk.info.record.layout.visual
+    assert n == 256
+    assert [(m, tokens) for m, tokens, _ in chunk.info.record.scoring] == [('diverse', n),
+                                                                         *scored]
+    assert chunk.info.kept_tokens == kept
+    assert chunk.info.extras['efficientvla_kept_tokens'] == 128
+    assert chunk.info.extras['flashvla_kept_tokens'] == kept
+    policy.set_hooks([])
+
+
+@torch.inference_mode()
+def test_efficientvla_after_flashvla_follows_the_same_rule(policy):
+    chunk = accelerate(policy, ['flashvla', 'efficientvla'], {
+        'flashvla': {'layer': 2, 'keep_tokens': 100, 'reuse': False},
+        'efficientvla': {'preset': '', 'keep_fraction': 0.5, 'token_layer': 2}}).predict(
+            observation())  # EfficientVLA's budget: 128 of 256, above FlashVLA's 100
+    assert chunk.info.kept_tokens == 100
+    assert chunk.info.extras['flashvla_kept_tokens'] == 100
+    assert chunk.info.extras['efficientvla_kept_tokens'] == 100
+    policy.set_hooks([])
+
+
+@torch.inference_mode()
+def test_the_combination_as_users_write_it_keeps_efficientvlas_14_tokens():
+    """`efficientvla+flashvla`, both presets at their defaults, on the embedded default-dit."""
+    dit = load_policy(str(model_path('default-dit')))
+    names, options = parse_accel('efficientvla+flashvla')
+    chunk = accelerate(dit, names, options).predict(observation())
+    assert chunk.info.visual_tokens == 64 and chunk.info.kept_tokens == 14
+    assert chunk.info.extras['efficientvla_kept_tokens'] == 14
+    assert chunk.info.extras['flashvla_kept_tokens'] == 14  # 0.625 x 64 = 40 >= 14
+    assert [m for m, *_ in chunk.info.record.scoring] == ['diverse']  # nothing left to rank
+    alone = accelerate(dit, ['flashvla'], {}).predict(observation())
+    assert alone.info.kept_tokens == alone.info.extras['flashvla_kept_tokens'] == 40

@@ -95,10 +95,22 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] = (), low: float
         'live': live}})
 
 
-def token_budget(visual_tokens: int, keep_tokens: int, keep_fraction: float) -> int:
-    """Visual tokens a selection keeps: `keep_tokens`, else the fraction; at least 1."""
+def token_budget(visual_tokens: int, keep_tokens: int, keep_fraction: float,
+                 present: int | None = None) -> int:
+    """
+    Visual tokens a selection keeps: the one rule of a token budget, alone or composed.
+
+    A budget counts the MODEL's visual tokens (`visual_tokens`, the image's patches):
+    `keep_tokens`, else `keep_fraction` of them; at least 1. A selection keeps that many of the
+    `present` tokens (default: all of the model's), or all of them when an earlier
+    accelerator's selection already left fewer. So composed selections never multiply their
+    fractions: `[efficientvla, flashvla]` at their defaults keeps EfficientVLA's 14 of 64
+    (FlashVLA's budget, 0.625 x 64 = 40, is not below 14), not 0.625 x 14 = 9. Alone,
+    `present` is every visual token and nothing changes.
+    """
     k = keep_tokens or round(keep_fraction * visual_tokens)
-    return max(1, min(visual_tokens, k))
+    k = max(1, min(visual_tokens, k))
+    return k if present is None else min(present, k)
 
 
 def option_specs(options_type: type) -> list[OptionSpec]:

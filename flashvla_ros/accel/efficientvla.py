@@ -72,7 +72,8 @@ class EfficientVLAOptions:
     calibration: str = option('', 'calibration file of flashvla-calibrate (empty: '
                               'calibration.json beside the weights)')
     token_layer: int = option(2, 'decoder layers that run on every visual token', low=1)
-    keep_fraction: float = option(1.0, 'share of the visual tokens kept after token_layer',
+    keep_fraction: float = option(1.0, "share of the model's visual tokens kept after "
+                                  'token_layer (at most the tokens present)',
                                   low=0.0, high=1.0, low_open=True)
     keep_tokens: int = option(0, 'visual tokens kept, as a count (0: use keep_fraction)',
                               low=0)
@@ -89,8 +90,9 @@ class EfficientVLAOptions:
                                  'never run, least important first (needs a calibration)',
                                  low=0.0, high=0.9)
 
-    def kept_tokens(self, visual_tokens: int) -> int:
-        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
+    def kept_tokens(self, visual_tokens: int, present: int | None = None) -> int:
+        """Tokens kept of `present` (default: all); the budget counts the model's (base.py)."""
+        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction, present)
 
 
 # -- calibration ---------------------------------------------------------------------------
@@ -361,7 +363,7 @@ class EfficientVLA(Accelerator):
         n = step.visual_kept.numel()
         if layer != self._token_layer or not self._selects:
             return None
-        budget = o.kept_tokens(n)
+        budget = o.kept_tokens(step.layout.visual, n)
         if o.selection == 'random':
             gen = torch.Generator().manual_seed(self._steps)
             self._steps += 1

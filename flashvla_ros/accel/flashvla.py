@@ -24,7 +24,9 @@ The attention output of the last of them at the visual positions, T [N, d], is s
 token by its information contribution C(x) = sum_{i<r} |U[x, i] S[i]| (T = U S V^T, r the
 smallest rank that holds `energy` of T's squared Frobenius norm, or a fixed `rank`). The top
 `keep_fraction` (or `keep_tokens`) stay, in their original order and at their original rotary
-positions; the others leave every later layer and those layers' KV caches.
+positions; the others leave every later layer and those layers' KV caches. The budget counts
+the model's visual tokens: after an accelerator that kept fewer, every one of those stays
+(`base.token_budget`).
 
 Action reuse (a gate): it compares the angle between the last two inferred actions with
 `eps1_deg` and the overlap of selected token sets with `eps2`; when both are stable the
@@ -58,7 +60,8 @@ from .base import Accelerator, option, token_budget
 @dataclass(frozen=True)
 class FlashVLAOptions:
     layer: int = option(2, 'decoder layers that run on every visual token (L_p)', low=1)
-    keep_fraction: float = option(0.625, 'share of the visual tokens kept after layer L_p',
+    keep_fraction: float = option(0.625, "share of the model's visual tokens kept after layer "
+                                  'L_p (at most the tokens present)',
                                   low=0.0, high=1.0, low_open=True, live=True)
     keep_tokens: int = option(0, 'visual tokens kept, as a count (0: use keep_fraction)',
                               low=0, live=True)
@@ -84,17 +87,19 @@ class FlashVLAOptions:
     draft: bool = option(True, 'verify the previous action as a draft in one pass (exact)',
                          live=True)
 
-    def kept_tokens(self, visual_tokens: int) -> int:
-        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction)
+    def kept_tokens(self, visual_tokens: int, present: int | None = None) -> int:
+        """Tokens kept of `present` (default: all); the budget counts the model's (base.py)."""
+        return token_budget(visual_tokens, self.keep_tokens, self.keep_fraction, present)
 
-    def scores_tokens(self, visual_tokens: int) -> bool:
+    def scores_tokens(self, visual_tokens: int, present: int | None = None) -> bool:
         """
-        Whether a step scores tokens: only to prune some.
+        Whether a step scores tokens: only to prune some of the `present` ones.
 
         Keeping every token, the scores decide nothing: the reuse gate's token set is then
         every token present, scored or not.
         """
-        return self.kept_tokens(visual_tokens) < visual_tokens
+        present = visual_tokens if present is None else present
+        return self.kept_tokens(visual_tokens, present) < present
 
 
 # -- token scoring -------------------------------------------------------------------------
@@ -308,12 +313,12 @@ class FlashVLA(Accelerator):
         o = self.options
         if layer != self._layer:
             return None
-        n = step.visual_kept.numel()
-        if o.scores_tokens(n):
+        n, model = step.visual_kept.numel(), step.layout.visual  # present; the model's
+        if o.scores_tokens(model, n):
             output = step.visual_hidden(probes['attention_output'])[0]
             scores, rank = information_contribution(output, o.energy, o.rank, o.svd)
             step.record.scoring.append((o.svd, n, o.rank))
-            keep = select_tokens(scores, o.kept_tokens(n))
+            keep = select_tokens(scores, o.kept_tokens(model, n))
         else:  # keep everything: nothing to score
             keep, rank = torch.arange(n, device=hidden.device), 0
         if o.reuse:  # the gate compares token sets (on the host); without it, none is needed

@@ -22,7 +22,10 @@ The hooks of one step, composed: every check of a combination, and the one hook 
 Hooks run in their declared order at every hook point. After a layer, a hook that keeps a
 subset of the visual tokens narrows the hidden states and that layer's probes together, so the
 next hook scores only the tokens still present (selections compose: FlashVLA after EfficientVLA
-ranks EfficientVLA's survivors). A step has at most one reuse gate, one decode draft and one
+ranks EfficientVLA's survivors). A token budget counts the model's visual tokens, so a later
+selection keeps at most its budget of the survivors, all of them when they are fewer: fractions
+never multiply (`accel/base.py: token_budget`). Each selection's count is in the step's info
+(`extras['<name>_kept_tokens']`). A step has at most one reuse gate, one decode draft and one
 DiT feature cache; a layer may expose several probes.
 """
 
@@ -93,6 +96,7 @@ class Composition:
         width = cfg.text.intermediate_size
         self.mlp_kept = {layer: kept.numel() / width for layer, kept in self.neurons.items()}
         self._cache = next((h for h in self.hooks if h.caches), None)
+        self._selectors: set[str] = set()  # hooks that selected tokens: their counts go in info
 
     # -- the hook points, in order ---------------------------------------------------------
 
@@ -126,6 +130,8 @@ class Composition:
                     probes = narrow_probes(probes, local)
                 index = local if index is None else index[local]
                 step.visual_kept = step.visual_kept[keep]
+                step.extras[f'{h.name}_kept_tokens'] = keep.numel()  # a shape: no device read
+                self._selectors.add(h.name)
             if step.reuse is not None:
                 return STOP
         return index
@@ -142,5 +148,7 @@ class Composition:
 
     def after_step(self, step: Step, chunk: ActionChunk) -> None:
         """Show every hook the step's chunk, inferred or reused."""
+        for name in self._selectors:  # a step that selected nothing (reused) kept 0
+            chunk.info.extras.setdefault(f'{name}_kept_tokens', 0)
         for h in self.hooks:
             h.after_step(step, chunk)
