@@ -101,6 +101,10 @@ class Replay(Hooks):
         """Replay from the first recorded step again (after a warm-up)."""
         self._next = 0
 
+    def fresh(self) -> Replay:
+        """Return another robot's replay of the same steps, from the first (a warm-up's)."""
+        return Replay(self.source)
+
     def reset(self) -> None:
         """Keep everything: the recorded decisions, not the frames' instructions, lead."""
 
