@@ -167,6 +167,7 @@ def test_a_dead_model_holds_every_robot_with_the_reason(tiny_dir):
     assert all('device lost' in t.fault for t in ticks)
 
 
+@pytest.mark.slow  # a benchmark tool: its report's shape (the forward is tested above)
 def test_the_batch_benchmark_reports_each_size_against_one(tmp_path):
     report = measure_batches('tiny', steps=2, batches=(1, 2), log=lambda *a: None)
     assert [r['batch'] for r in report['rows']] == [1, 2]

@@ -71,13 +71,18 @@ def through_the_runner(policy, chunks: ChunkExecution) -> list[np.ndarray]:
     return commands
 
 
+@pytest.fixture(scope='module')
+def reusing():
+    """The embedded default-dit with FlashVLA reusing chunks (a reuse continues a chunk)."""
+    return accelerate(load_policy(model_path('default-dit')), *parse_accel('flashvla:reuse'))
+
+
 @pytest.mark.parametrize('chunks', [ChunkExecution(steps=4, just_in_time=True),
                                     ChunkExecution('ensemble', just_in_time=True)],
                          ids=['execute 4', 'ensemble'])
-def test_the_bench_and_the_runner_command_the_same(chunks):
-    names, options = parse_accel('flashvla:reuse')
-    policy = accelerate(load_policy(model_path('default-dit')), names, options)
-    run = ConfigRun('flashvla:reuse', options, policy, chunks=chunks)
+def test_the_bench_and_the_runner_command_the_same(reusing, chunks):
+    policy = reusing
+    run = ConfigRun('flashvla:reuse', {}, policy, chunks=chunks)
     run_episode(run, SEED, 'push', STEPS, baseline=None)
     assert any(run.reused)  # the reuse gate's continuation is part of what is compared
     bench = run.commands[0]
