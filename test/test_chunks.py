@@ -73,7 +73,7 @@ def through_the_runner(policy, chunks: ChunkExecution) -> list[np.ndarray]:
 
 @pytest.fixture(scope='module')
 def reusing():
-    """The embedded default-dit with FlashVLA reusing chunks (a reuse continues a chunk)."""
+    """Load the embedded default-dit with FlashVLA reusing chunks (a reuse continues one)."""
     return accelerate(load_policy(model_path('default-dit')), *parse_accel('flashvla:reuse'))
 
 

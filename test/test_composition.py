@@ -186,7 +186,7 @@ def test_accelerators_that_decide_nothing_run_exactly_the_plain_step(policy):
     (64, 100, 1.0, None, 64),  # at most the model's
 ])
 def test_a_token_budget_counts_the_models_visual_tokens(model, keep_tokens, keep_fraction,
-                                                         present, kept):
+                                                        present, kept):
     assert token_budget(model, keep_tokens, keep_fraction, present) == kept
 
 
@@ -211,8 +211,8 @@ def test_composed_fractions_do_not_multiply(policy, fraction, kept, scored):
             observation())
     n = chunk.info.record.layout.visual
     assert n == 256
-    assert [(m, tokens) for m, tokens, _ in chunk.info.record.scoring] == [('diverse', n),
-                                                                         *scored]
+    scoring = [(m, tokens) for m, tokens, _ in chunk.info.record.scoring]
+    assert scoring == [('diverse', n), *scored]
     assert chunk.info.kept_tokens == kept
     assert chunk.info.extras['efficientvla_kept_tokens'] == 128
     assert chunk.info.extras['flashvla_kept_tokens'] == kept

@@ -18,6 +18,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from flashvla_ros.bench import gpu_check
 from flashvla_ros.bench.replay import read_decisions
 
@@ -32,6 +34,7 @@ def shortened(path: Path, out: Path, steps: int) -> Path:
     return out
 
 
+@pytest.mark.slow  # the GPU script's whole dry run; its parts are tested below
 def test_the_dry_run_writes_every_row_and_the_readme_table(tmp_path):
     decisions = {name: shortened(path, tmp_path / path.name, 6)
                  for name, path in gpu_check.DECISIONS.items()}

@@ -17,6 +17,7 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from flashvla_ros.bench.latency import frames, replay
@@ -52,6 +53,7 @@ def replayed(path, records) -> list:
     return [policy.predict(obs).info for obs in frames(len(records), seed=2_000_000)]
 
 
+@pytest.mark.slow  # a benchmark tool; the diffusion replay stays in the default tier
 def test_token_head_decisions_replay_step_by_step(tiny_dir, tmp_path):
     configs = ['none', 'flashvla:keep_tokens=100,gate=past,eps1_deg=180,eps2=0,max_reuse=1',
                'flashvla:keep_tokens=100,gate=current,eps1_deg=180,eps2=0,max_reuse=1',

@@ -305,6 +305,7 @@ def test_parameter_changes_are_validated(probe, procs, tiny_dir):
     assert got.values[0].string_value == ''
 
 
+@pytest.mark.slow  # test_lifecycle_shape drives the same transitions in the default tier
 def test_lifecycle_without_autostart(probe, procs, tiny_dir):
     listen_once(probe, DiagnosticArray, '/diagnostics')
     listen_once(probe, Float64MultiArray, COMMANDS)

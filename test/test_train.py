@@ -203,6 +203,7 @@ def test_a_diffusion_run_learns_resumes_exactly_and_predicts_chunks(data_dir, tm
     assert chunk.actions.shape == (16, 7) and policy.cfg.action_model.depth == 2
 
 
+@pytest.mark.slow  # a training lever (docs/TRAINING-NOTES): the trainer's loop is tested above
 def test_layer_drop_skips_layers_and_resumes_exactly(data_dir, tmp_path):
     cfg = TrainConfig(steps=12, batch=4, warmup=2, lr=1e-3, head='diffusion', layers=4,
                       noise_draws=2, save_every=6, layer_drop=0.5)
