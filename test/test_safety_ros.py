@@ -295,6 +295,7 @@ def png_bomb(side: int) -> bytes:
     return data.tobytes()
 
 
+@pytest.mark.slow  # the header check is unit-tested in test_params_convert (default tier)
 def test_compressed_images_are_size_checked_before_decoding(probe, procs, tiny_dir):
     listen_once(probe, Float64MultiArray, COMMANDS)
     procs.start('policy_node', *policy_args(
