@@ -679,18 +679,23 @@ def test_just_in_time_waits_for_a_camera_frame_due_just_after_the_start():
         runner.worker.stop()
 
 
+def late_inference(runner, policy, clock) -> None:
+    """Start an inference just in time for the tick at 100.1 that hangs past it (came late)."""
+    runner.latencies_ms.extend([1.0] * JIT_MIN_LATENCIES)  # as if measured
+    policy.gate.clear()
+    clock.t = 100.099
+    runner.submit_frame(FRAME)
+    wait_for(lambda: runner.status()['busy'])
+    clock.t = 100.1
+
+
 def test_a_late_result_makes_a_late_command_and_widens_the_margin():
     clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)
     try:
         assert runner.jit_margin_s == JIT_MARGIN_S
-        runner.latencies_ms.extend([1.0] * (JIT_MIN_LATENCIES - 1))  # as if measured
-        policy.gate.clear()  # the next inference hangs past its tick: it came late
-        clock.t = 100.099
-        runner.submit_frame(FRAME)
-        wait_for(lambda: runner.status()['busy'])
-        clock.t = 100.1
+        late_inference(runner, policy, clock)
         ticks = runner.counters.ticks
         waiting = runner.tick(planned=100.1)  # its action is in flight: the tick waits for it
         assert waiting.kind == 'waiting' and waiting.command is None
@@ -711,17 +716,28 @@ def test_a_late_result_makes_a_late_command_and_widens_the_margin():
         runner.worker.stop()
 
 
+def test_a_failed_step_ends_a_waiting_tick_at_once():
+    clock = ScriptedClock()
+    policy = ScriptedPolicy([0.01] + [0.0] * 6, RuntimeError('device lost'))
+    runner = just_in_time_runner(policy, clock)
+    try:
+        late_inference(runner, policy, clock)
+        assert runner.tick(planned=100.1).kind == 'waiting'
+        policy.gate.set()
+        wait_for(runner.delivered.is_set)  # the error wakes the tick: no 40 ms wait for it
+        hold = runner.tick(planned=100.1)
+        assert hold.kind == 'hold' and 'device lost' in hold.fault
+    finally:
+        policy.gate.set()
+        runner.worker.stop()
+
+
 def test_a_result_later_than_the_wait_starves_its_tick():
     clock = ScriptedClock()
     policy = ScriptedPolicy([0.01] + [0.0] * 6)
     runner = just_in_time_runner(policy, clock)
     try:
-        runner.latencies_ms.extend([1.0] * JIT_MIN_LATENCIES)
-        policy.gate.clear()
-        clock.t = 100.099
-        runner.submit_frame(FRAME)
-        wait_for(lambda: runner.status()['busy'])
-        clock.t = 100.1
+        late_inference(runner, policy, clock)
         assert runner.tick(planned=100.1).kind == 'waiting'
         clock.t = 100.1 + LATE_TICK_S
         assert runner.tick(planned=100.1).kind == 'starved'  # its wait is over

@@ -120,7 +120,7 @@ class PolicyRunner:
         self._reset_pending = False  # the worker empties the policy's memory before its next step
         self._pending_update: Callable[[], None] | None = None  # a live option change
         self._waiting_for: float | None = None  # a tick waiting for its action: its planned
-        self.delivered = threading.Event()  # set when a step's actions arrive (a waiting tick)
+        self.delivered = threading.Event()  # set when a step ends (a waiting tick runs again)
         self.running = False  # served by the worker (between resume and pause)
         worker.add(self)
 
@@ -332,6 +332,7 @@ class PolicyRunner:
                     result = NonFiniteOutputError(f'non-finite action {values.tolist()}')
         with self._lock:
             self._busy_since = None
+            self.delivered.set()  # a waiting tick runs again (it takes the lock after this)
             if isinstance(result, Exception):
                 self._count_error(result)
                 return
@@ -348,7 +349,6 @@ class PolicyRunner:
             self._executor.add(
                 [QueuedAction(v, *request.times, request.episode, result.info, request.rgb)
                  for v in values], result.info.reused, self._tick_index + 1)
-            self.delivered.set()
 
     def _count_error(self, error: Exception) -> None:
         """Count a step's error: bad input is only counted; anything else is a fault."""
