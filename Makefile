@@ -3,6 +3,8 @@
 #   make test       set up .venv and run the default tier (what .ci/run calls): every test but
 #                   the `slow` ones, and the Python 3.10 pins resolved (scripts/check_pins.sh)
 #   make test-all   the whole suite, slow tier included, and the pins on 3.10, 3.12 and 3.13
+#   make libero     add the optional LIBERO world to .venv (docs/LIBERO.md)
+#   make test-libero  that, and the LIBERO tier (-m libero: the world, the expert, the node)
 #
 # The venv is made from the system Python with --system-site-packages so that the ament
 # linters (Debian/ROS packages, not on PyPI) are importable, as they are in a ROS workspace.
@@ -16,7 +18,8 @@ APT_PACKAGES := python3-venv python3-ament-flake8 python3-ament-pep257 python3-a
 PIN_PYTHONS ?= 3.10
 ALL_PIN_PYTHONS ?= 3.10 3.12 3.13
 
-.PHONY: test test-all check-pins demo lint clean
+.PHONY: test test-all test-libero libero check-pins demo lint clean
+LIBERO_STAMP := $(VENV)/.libero
 
 $(STAMP): setup.py constraints.txt
 	@if ! $(SYS_PYTHON) -c 'import venv, ensurepip, ament_flake8, ament_pep257, ament_copyright' 2>/dev/null; then \
@@ -35,13 +38,22 @@ $(STAMP): setup.py constraints.txt
 # priority, so that it adds little to the wall-clock time and never slows a timed test.
 test: $(STAMP)
 	@nice -n 19 scripts/check_pins.sh $(PIN_PYTHONS) > $(VENV)/check-pins.log 2>&1 & pins=$$!; \
-	$(PY) -m pytest -q -m 'not slow' test; tests=$$?; \
+	$(PY) -m pytest -q -m 'not slow and not libero' test; tests=$$?; \
 	wait $$pins; pinned=$$?; cat $(VENV)/check-pins.log; \
 	exit $$(( tests || pinned ))
 
 test-all: $(STAMP)
 	scripts/check_pins.sh $(ALL_PIN_PYTHONS)
 	$(PY) -m pytest -q test
+
+$(LIBERO_STAMP): $(STAMP)
+	scripts/install_libero.sh $(PY)
+	touch $(LIBERO_STAMP)
+
+libero: $(LIBERO_STAMP)
+
+test-libero: $(LIBERO_STAMP)
+	$(PY) -m pytest -q -m libero test
 
 check-pins:
 	scripts/check_pins.sh $(ALL_PIN_PYTHONS)

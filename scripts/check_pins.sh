@@ -27,7 +27,7 @@ for v in "$@"; do
   start=$SECONDS
   # This machine's pip.conf names index folders that may be absent: drop those warnings only.
   if out=$("$py" -m pip install --dry-run --ignore-installed --disable-pip-version-check \
-           -c constraints.txt -e '.[test]' 2>&1); then
+           -c constraints.txt -e '.[test,libero]' 2>&1); then
     echo "check-pins: Python $v ($py): $(($(grep -o "Would install .*" <<<"$out" | wc -w) - 2)) packages" \
          "resolve under constraints.txt ($((SECONDS - start)) s)"
   else

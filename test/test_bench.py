@@ -30,7 +30,7 @@ def test_report_schema_and_exact_flops(tiny_dir, tmp_path):
     yaml_accel.write_text('accel: [none]\n')
     report = benchmark(str(tiny_dir), ['none', str(yaml_accel)], episodes=3, seed=1_000_000,
                        max_steps=4, log=lambda *a, **k: None)
-    assert report['episodes'] == 3 and set(report['expert']['per_family']) == set(FAMILIES)
+    assert report['episodes'] == 3 and set(report['expert']['per_group']) == set(FAMILIES)
     first, second = report['configs']
     assert first['paired_diff'] is None
     assert second['paired_diff'] == {'mean': 0.0, 'ci95': [0.0, 0.0]}  # same model, same seeds

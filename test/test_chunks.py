@@ -83,7 +83,7 @@ def reusing():
 def test_the_bench_and_the_runner_command_the_same(reusing, chunks):
     policy = reusing
     run = ConfigRun('flashvla:reuse', {}, policy, chunks=chunks)
-    run_episode(run, SEED, 'push', STEPS, baseline=None)
+    run_episode(run, Episode(SEED, 'push', max_steps=STEPS), baseline=None)
     assert any(run.reused)  # the reuse gate's continuation is part of what is compared
     bench = run.commands[0]
     node = through_the_runner(policy, chunks)

@@ -48,7 +48,7 @@ def test_default_policy_solves_held_out_episodes(default_dir):
     # 12 held-out episodes (4 per family); the full 200-episode figure is in BENCHMARKS.md.
     report = benchmark(str(default_dir), ['none'], episodes=12, seed=HELDOUT_SEED_START,
                        log=lambda *a, **k: None)
-    assert report['configs'][0]['success'] >= 0.6, report['configs'][0]['per_family']
+    assert report['configs'][0]['success'] >= 0.6, report['configs'][0]['per_group']
 
 
 @pytest.mark.parametrize('name', EMBEDDED_MODELS)
@@ -85,4 +85,4 @@ def test_default_dit_solves_held_out_episodes():
                        seed=HELDOUT_SEED_START, log=lambda *a, **k: None,
                        chunks=ChunkExecution(steps=MODEL_STEPS))
     assert report['configs'][0]['chunk_steps'] == 4
-    assert report['configs'][0]['success'] >= 0.5, report['configs'][0]['per_family']
+    assert report['configs'][0]['success'] >= 0.5, report['configs'][0]['per_group']

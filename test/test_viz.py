@@ -35,7 +35,7 @@ from flashvla_ros.viz.video import FrameWriter, Viewer, annotate, wrap
 def config(name, success, diff=None):
     part = {'median': 8.0, 'mean': 9.0, 'p99': 15.0}
     return {'name': name, 'options': {}, 'success': success,
-            'per_family': {'reach': 1.0, 'pick_place': success, 'push': success / 2},
+            'per_group': {'reach': 1.0, 'pick_place': success, 'push': success / 2},
             'paired_diff': diff,
             'latency_ms': {p: part for p in ('vision', 'prefill', 'decode', 'head', 'total')},
             'flops_per_step': {'vision': 8e7, 'prefill': 1.4e8, 'decode': 1e7, 'head': 1e6,
@@ -46,8 +46,8 @@ def config(name, success, diff=None):
 
 REPORT = {'model': 'synthetic', 'episodes': 20, 'seed': 1_000_000, 'max_steps': 80,
           'command': 'flashvla-bench ...',
-          'expert': {'success': 1.0, 'per_family': {'reach': 1.0, 'pick_place': 1.0,
-                                                    'push': 1.0}},
+          'expert': {'success': 1.0, 'per_group': {'reach': 1.0, 'pick_place': 1.0,
+                                                   'push': 1.0}},
           'configs': [config('none', 0.8),
                       config('flashvla', 0.9, {'mean': 0.1, 'ci95': [-0.05, 0.25]})]}
 

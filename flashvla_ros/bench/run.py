@@ -17,20 +17,26 @@ flashvla-bench: closed-loop success, latency, FLOPs, reuse and fidelity, side by
 
     flashvla-bench --accel none --episodes 200 --json out.json --plot out.png
     flashvla-bench --quantize none --quantize int8 --quantize int4 --accel none --accel flashvla
+    flashvla-bench --world libero --suite libero_object --init-states 0:20 --accel none
 
 Every configuration (`--accel NAME[:PRESET][,KEY=VALUE...]`, several accelerators joined by
 `+` in hook order, or a YAML parameter file with an `accel: [names]` list; crossed with each
 `--quantize FORMAT[:SCOPE]`, quantization first) runs the same held-out episodes (seeds from
---seed on, families in turn), interleaved episode by episode, in-process with the mock-world
-simulator. JSON schema (one object):
+--seed on, families in turn; or with `--world libero`, every task of a LIBERO suite on the
+chosen fixed initial states under OpenVLA's evaluation protocol, docs/LIBERO.md), interleaved
+episode by episode, in-process. A group is a task family (mock) or a task (LIBERO).
+JSON schema (one object):
 
-  {"model": str, "episodes": int, "seed": int, "max_steps": int, "command": str,
+  {"model": str, "world": "mock" | "libero", "episodes": int, "seed": int, "max_steps": int,
+   "command": str, "specs": [[task, seed or initial state], ...],
+   # libero only: "suite": str, "init_states": [A, B], "render": str, "center_crop": bool
    "chunks": {"mode": str, "steps": int, "horizon": int, "alpha": float},  # steps -1: each
                                                                  # model's (configs' chunk_steps)
-   "expert": {"success": float, "per_family": {family: float}},
+   "expert": {"success": float, "success_ci95": [lo, hi], "per_group": {group: float}},
    "configs": [{"name": str, "options": {...}, "model": str, "chunk_steps": int,
      "quantize": str,   # none, int8, int4 (name: "ACCEL [FORMAT]" when not none)
-     "success": float, "per_family": {family: float},
+     "success": float, "success_ci95": [lo, hi],   # Wilson
+     "per_group": {group: float},
      "paired_diff": {"mean": float, "ci95": [lo, hi]} | null,   # vs the first config
      "paired_diff_vs_full_precision": {...} | null,   # quantized: vs the same config unquantized
      "successes": [0 | 1, ...],   # per episode, in order
@@ -75,7 +81,8 @@ from ..policy import Observation, OpenVLAPolicy, expand_path, load_policy
 from ..policy.flops import Flops, StepRecord, count_flops, full_flops, project
 from ..policy.presets import EMBEDDED_MODELS, cogact_7b_config, model_path, openvla_7b_config
 from ..policy.quantize import Quantization, quantize_arg
-from ..sim.tasks import FAMILIES, Episode, run_expert
+from ..sim.tasks import MockWorld
+from ..sim.worlds import Episode, EpisodeSpec, World
 from ..train.dataset import HELDOUT_SEED_START
 
 PARTS = ('vision', 'prefill', 'decode', 'head', 'total')  # vision includes preprocessing
@@ -88,7 +95,7 @@ class ConfigRun:
     options: dict
     policy: Any
     successes: list[bool] = field(default_factory=list)
-    families: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # per episode: its family or task
     latency: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
     flops: list[Flops] = field(default_factory=list)
     reused: list[bool] = field(default_factory=list)
@@ -122,32 +129,38 @@ def read_accel(spec: str) -> tuple[list[str], dict]:
     return list(accel.names), accel.options
 
 
-def run_episode(run: ConfigRun, seed: int, family: str, max_steps: int,
-                baseline: OpenVLAPolicy | None) -> None:
+def run_episode(run: ConfigRun, episode: Episode, baseline: OpenVLAPolicy | None) -> None:
     """
     Run one closed-loop episode, executing chunks as the node does (its `ChunkExecutor`).
 
     `execute`: the first `steps` actions of each chunk (0: all), the next inference when they
     ran; `ensemble`: a prediction every step, blended with the last ones.
     """
-    ep = Episode(seed, family, max_steps=max_steps)
     executor: ChunkExecutor[Planned] = ChunkExecutor(run.chunks)
     run.policy.reset()
     run.digests.append([])
     run.commands.append([])
-    while not ep.done:
-        step = ep.state.steps
+    while not episode.done:
+        step = episode.steps
         if executor.wants(step):
-            action = infer(run, Observation(ep.observe(), ep.instruction), baseline)
+            action = infer(run, Observation(episode.observe(), episode.instruction), baseline)
             executor.add([Planned(v) for v in action.actions], action.info.reused, step)
             run.executed.append(0)  # control steps this inference drives
         item, _ = executor.next(step, Planned.blend)
         if item is not None:  # None: a reuse continued a chunk that had run out
-            ep.step(item.values)
+            episode.step(item.values)
             run.commands[-1].append(item.values)
             run.executed[-1] += 1
-    run.successes.append(ep.success())
-    run.families.append(family)
+    run.successes.append(episode.success())
+    run.groups.append(episode.spec.group)
+
+
+def run_expert(world: World, spec: EpisodeSpec) -> bool:
+    """Roll the world's scripted expert out on `spec` (no cameras): the bench's ceiling."""
+    episode = world.open(spec, render=False)
+    while not episode.done:
+        episode.step(episode.expert_action())
+    return episode.success()
 
 
 def infer(run: ConfigRun, observation: Observation, baseline: OpenVLAPolicy | None):
@@ -185,9 +198,21 @@ def action_digest(action) -> str:
     return hashlib.sha1(data).hexdigest()[:12]
 
 
-def per_family(successes: list[bool], families: list[str]) -> dict[str, float]:
-    return {f: float(np.mean([s for s, g in zip(successes, families, strict=True) if g == f]))
-            for f in FAMILIES if f in families}
+def per_group(successes: list[bool], groups: list[str]) -> dict[str, float]:
+    """Success per task family (mock) or task (LIBERO), in the order they first ran."""
+    return {g: float(np.mean([s for s, h in zip(successes, groups, strict=True) if h == g]))
+            for g in dict.fromkeys(groups)}
+
+
+def wilson(successes: list[bool]) -> list[float]:
+    """Return the 95% Wilson interval of a success rate."""
+    n = len(successes)
+    if not n:
+        return [float('nan'), float('nan')]
+    p, z = float(np.mean(successes)), 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [centre - half, centre + half]
 
 
 def paired_diff(a: list[bool], b: list[bool]) -> dict:
@@ -218,8 +243,8 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     return {
         'name': run.name, 'options': run.options, 'model': run.model,
         'chunk_steps': run.chunks.steps, 'quantize': run.quantize,
-        'success': float(np.mean(run.successes)),
-        'per_family': per_family(run.successes, run.families),
+        'success': float(np.mean(run.successes)), 'success_ci95': wilson(run.successes),
+        'per_group': per_group(run.successes, run.groups),
         'paired_diff': None if first is None else paired_diff(first.successes, run.successes),
         'paired_diff_vs_full_precision': None if full is None
         else paired_diff(full.successes, run.successes),
@@ -237,12 +262,17 @@ def summarize(run: ConfigRun, first: ConfigRun | None) -> dict:
     }
 
 
-def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps: int = 80,
-              device: str = 'cpu', log=print,
+def benchmark(model: str, accels: list[str], episodes: int = 0, seed: int = HELDOUT_SEED_START,
+              max_steps: int = 80, device: str = 'cpu', log=print,
               chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None,
-              quantize: list[str] | None = None, dtype: str = 'float32') -> dict:
+              quantize: list[str] | None = None, dtype: str = 'float32',
+              world: World | None = None, specs: list[EpisodeSpec] | None = None,
+              unnorm_key: str | None = None) -> dict:
     """
     Run every configuration on the same held-out episodes.
+
+    The mock world's `episodes` from `seed` on (at most `max_steps` each), or `world`'s `specs`
+    (LIBERO: every task on its chosen initial states).
 
     A configuration is `[MODEL@]ACCEL`: MODEL (a path or an embedded name) runs instead of
     `model`, so two models compare side by side, paired on the same seeds. Each of `quantize`
@@ -253,7 +283,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
 
     def plain_policy(path: str) -> OpenVLAPolicy:
         if path not in plain:
-            plain[path] = load_policy(path, device=device, dtype=dtype)
+            plain[path] = load_policy(path, device=device, dtype=dtype, unnorm_key=unnorm_key)
         return plain[path]
 
     runs = []
@@ -266,7 +296,7 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
             policy = base
             if quant.enabled or names not in ([], ['none']):
                 policy = accelerate(load_policy(path, device=device, dtype=dtype,
-                                                quantize=quant),
+                                                quantize=quant, unnorm_key=unnorm_key),
                                     names, options)
             label = '+'.join(names) if accel.endswith(('.yaml', '.yml')) else accel
             label = f'{named}@{label}' if named else label
@@ -276,26 +306,30 @@ def benchmark(model: str, accels: list[str], episodes: int, seed: int, max_steps
                                   baseline=None if policy is base else base,
                                   chunks=chunks.for_model(base.cfg.execution),
                                   full_precision=full))
+    if world is None:
+        world = MockWorld(max_steps)
+        specs = world.specs(episodes, seed)
+    specs = list(specs or [])
     expert = []
     start = time.perf_counter()
-    for i in range(episodes):
-        s, family = seed + i, FAMILIES[i % len(FAMILIES)]
-        expert.append(run_expert(s, family)[0])
+    for i, spec in enumerate(specs):
+        expert.append(run_expert(world, spec))
         for r in runs:
-            run_episode(r, s, family, max_steps, r.baseline)
-        if (i + 1) % 10 == 0 or i + 1 == episodes:
+            run_episode(r, world.open(spec), r.baseline)
+        if (i + 1) % 10 == 0 or i + 1 == len(specs):
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
-            log(f'episode {i + 1}/{episodes} | {rates} | '
+            log(f'episode {i + 1}/{len(specs)} | {rates} | '
                 f'{time.perf_counter() - start:.0f} s', file=sys.stderr)
     if decisions is not None:
-        write_decisions(decisions, model, episodes, seed, runs)
+        write_decisions(decisions, model, len(specs), seed, runs)
     return {
-        'model': model, 'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
+        'model': model, 'world': world.name, 'episodes': len(specs), 'seed': seed,
+        'max_steps': max_steps, 'specs': [[s.task, s.seed] for s in specs],
         'chunks': {'mode': chunks.mode, 'steps': chunks.steps, 'horizon': chunks.horizon,
                    'alpha': chunks.alpha},
         'command': ' '.join(['flashvla-bench', *sys.argv[1:]]),
-        'expert': {'success': float(np.mean(expert)),
-                   'per_family': per_family(expert, runs[0].families)},
+        'expert': {'success': float(np.mean(expert)), 'success_ci95': wilson(expert),
+                   'per_group': per_group(expert, runs[0].groups)},
         'configs': [summarize(r, runs[0] if k else None)
                     for k, r in enumerate(runs)],
     }
@@ -311,8 +345,12 @@ def write_decisions(path: Path, model: str, episodes: int, seed: int,
     }) + '\n')
 
 
+MAX_GROUP_COLUMNS = 4  # more groups (LIBERO's ten tasks) get a table of their own
+
+
 def table(report: dict) -> str:
-    fams = list(report['expert']['per_family'])
+    groups = list(report['expert']['per_group'])
+    fams = groups if len(groups) <= MAX_GROUP_COLUMNS else []
     head = ['#', 'config', 'success', *fams, 'paired diff (95% CI)',
             'latency median / mean / p99 ms', 'median vs first',
             'vision / prefill / decode / head ms', 'GFLOPs/step', 'vision / LLM / head',
@@ -325,7 +363,7 @@ def table(report: dict) -> str:
         lat = c['latency_ms']
         rows.append([
             str(i), c['name'], f'{c["success"]:.1%}',
-            *(f'{c["per_family"][f]:.1%}' for f in fams),
+            *(f'{c["per_group"][f]:.1%}' for f in fams),
             '-' if d is None else f'{d["mean"]:+.1%} [{d["ci95"][0]:+.1%}, {d["ci95"][1]:+.1%}]',
             ' / '.join(f'{lat["total"][k]:.1f}' for k in ('median', 'mean', 'p99')),
             f'{lat["total"]["median"] / first["latency_ms"]["total"]["median"]:.2f}x',
@@ -339,11 +377,24 @@ def table(report: dict) -> str:
         ])
     e = report['expert']
     expert = ['-', 'scripted expert (ceiling)', f'{e["success"]:.1%}',
-              *(f'{e["per_family"][f]:.1%}' for f in fams)]
+              *(f'{e["per_group"][f]:.1%}' for f in fams)]
     rows.append(expert + ['-'] * (len(head) - len(expert)))
+    text = markdown_table(head, rows)
+    return text if fams or len(groups) <= 1 else text + '\n\n' + group_table(report)
+
+
+def group_table(report: dict) -> str:
+    """Success per task (a row each), every configuration and the expert side by side."""
+    configs, expert = report['configs'], report['expert']
+    head = ['task', *(f'#{i}' for i in range(1, len(configs) + 1)), 'expert']
+    rows = [[g, *(f'{c["per_group"][g]:.0%}' for c in configs), f'{expert["per_group"][g]:.0%}']
+            for g in expert['per_group']]
+    return markdown_table(head, rows)
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    return '\n'.join(lines)
+    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 
 def flops_split(per_step: dict[str, float]) -> str:
@@ -389,11 +440,11 @@ def plot(report: dict, path: Path, size: tuple[int, int] | None = None) -> tuple
 
     ax = fig.add_subplot(grid[0, 0])
     ax.errorbar(success, rows, xerr=err, fmt='o', color=colour, capsize=3,
-                label='all families, 95% CI (Wilson)')
+                label='all episodes, 95% CI (Wilson)')
     markers = {'reach': '^', 'pick_place': 's', 'push': 'v'}
     for family, marker in markers.items():
-        if all(family in c['per_family'] for c in configs):
-            ax.scatter([c['per_family'][family] * 100 for c in configs], rows, marker=marker,
+        if all(family in c['per_group'] for c in configs):
+            ax.scatter([c['per_group'][family] * 100 for c in configs], rows, marker=marker,
                        facecolors='none', edgecolors='0.45', s=22, label=family)
     ax.axvline(report['expert']['success'] * 100, color='tab:green', ls='--', lw=1,
                label='scripted expert')
@@ -470,19 +521,36 @@ def plot(report: dict, path: Path, size: tuple[int, int] | None = None) -> tuple
                      ' (numbers: rows above)')
         ax.legend(fontsize=7, loc='lower right')
         ax.grid(alpha=0.3)
-    fig.suptitle(f'{report["model"]}: {n} held-out mock-world episodes (seeds from '
-                 f'{report["seed"]}, at most {report["max_steps"]} steps)', fontsize=11)
+    fig.suptitle(f'{report["model"]}: {episodes_said(report)}', fontsize=11)
     save_png(fig, path)
     return size
+
+
+def episodes_said(report: dict) -> str:
+    """Say which episodes a report ran, in words."""
+    if report.get('world', 'mock') == 'mock':
+        return (f'{report["episodes"]} held-out mock-world episodes (seeds {report["seed"]}..'
+                f'{report["seed"] + report["episodes"] - 1}, families in turn, at most '
+                f'{report["max_steps"]} steps)')
+    first, last = report['init_states']
+    return (f'{report["suite"]}: {len(report["expert"]["per_group"])} tasks x initial states '
+            f'{first}..{last - 1} ({report["episodes"]} episodes, OpenVLA\'s LIBERO protocol, '
+            f'render {report["render"]})')
+
+
+def upgrade(report: dict) -> dict:
+    """Read a report saved before `per_group` (success per task family was `per_family`)."""
+    for entry in [report['expert'], *report['configs']]:
+        if 'per_family' in entry:
+            entry['per_group'] = entry.pop('per_family')
+    return report
 
 
 def markdown(report: dict, plot_path: str | None) -> str:
     lines = ['# Benchmarks', '',
              'Regenerated by the benchmark itself (do not edit by hand):', '',
              f'    {report["command"]}', '',
-             f'Model `{report["model"]}`, {report["episodes"]} held-out mock-world episodes '
-             f'(seeds {report["seed"]}..{report["seed"] + report["episodes"] - 1}, families in '
-             f'turn, at most {report["max_steps"]} steps), on this machine\'s CPU, every '
+             f'Model `{report["model"]}`, {episodes_said(report)}, on this machine\'s CPU, every '
              'configuration interleaved episode by episode. FLOPs are analytic counts of the '
              'work each control step recorded it ran (flashvla_ros/policy/flops.py: vision, '
              'decoder layers, head, and FlashVLA\'s token scoring as a textbook operation '
@@ -514,6 +582,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--quantize', action='append', metavar='FORMAT[:SCOPE]', type=quantize_arg,
                         help='none, int8 or int4 (:all also quantizes the vision towers, the '
                              'projector and the LM head); repeat to cross with every --accel')
+    parser.add_argument('--world', default='mock', choices=('mock', 'libero'),
+                        help='mock: the tabletop (--episodes, --seed, --max-steps); libero: a '
+                             "LIBERO suite under OpenVLA's protocol (the libero extra)")
+    parser.add_argument('--suite', default='libero_object', help='libero: the suite')
+    parser.add_argument('--init-states', default='0:50', metavar='A:B',
+                        help="libero: each task's fixed initial states A..B-1 (default 0:50)")
+    parser.add_argument('--tasks', default='',
+                        help='libero: task indices, e.g. 0,3 (default: all)')
+    parser.add_argument('--render', default='openvla', choices=('openvla', 'fast'),
+                        help="libero: OpenVLA's rendering, or no shadows/multisampling")
+    parser.add_argument('--center-crop', action='store_true',
+                        help='libero: the 90%% centre crop of checkpoints trained with crops '
+                             "(OpenVLA's LIBERO fine-tunes)")
+    parser.add_argument('--unnorm-key', default=None,
+                        help='the statistics to un-normalise with (libero default: the suite, '
+                             'or SUITE_no_noops)')
     parser.add_argument('--episodes', type=int, default=200)
     parser.add_argument('--seed', type=int, default=HELDOUT_SEED_START,
                         help='first held-out seed (training never uses seeds from '
@@ -551,14 +635,19 @@ def main(argv: list[str] | None = None) -> int:
             from ..viz.figures import INSTALL_HINT
             parser.error(f'--plot: {INSTALL_HINT}')
     if args.report:
-        report = json.loads(args.report.read_text())
+        report = upgrade(json.loads(args.report.read_text()))
     else:
         model = str(model_path(args.model))
         chunks = ChunkExecution(mode=args.chunk_mode, steps=args.chunk_steps,
                                 horizon=args.ensemble_horizon, alpha=args.ensemble_alpha)
+        world, specs, unnorm_key = open_world(args, model)
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print, chunks=chunks,
-                           decisions=args.decisions, quantize=args.quantize, dtype=args.dtype)
+                           decisions=args.decisions, quantize=args.quantize, dtype=args.dtype,
+                           world=world, specs=specs, unnorm_key=unnorm_key)
+        if args.world == 'libero':
+            report.update(suite=args.suite, init_states=list(specs_range(args.init_states)),
+                          render=args.render, center_crop=args.center_crop)
         if args.model in (None, *EMBEDDED_MODELS):
             report['model'] = f'flashvla_ros/models/{args.model or "default"} (embedded)'
     print(table(report))
@@ -581,6 +670,32 @@ def main(argv: list[str] | None = None) -> int:
         print('\n'.join(differences) or f'token-identical to {args.compare} in every episode')
         return 1 if differences else 0
     return 0
+
+
+def specs_range(text: str) -> tuple[int, int]:
+    """Read `--init-states A:B`."""
+    first, _, last = text.partition(':')
+    try:
+        a, b = int(first), int(last)
+    except ValueError:
+        raise ValueError(f'--init-states wants A:B, got {text!r}') from None
+    if not 0 <= a < b:
+        raise ValueError(f'--init-states A:B needs 0 <= A < B, got {text!r}')
+    return a, b
+
+
+def open_world(args, model: str) -> tuple[World | None, list[EpisodeSpec] | None, str | None]:
+    """Return the world and episodes the arguments name (None: the mock world's defaults)."""
+    if args.world == 'mock':
+        return None, None, args.unnorm_key
+    from ..sim.libero import LiberoWorld
+    from ..sim.openvla_protocol import unnorm_key
+    world = LiberoWorld(args.suite, render=args.render, center_crop=args.center_crop)
+    a, b = specs_range(args.init_states)
+    tasks = [int(t) for t in args.tasks.split(',') if t.strip()] or None
+    keys = list(json.loads((Path(model) / 'config.json').read_text()).get('norm_stats', {}))
+    key = args.unnorm_key or (unnorm_key(args.suite, keys) if len(keys) > 1 else None)
+    return world, world.specs(b - a, a, tasks), key
 
 
 def compare(before: dict, after: dict) -> list[str]:

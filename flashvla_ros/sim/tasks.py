@@ -35,6 +35,7 @@ from .world import (
     render,
     step,
 )
+from .worlds import CommandUnits, EpisodeSpec, JointState
 
 PUSH_DISTANCE = 0.08  # metres a pushed block must travel along the asked direction
 PUSH_DIRECTIONS = {
@@ -61,6 +62,9 @@ class Task:
         return f'push the {self.block} block {self.direction}'
 
 
+GANTRY_JOINTS = ('gantry_x', 'gantry_y', 'gripper')  # the mock robot: an x-y gantry
+
+
 class Episode:
     """One seeded episode: a world, a task, and the step limit it must be solved within."""
 
@@ -80,13 +84,25 @@ class Episode:
                 break
         else:
             raise RuntimeError(f'no feasible {family} task for seed {seed}')
+        self.spec = EpisodeSpec(family, seed)
 
     @property
     def instruction(self) -> str:
         return self.task.instruction
 
+    @property
+    def steps(self) -> int:
+        return self.state.steps
+
     def observe(self) -> np.ndarray:
         return render(self.state, self.image_size)
+
+    def cameras(self) -> dict[str, np.ndarray]:
+        return {'overhead': self.observe()}
+
+    def joint_state(self) -> JointState:
+        closed = float(self.state.gripper_closed)
+        return JointState(GANTRY_JOINTS, np.array([*self.state.ee, closed]))
 
     def step(self, action: np.ndarray) -> None:
         step(self.state, action)
@@ -100,6 +116,27 @@ class Episode:
 
     def expert_action(self) -> np.ndarray:
         return expert_action(self.task, self.state)
+
+
+class MockWorld:
+    """The tabletop as a `World`: seeds from `start` on, the task families in turn."""
+
+    name = 'mock'
+    command = CommandUnits()  # metres per step; gripper 1 closes
+
+    def __init__(self, max_steps: int = 80, families: tuple[str, ...] = FAMILIES) -> None:
+        self.max_steps = max_steps
+        self.families = families
+
+    def specs(self, count: int, start: int = 0) -> list[EpisodeSpec]:
+        return [EpisodeSpec(self.families[i % len(self.families)], start + i)
+                for i in range(count)]
+
+    def open(self, spec: EpisodeSpec, render: bool = True) -> Episode:
+        return Episode(spec.seed, spec.group, max_steps=self.max_steps)
+
+    def close(self) -> None:
+        pass
 
 
 def _sample_task(rng: np.random.Generator, family: str, state: WorldState) -> Task | None:
