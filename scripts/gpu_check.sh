@@ -19,9 +19,25 @@
 # docs/latency/gpu_quantize.json, leaving gpu.json and the README alone.
 # PART=batch (issue 27): what a batch of robots costs against one, per stage, at OpenVLA-7B
 # and CogACT-7B shapes (batches 1 2 4 8), into docs/multi_robot/gpu_<shapes>.json.
+# PART=libero (issue 34): one LIBERO suite under OpenVLA's protocol with a published LIBERO
+# fine-tune, plain and FlashVLA, into docs/libero/gpu_<suite>.json. It needs the libero extra
+# (make libero) and the checkpoint in LIBERO_CHECKPOINT (e.g. a download of
+# openvla/openvla-7b-finetuned-libero-spatial); LIBERO_SUITE (default libero_spatial, matching
+# the checkpoint) and LIBERO_STATES (default 0:50). It has not been run here: no GPU session
+# has had the 15 GB checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
+if [[ "${PART:-}" == libero ]]; then
+  suite=${LIBERO_SUITE:-libero_spatial}
+  : "${LIBERO_CHECKPOINT:?set LIBERO_CHECKPOINT to a LIBERO fine-tune of OpenVLA (docs/LIBERO.md)}"
+  PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl} \
+    timeout "${LIMIT_S:-480}" "$python" -m flashvla_ros.bench.run --world libero \
+    --suite "$suite" --init-states "${LIBERO_STATES:-0:50}" --center-crop \
+    --model "$LIBERO_CHECKPOINT" --device cuda --dtype bfloat16 \
+    --accel none --accel flashvla --json "docs/libero/gpu_$suite.json"
+  exit 0
+fi
 if [[ "${PART:-}" == batch ]]; then
   for shapes in 7b cogact-7b; do
     PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "${LIMIT_S:-480}" \

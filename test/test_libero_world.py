@@ -1,0 +1,98 @@
+# Copyright 2026 flashvla_ros contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""LIBERO as a world (the LIBERO tier): its episodes under OpenVLA's protocol, and the bench."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip('libero')
+pytest.importorskip('robosuite')
+
+from flashvla_ros.bench.run import main as bench_main  # noqa: E402
+from flashvla_ros.sim.libero import LiberoWorld  # noqa: E402
+from flashvla_ros.sim.openvla_protocol import NOOP_ACTION, SUITE_STEPS, policy_frame  # noqa: E402
+
+pytestmark = pytest.mark.libero
+
+
+@pytest.fixture(scope='module')
+def world():
+    world = LiberoWorld('libero_object')
+    yield world
+    world.close()
+
+
+def test_episodes_come_task_by_task_over_the_fixed_initial_states(world):
+    specs = world.specs(3, 5)
+    assert world.n_tasks == 10 and len(specs) == 30
+    assert [(s.task, s.seed) for s in specs[:4]] == [(0, 5), (0, 6), (0, 7), (1, 5)]
+    assert world.init_states(0).shape[0] == 50
+    with pytest.raises(ValueError, match='initial states 0..49'):
+        world.open(world.specs(1, 50)[0])
+
+
+def test_an_episode_starts_settled_from_its_state_and_speaks_the_protocol(world):
+    spec = world.specs(1, 0, [0])[0]
+    episode = world.open(spec)
+    assert episode.steps == 0 and not episode.done
+    assert episode.max_steps == SUITE_STEPS['libero_object'] == 280
+    assert episode.instruction == 'pick up the alphabet soup and place it in the basket'
+    frame = episode.observe()
+    assert frame.shape == (224, 224, 3) and frame.dtype == np.uint8
+    raw = episode.obs['agentview_image']
+    assert np.array_equal(frame, policy_frame(raw, center_crop=False))
+    assert np.array_equal(episode.cameras()['agentview'], raw[::-1, ::-1])  # upright
+    joints = episode.joint_state()
+    assert joints.names[:7] == tuple(f'panda_joint{i}' for i in range(1, 8))
+    assert joints.positions.shape == (9,)
+    # The same state twice gives the same first frame: the 10 settling no-ops are deterministic.
+    again = world.open(spec)
+    assert np.array_equal(again.observe(), frame)
+
+
+def test_commands_map_to_the_controller_as_openvla_sends_them(world):
+    episode = world.open(world.specs(1, 0, [0])[0], render=False)
+    # OpenVLA's gripper: 1 = open -> LIBERO -1; 0 = close -> +1. NaN (a hold) keeps it.
+    assert episode.libero_action(np.array([0.1, 0, 0, 0, 0, 0, 0.0]))[6] == 1.0
+    assert episode.libero_action(np.array([0.1, 0, 0, 0, 0, 0, 1.0]))[6] == -1.0
+    episode.step(np.array([0, 0, 0, 0, 0, 0, 0.0]))  # close
+    assert episode.libero_action(np.array([0, 0, 0, 0, 0, 0, np.nan]))[6] == 1.0
+    with pytest.raises(ValueError, match='6 finite motions'):
+        episode.libero_action(np.array([np.inf, 0, 0, 0, 0, 0, 0.0]))
+    assert NOOP_ACTION.tolist() == [0, 0, 0, 0, 0, 0, -1]
+
+
+def test_an_episode_ends_at_the_suites_step_limit(world):
+    episode = world.open(world.specs(1, 1, [2])[0], render=False)
+    while not episode.done:
+        episode.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))  # stay open, never succeed
+    assert episode.steps == 280 and not episode.success()
+
+
+def test_the_bench_runs_a_libero_episode_end_to_end(tmp_path):
+    out = tmp_path / 'report.json'
+    assert bench_main(['--world', 'libero', '--suite', 'libero_object', '--tasks', '0',
+                       '--init-states', '0:1', '--render', 'fast', '--accel', 'none',
+                       '--json', str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report['world'] == 'libero' and report['suite'] == 'libero_object'
+    assert report['episodes'] == 1 and report['specs'] == [[0, 0]]
+    config = report['configs'][0]
+    # The embedded model was not trained on LIBERO: the loop is checked, not its success.
+    assert config['control_steps'] == 280 or config['success'] == 1.0
+    assert list(config['per_group']) == ['pick_up_the_alphabet_soup_and_place_it_in_the_basket']
+    assert report['expert']['success'] == 1.0  # the scripted expert solves this one
