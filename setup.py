@@ -93,6 +93,7 @@ setup(
             'mock_world = flashvla_ros.ros.mock_world_node:main',
             'flashvla-bag = flashvla_ros.ros.bag:main',
             'flashvla-dataset = flashvla_ros.train.dataset:main',
+            'flashvla-libero-data = flashvla_ros.train.libero_data:main',
             'flashvla-train = flashvla_ros.train.cli:main',
             'flashvla-bench = flashvla_ros.bench.run:main',
         ],

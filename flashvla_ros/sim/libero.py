@@ -151,6 +151,27 @@ class LiberoWorld:
                 for t in (range(self.n_tasks) if tasks is None else tasks)
                 for i in range(start, start + count)]
 
+    def sample_state(self, task: int, seed: int) -> np.ndarray:
+        """
+        Return a new initial state of `task` from its placement samplers, seeded.
+
+        LIBERO's samplers draw from NumPy's global generator, which `env.seed` seeds.
+        """
+        env = self._env(task, render=False)
+        env.seed(seed)
+        env.reset()
+        return np.asarray(env.get_sim_state(), dtype=np.float64)
+
+    def render_state(self, task: int, state: np.ndarray) -> np.ndarray:
+        """Return the policy frame of a recorded sim state of `task` (a dataset's step)."""
+        env = self._env(task, render=True)
+        if not getattr(env, 'flashvla_rendered', False):
+            env.reset()
+            _apply_render(env, RENDERS[self.render])
+            env.flashvla_rendered = True
+        obs = env.set_init_state(state)
+        return policy_frame(obs['agentview_image'], center_crop=self.center_crop)
+
     def open(self, spec: EpisodeSpec, render: bool = True,
              state: np.ndarray | None = None) -> LiberoEpisode:
         """Start `spec`: its task from its fixed initial state (or `state`, a sim state)."""
@@ -196,8 +217,10 @@ class LiberoEpisode:
         self.instruction = world.instruction(spec.task)
         self.max_steps = SUITE_STEPS[world.suite]
         env.reset()
+        env.flashvla_rendered = False  # a reset loads a new scene: set its render options
         if render:
             _apply_render(env, RENDERS[world.render])
+            env.flashvla_rendered = True
         self.obs = env.set_init_state(state)
         for _ in range(WAIT_STEPS):  # objects settle; the policy sees none of these
             self.obs, _, _, _ = env.step(NOOP_ACTION.tolist())
