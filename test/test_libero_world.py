@@ -14,6 +14,8 @@
 
 """LIBERO as a world (the LIBERO tier): its episodes under OpenVLA's protocol, and the bench."""
 
+import importlib.util
+from importlib.metadata import entry_points
 import json
 
 import numpy as np
@@ -105,9 +107,23 @@ def test_a_recorded_state_redraws_the_frame_the_episode_showed(world):
     episode = world.open(world.specs(1, 3, [1])[0])
     states, frames = [], []
     for _ in range(8):
-        states.append(episode.env.get_sim_state().copy())
+        states.append(episode.env.sim.data.qpos.astype(np.float32))
         frames.append(episode.observe())
         episode.step(episode.expert_action())
     for frame, state in zip(frames, states, strict=True):
         diff = np.abs(world.render_state(1, state).astype(int) - frame.astype(int))
         assert diff.mean() < 1.0 and (diff > 8).mean() < 0.02, (diff.mean(), (diff > 8).mean())
+
+
+def test_every_entry_point_imports_beside_the_extra():
+    # The extra must not break the rest: e.g. a CUDA torchvision beside the CPU torch fails on
+    # import, and transformers imports torchvision when it is present.
+    scripts = [e for e in entry_points(group='console_scripts')
+               if e.value.startswith('flashvla_ros.')]
+    assert len(scripts) >= 10
+    for script in scripts:
+        importlib.import_module(script.module)
+    if importlib.util.find_spec('torchvision') is not None:
+        importlib.import_module('torchvision')
+    import cv2
+    assert hasattr(cv2, 'imdecode')  # one cv2 (headless), not overwritten by opencv-python

@@ -162,13 +162,16 @@ class LiberoWorld:
         env.reset()
         return np.asarray(env.get_sim_state(), dtype=np.float64)
 
-    def render_state(self, task: int, state: np.ndarray) -> np.ndarray:
-        """Return the policy frame of a recorded sim state of `task` (a dataset's step)."""
+    def render_state(self, task: int, qpos: np.ndarray) -> np.ndarray:
+        """Return the policy frame of `task`'s scene at joint positions `qpos` (a dataset's)."""
         env = self._env(task, render=True)
         if not getattr(env, 'flashvla_rendered', False):
             env.reset()
             _apply_render(env, RENDERS[self.render])
             env.flashvla_rendered = True
+        model = env.sim.model
+        # A flattened MuJoCo state is (time, qpos, qvel): velocities do not change a frame.
+        state = np.concatenate([[0.0], qpos, np.zeros(model.nv)])
         obs = env.set_init_state(state)
         return policy_frame(obs['agentview_image'], center_crop=self.center_crop)
 

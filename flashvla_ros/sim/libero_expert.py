@@ -190,10 +190,12 @@ def _grasp(env: Any, name: str, shape: Box, corners: np.ndarray, eef_yaw: float,
     candidates = []  # (point, closing angle)
     if 'bowl' in name:
         center, radius = shape.center, (shape.hi[0] - shape.lo[0] + shape.hi[1] - shape.lo[1]) / 4
+        # further in, the outer finger clears a wall close around the bowl (the drawer's)
         for a in ANGLES:
-            point = center + (radius - 0.008) * np.array([np.cos(a), np.sin(a), 0.0])
-            point[2] = shape.hi[2] - 0.02
-            candidates.append((point, a, 0.0))
+            for inset in (0.008, 0.018, 0.028):
+                point = center + (radius - inset) * np.array([np.cos(a), np.sin(a), 0.0])
+                point[2] = shape.hi[2] - 0.02
+                candidates.append((point, a, inset - 0.008))
     else:
         body = env.sim.data.body_xmat[env.obj_body_id[name]].reshape(3, 3)
         local = corners @ body  # the geoms' corners in the object's frame

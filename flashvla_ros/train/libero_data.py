@@ -28,7 +28,8 @@ redraw is the state's own kinematics, one 2 ms physics substep after those the l
 drew (MuJoCo renders the kinematics a step starts from): moving edges shift by about a pixel. Arrays of `<suite>/task<k>.npz` (E episodes, S steps, D = the sim state's size):
 
   ep_seed[E] ep_success[E] ep_steps[E]      (placement seed, success, steps it took)
-  episode[S] state[S,D] (float64: before the step) action[S,7] (the expert's command:
+  episode[S] qpos[S,Q] (float32: the scene's joint positions before the step, all a redraw
+  needs) action[S,7] (the expert's command:
   OSC_POSE input in [-1, 1] and gripper 1 = open, as OpenVLA's LIBERO data)
   joint_pos[S,7] gripper_qpos[S,2] eef_pos[S,3] eef_quat[S,4] (x, y, z, w)
   instruction (str), task_name (str), suite (str)
@@ -44,7 +45,7 @@ import time
 import numpy as np
 
 PLACEMENT_SEED_START = 1_000_000
-STEP_KEYS = ('episode', 'state', 'action', 'joint_pos', 'gripper_qpos', 'eef_pos', 'eef_quat')
+STEP_KEYS = ('episode', 'qpos', 'action', 'joint_pos', 'gripper_qpos', 'eef_pos', 'eef_quat')
 EPISODE_KEYS = ('ep_seed', 'ep_success', 'ep_steps')
 
 
@@ -83,7 +84,7 @@ def record_episode(world, task: int, seed: int, evaluation: np.ndarray
     while not episode.done:
         obs = episode.obs
         action = episode.expert_action()
-        steps['state'].append(np.asarray(episode.env.get_sim_state(), np.float64))
+        steps['qpos'].append(np.asarray(episode.env.sim.data.qpos, np.float32))
         steps['action'].append(np.asarray(action, np.float32))
         steps['joint_pos'].append(obs['robot0_joint_pos'])
         steps['gripper_qpos'].append(obs['robot0_gripper_qpos'])
@@ -127,10 +128,10 @@ def generate(suite: str, tasks: list[int] | None, per_task: int, out: Path, log=
     world.close()
 
 
-def render_states(world, task: int, states: np.ndarray):
-    """Yield the policy frame of each recorded state, as the episode's camera showed it."""
-    for state in states:
-        yield world.render_state(task, state)
+def render_states(world, task: int, qpos: np.ndarray):
+    """Yield the policy frame of each recorded step, as the episode's camera showed it."""
+    for q in qpos:
+        yield world.render_state(task, q)
 
 
 def main(argv: list[str] | None = None) -> None:
