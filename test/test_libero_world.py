@@ -14,8 +14,8 @@
 
 """LIBERO as a world (the LIBERO tier): its episodes under OpenVLA's protocol, and the bench."""
 
-import importlib.util
 from importlib.metadata import entry_points
+import importlib.util
 import json
 
 import numpy as np
@@ -43,7 +43,7 @@ def test_episodes_come_task_by_task_over_the_fixed_initial_states(world):
     assert world.n_tasks == 10 and len(specs) == 30
     assert [(s.task, s.seed) for s in specs[:4]] == [(0, 5), (0, 6), (0, 7), (1, 5)]
     assert world.init_states(0).shape[0] == 50
-    with pytest.raises(ValueError, match='initial states 0..49'):
+    with pytest.raises(ValueError, match=r'initial states 0\.\.49'):
         world.open(world.specs(1, 50)[0])
 
 

@@ -25,7 +25,8 @@ when it holds `per_task` successes. Rerunning the command continues where it sto
 Like the mock world's dataset, frames are not stored: a step's simulator state redraws its
 camera (`render_states`), which keeps a suite's steps in a few MB that can be committed. The
 redraw is the state's own kinematics, one 2 ms physics substep after those the live camera
-drew (MuJoCo renders the kinematics a step starts from): moving edges shift by about a pixel. Arrays of `<suite>/task<k>.npz` (E episodes, S steps, D = the sim state's size):
+drew (MuJoCo renders the kinematics a step starts from): moving edges shift by about a pixel.
+Arrays of `<suite>/task<k>.npz` (E episodes, S steps, Q = the scene's qpos size):
 
   ep_seed[E] ep_success[E] ep_steps[E]      (placement seed, success, steps it took)
   episode[S] qpos[S,Q] (float32: the scene's joint positions before the step, all a redraw
