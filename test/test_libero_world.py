@@ -127,3 +127,56 @@ def test_every_entry_point_imports_beside_the_extra():
         importlib.import_module('torchvision')
     import cv2
     assert hasattr(cv2, 'imdecode')  # one cv2 (headless), not overwritten by opencv-python
+
+
+def _forward_kinematics(urdf: str, positions: dict[str, float], tip: str) -> np.ndarray:
+    """Chain the URDF's joint transforms from the root to `tip` (numpy only, no library)."""
+    import xml.etree.ElementTree as ET
+
+    def transform(xyz, angles):
+        r, p, y = angles
+        rx = np.array([[1, 0, 0], [0, np.cos(r), -np.sin(r)], [0, np.sin(r), np.cos(r)]])
+        ry = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])
+        rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
+        t = np.eye(4)
+        t[:3, :3], t[:3, 3] = rz @ ry @ rx, xyz
+        return t
+
+    joints = {j.find('child').get('link'): j for j in ET.fromstring(urdf).iter('joint')}
+    chain, link = [], tip
+    while link in joints:
+        chain.append(joints[link])
+        link = joints[link].find('parent').get('link')
+    pose = np.eye(4)
+    for joint in reversed(chain):
+        origin = joint.find('origin')
+        pose = pose @ transform([float(v) for v in origin.get('xyz').split()],
+                                [float(v) for v in origin.get('rpy').split()])
+        if joint.get('type') == 'revolute':
+            axis = np.array([float(v) for v in joint.find('axis').get('xyz').split()])
+            angle = positions[joint.get('name')]
+            k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            spin = np.eye(4)
+            spin[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+            pose = pose @ spin
+    return pose
+
+
+def test_the_robot_description_is_the_simulated_arm(world):
+    urdf = world.robot_description()
+    assert urdf.count('type="revolute"') == 7 and urdf.count('type="prismatic"') == 2
+    assert 'name="panda_grip_site"' in urdf and 'name="panda_joint4"' in urdf
+    episode = world.open(world.specs(1, 0, [0])[0], render=False)
+    sim = episode.env.sim
+    rng = np.random.default_rng(0)
+    base = sim.data.body_xpos[sim.model.body_name2id('robot0_base')].copy()
+    for _ in range(5):
+        q = rng.uniform(-1.0, 1.0, 7) + np.array([0, 0, 0, -1.5, 0, 1.8, 0])
+        for i, value in enumerate(q, 1):
+            sim.data.qpos[sim.model.get_joint_qpos_addr(f'robot0_joint{i}')] = value
+        sim.forward()
+        site = sim.model.site_name2id('gripper0_grip_site')
+        pose = _forward_kinematics(urdf, {f'panda_joint{i}': v for i, v in enumerate(q, 1)},
+                                   'panda_grip_site')
+        assert np.allclose(pose[:3, 3], sim.data.site_xpos[site] - base, atol=1e-6)
+        assert np.allclose(pose[:3, :3], sim.data.site_xmat[site].reshape(3, 3), atol=1e-6)

@@ -54,6 +54,18 @@ INSTALL_HINT = ("LIBERO is an optional extra: `make libero` (or pip install -e '
 CAMERAS = {'agentview': 'agentview_image', 'wrist': 'robot0_eye_in_hand_image'}
 PANDA_JOINTS = tuple(f'panda_joint{i}' for i in range(1, 8))
 PANDA_FINGERS = ('panda_finger_joint1', 'panda_finger_joint2')
+ROBOT_ROOT = 'robot0_base'
+TOOL_FRAME = 'panda_grip_site'  # the site OSC_POSE moves (robosuite's gripper0_grip_site)
+
+
+def _urdf_name(mujoco_name: str) -> str:
+    """Name robosuite's robot0_* / gripper0_* bodies, joints and sites panda_*."""
+    for prefix in ('robot0_', 'gripper0_'):
+        if mujoco_name.startswith(prefix):
+            return 'panda_' + mujoco_name.removeprefix(prefix)
+    return mujoco_name
+
+
 # OSC_POSE's default output limits: a command of 1 moves 0.05 m or 0.5 rad in one step.
 LIBERO_COMMAND = CommandUnits(motion_scale=(0.05,) * 3 + (0.5,) * 3, gripper_open_is_one=True)
 
@@ -161,6 +173,13 @@ class LiberoWorld:
         env.seed(seed)
         env.reset()
         return np.asarray(env.get_sim_state(), dtype=np.float64)
+
+    def robot_description(self) -> str:
+        """Return the simulated Panda's URDF (kinematics, limits, tool frames; `sim/urdf.py`)."""
+        from .urdf import panda_limits, urdf_from_mujoco
+        env = next(iter(self._envs.values()), None) or self._env(0, render=False)
+        return urdf_from_mujoco(env.sim.model._model, ROBOT_ROOT, _urdf_name, 'panda',
+                                panda_limits)
 
     def render_state(self, task: int, qpos: np.ndarray) -> np.ndarray:
         """Return the policy frame of `task`'s scene at joint positions `qpos` (a dataset's)."""
