@@ -91,6 +91,7 @@ setup(
             'flashvla-demo = flashvla_ros.ros.demo:main',
             'policy_node = flashvla_ros.ros.policy_node:main',
             'mock_world = flashvla_ros.ros.mock_world_node:main',
+            'libero_world = flashvla_ros.ros.world_node:main',
             'flashvla-bag = flashvla_ros.ros.bag:main',
             'flashvla-dataset = flashvla_ros.train.dataset:main',
             'flashvla-libero-data = flashvla_ros.train.libero_data:main',

@@ -13,15 +13,19 @@
 # limitations under the License.
 
 """
-Launch the VLA policy node, and optionally the mock world, with one YAML parameter file.
+Launch the VLA policy node, and optionally a world node, with one YAML parameter file.
 
     ros2 launch flashvla_ros policy.launch.py model:=/path/to/openvla-7b device:=cuda \
-        dtype:=bfloat16 quantize:=int4 use_mock_world:=false
+        dtype:=bfloat16 quantize:=int4 world:=none
     ros2 launch flashvla_ros policy.launch.py robots:=[r1,r2]   # one model, two robots
+    ros2 launch flashvla_ros policy.launch.py world:=libero suite:=libero_object \
+        model:=/path/to/openvla-7b-finetuned-libero-object
 
-Launch arguments left empty keep the YAML file's value. With `robots`, one policy node serves
-every robot under its namespace, and `use_mock_world` starts one mock world per robot there
-(each its own process and seed).
+Launch arguments left empty keep the YAML file's value. `world`: mock (the Gazebo-free
+tabletop), libero (LIBERO's `suite`; config/libero.yaml unless `config:=` names another file)
+or none; `use_mock_world:=false` is the older spelling of world:=none. With `robots`, one
+policy node serves every robot under its namespace, and one world per robot runs there (each
+its own process and seed).
 """
 
 from launch import LaunchDescription
@@ -33,40 +37,62 @@ import yaml
 
 ARGUMENTS = {
     'model': ('', 'Checkpoint directory (Hugging Face OpenVLA layout); empty: YAML value.'),
-    'config': (PathJoinSubstitution([FindPackageShare('flashvla_ros'), 'config', 'policy.yaml']),
-               'Parameter file for policy_node.'),
+    'config': ('', 'Parameter file for policy_node; empty: config/policy.yaml, with '
+                   'world:=libero config/libero.yaml.'),
     'device': ('', 'cpu, cuda or cuda:N; empty: YAML value.'),
     'dtype': ('', 'float32, bfloat16 or float16; empty: YAML value.'),
     'quantize': ('', 'none, int8 or int4 (weight-only, needs torchao); empty: YAML value.'),
     'namespace': ('', 'Namespace of both nodes.'),
     'robots': ('', 'Robot namespaces served by one model, e.g. [r1,r2]; empty: YAML value.'),
-    'use_mock_world': ('true', 'Also start the Gazebo-free mock world and close the loop.'),
+    'world': ('mock', 'World node closing the loop: mock, libero or none.'),
+    'suite': ('libero_object', 'world:=libero: the LIBERO suite.'),
+    'render': ('openvla', "world:=libero: openvla (LIBERO's render) or fast."),
+    'lockstep': ('auto', 'world:=libero: the world publishes /clock, one control period per '
+                         'step, and the policy node runs on it (use_sim_time); auto: with one '
+                         'robot (worlds of several robots would each publish a /clock).'),
+    'use_mock_world': ('true', 'Deprecated: false is world:=none.'),
     'use_sim_time': ('false', 'Use /clock time.'),
 }
+# Each world's node, and the policy's parameter file when `config` is empty.
+WORLDS = {'mock': 'mock_world', 'libero': 'libero_world'}
+CONFIGS = {'mock': ('config', 'policy.yaml'), 'libero': ('config', 'libero.yaml')}
 
 
 def nodes(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
+    world = arg('world')
+    if world not in (*WORLDS, 'none'):
+        raise ValueError(f'world:={world}: choose mock, libero or none')
+    if arg('use_mock_world').lower() != 'true' and world == 'mock':
+        world = 'none'
+    config = arg('config') or PathJoinSubstitution(
+        [FindPackageShare('flashvla_ros'), *CONFIGS.get(world, CONFIGS['mock'])]).perform(context)
     sim_time = arg('use_sim_time').lower() == 'true'
-    overrides = {'use_sim_time': sim_time}
+    robots = robot_names(arg('robots'), config)
+    lockstep = world == 'libero' and (arg('lockstep').lower() == 'true' or (
+        arg('lockstep').lower() == 'auto' and len(robots) <= 1))
+    overrides = {'use_sim_time': sim_time or lockstep}
     overrides.update({k: arg(k) for k in ('model', 'device', 'dtype', 'quantize')
                       if arg(k)})
-    robots = robot_names(arg('robots'), arg('config'))
     if arg('robots'):
         overrides['robots'] = robots
     namespace = arg('namespace')
     actions = [Node(package='flashvla_ros', executable='policy_node', name='policy_node',
                     namespace=namespace, output='screen',
-                    parameters=[arg('config'), overrides])]
-    if arg('use_mock_world').lower() == 'true':
-        for i, robot in enumerate(robots or ['']):
-            actions.append(Node(
-                package='flashvla_ros', executable='mock_world', name='mock_world',
-                namespace='/'.join(filter(None, [namespace, robot])), output='screen',
-                parameters=[{'use_sim_time': sim_time, 'seed': 1000 * i}],
-                remappings=[('commands', 'policy_node/commands')]))
+                    parameters=[config, overrides])]
+    if world == 'none':
+        return actions
+    params = {'suite': arg('suite'), 'render': arg('render'), 'lockstep': lockstep} \
+        if world == 'libero' else {}
+    for i, robot in enumerate(robots or ['']):
+        seed = {} if world == 'libero' else {'seed': 1000 * i}  # LIBERO: OpenVLA's env seed
+        actions.append(Node(
+            package='flashvla_ros', executable=WORLDS[world], name=WORLDS[world],
+            namespace='/'.join(filter(None, [namespace, robot])), output='screen',
+            parameters=[{'use_sim_time': sim_time and not lockstep, **seed, **params}],
+            remappings=[('commands', 'policy_node/commands')]))
     return actions
 
 

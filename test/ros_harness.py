@@ -63,7 +63,8 @@ class Processes:
 
     def died(self) -> bool:
         """Whether a node (not a tool like the bag player) has exited."""
-        return any(p.poll() is not None and p.args[0].endswith(('policy_node', 'mock_world'))
+        nodes = ('policy_node', 'mock_world', 'libero_world')
+        return any(p.poll() is not None and p.args[0].endswith(nodes)
                    for p, _ in self.procs if p.returncode is None or p.returncode != -2)
 
     def logs(self) -> str:

@@ -47,12 +47,23 @@ def console_scripts() -> set[str]:
     return set(re.findall(r"'([\w-]+) = flashvla_ros\.[\w.]+:main'", SETUP))
 
 
+def constant(tree: ast.AST, name: str):
+    assign = next(n for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], 'id', '') == name)
+    return assign.value
+
+
 def test_launch_nodes_exist_in_this_package():
     tree = ast.parse(LAUNCH.read_text())
     nodes = calls(tree, 'Node')
-    assert {kwarg(n, 'executable') for n in nodes} == {'policy_node', 'mock_world'}
+    # The world node's executable is looked up by `world` (mock, libero) in WORLDS.
+    worlds = ast.literal_eval(constant(tree, 'WORLDS'))
+    assert worlds == {'mock': 'mock_world', 'libero': 'libero_world'}
+    executables = {kwarg(n, 'executable') for n in nodes}
+    assert {e for e in executables if isinstance(e, str)} == {'policy_node'}
+    assert {ast.unparse(e) for e in executables if not isinstance(e, str)} == {'WORLDS[world]'}
     assert {kwarg(n, 'package') for n in nodes} == {'flashvla_ros'}
-    assert {kwarg(n, 'executable') for n in nodes} <= console_scripts()
+    assert {'policy_node', *worlds.values()} <= console_scripts()
     assert 'flashvla_ros' in (ROOT / 'package.xml').read_text()
     assert (ROOT / 'resource' / 'flashvla_ros').is_file()
 
@@ -63,7 +74,7 @@ def test_launch_arguments_are_the_documented_ones():
                   and getattr(n.targets[0], 'id', '') == 'ARGUMENTS')
     names = {ast.literal_eval(k) for k in assign.value.keys}
     assert names == {'model', 'config', 'device', 'dtype', 'quantize', 'namespace', 'robots',
-                     'use_mock_world', 'use_sim_time'}
+                     'world', 'suite', 'render', 'use_mock_world', 'use_sim_time'}
     reference = (ROOT / 'docs' / 'PARAMETERS.md').read_text()
     for name in names:
         assert f'`{name}`' in reference, f'launch argument {name} is not in docs/PARAMETERS.md'
@@ -71,8 +82,11 @@ def test_launch_arguments_are_the_documented_ones():
 
 def test_parameter_file_is_installed_and_named_right():
     text = LAUNCH.read_text()
-    assert "'config', 'policy.yaml'" in text
-    assert (ROOT / 'config' / 'policy.yaml').is_file()
+    assert "'config', 'policy.yaml'" in text and "'config', 'libero.yaml'" in text
+    configs = ast.literal_eval(constant(ast.parse(text), 'CONFIGS'))
+    assert set(configs) == set(ast.literal_eval(constant(ast.parse(text), 'WORLDS')))
+    for parts in configs.values():
+        assert ROOT.joinpath(*parts).is_file()
     assert "glob('launch/*.launch.py')" in SETUP and "glob('config/*.yaml')" in SETUP
     assert '$base/lib/flashvla_ros' in (ROOT / 'setup.cfg').read_text()
 
@@ -100,3 +114,13 @@ def test_every_parameter_is_documented():
     text = (docs / 'PARAMETERS.md').read_text() + (docs / 'ACCELERATORS.md').read_text()
     for p in PARAMS:
         assert f'`{p.name}`' in text, f'parameter {p.name} is not documented'
+
+
+def test_libero_yaml_names_declared_parameters_with_comments():
+    lines = (ROOT / 'config' / 'libero.yaml').read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r'    (\w+):( |$)', line)
+        if m:
+            assert lines[i - 1].strip().startswith('#'), f'{m.group(1)} has no comment'
+    config = load_yaml(ROOT / 'config' / 'libero.yaml')  # refuses an unknown parameter
+    assert config.control_rate_hz == 20.0 and config.action_scale[0] == 0.05

@@ -22,7 +22,8 @@ are compared with the node's stamps. An arrival is when the subscriber's middlew
 the message (its `received_timestamp`), not when this process's Python callback ran: a probe
 that listens to several robots handles their messages one after another, and must not count
 its own queueing as the node's lateness (about 0.6 ms per message here). Where rclpy gives no
-message info (Humble), the callback's time stands in.
+message info (Humble), or where the nodes run on simulated time (`use_sim_time`: a world in
+lockstep), the node clock's time in the callback stands in.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class CommandProbe:
     def __init__(self, node: Node, policy: str = '/policy_node') -> None:
         self.node = node
         self.records: list[CommandRecord] = []
+        # The middleware's receive time is the wall clock's: no match for simulated stamps.
+        info = MESSAGE_INFO and not node.get_parameter('use_sim_time').value
         self.subscription = node.create_subscription(
             TimeReference, f'{policy}/command_timing',
-            self._on_timing_info if MESSAGE_INFO else self._on_timing, TIMING_QOS)
+            self._on_timing_info if info else self._on_timing, TIMING_QOS)
 
     def _on_timing_info(self, msg: TimeReference, info) -> None:
         self._on_timing(msg, info['received_timestamp'])

@@ -15,10 +15,12 @@
 """
 flashvla-demo: the closed loop on this machine, with a live status line and a summary.
 
-Starts the mock world and the policy node as real ROS 2 processes, watches `/diagnostics`
-and the episode results, and stops after `--episodes` episodes or `--duration` seconds.
-`--view` shows the mock world's camera (`/image_raw`) in a window, `--record FILE` writes it
-to an .mp4 or .gif, both with the instruction, the episode and the successes under the image.
+Starts a world (the mock tabletop, or LIBERO with `--world libero [--suite libero_object]`:
+libero_world and the policy node with config/libero.yaml) and the policy node as real ROS 2
+processes, watches `/diagnostics` and the episode results, and stops after `--episodes`
+episodes or `--duration` seconds. `--view` shows the world's camera (`/image_raw`) in a
+window, `--record FILE` writes it to an .mp4 or .gif, both with the instruction, the episode
+and the successes under the image.
 `--robots N`: N mock worlds (namespaces r1..rN, each its own process and seeds) against one
 policy node that serves them all with one model, batching their inferences; the summary has
 each robot's episodes and timing, and the batches (the view shows r1's camera).
@@ -36,6 +38,7 @@ import time
 
 from .processes import (
     DiagnosticsWatch,
+    config_file,
     resolve_model,
     robot_names,
     ros_env,
@@ -44,7 +47,7 @@ from .processes import (
     stop_processes,
 )
 
-CAMERA_HZ = 30.0  # the mock world's camera, as the timing targets assume (docs/TIMING.md)
+CAMERA_HZ = 30.0  # the world's camera, as the timing targets assume (docs/TIMING.md)
 RECORD_FPS = 20.0  # a recording keeps wall-clock time at this rate
 LOG_STATUS_S = 10.0  # not a terminal (a log, CI): the status line this often, or on change
 
@@ -107,10 +110,19 @@ class FrameSink:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', help='checkpoint directory (default: the embedded model)')
+    parser.add_argument('--world', choices=('mock', 'libero'), default='mock',
+                        help='the world: the mock tabletop, or LIBERO (the libero extra; the '
+                             'policy node gets config/libero.yaml)')
+    parser.add_argument('--suite', default='libero_object', help='--world libero: the suite')
+    parser.add_argument('--render', choices=('openvla', 'fast'), default='openvla',
+                        help="--world libero: LIBERO's render, or a cheaper one")
     parser.add_argument('--episodes', type=int, default=3, help='stop after this many')
-    parser.add_argument('--duration', type=float, default=60.0, help='stop after seconds')
-    parser.add_argument('--seed', type=int, default=0, help='first mock-world episode seed')
-    parser.add_argument('--max-steps', type=int, default=80, help='commands per episode')
+    parser.add_argument('--duration', type=float, default=None,
+                        help='stop after seconds (default: 60, LIBERO 900)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help="first mock-world episode seed (LIBERO: the environment's seed)")
+    parser.add_argument('--max-steps', type=int, default=None,
+                        help="commands per episode (default: 80, LIBERO the suite's)")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--robots', type=int, default=0, metavar='N',
                         help='N mock robots against one policy node (0: one robot, no '
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.record and not args.record.lower().endswith(('.mp4', '.gif')):
         parser.error('--record writes an .mp4 or a .gif')
+    libero = args.world == 'libero'
+    if args.duration is None:
+        args.duration = 900.0 if libero else 60.0  # LIBERO: slow steps, episodes of 100s
     try:
         model = resolve_model(args.model)
     except FileNotFoundError as exc:
@@ -143,12 +158,28 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     robots = robot_names(args.robots)
     names = robots or ['']
-    procs = [start_world(robot, args.seed + 1000 * i, logs, '-p', f'max_steps:={args.max_steps}',
-                         '-p', f'camera_rate_hz:={CAMERA_HZ}')
+    world_args = ['-p', f'camera_rate_hz:={CAMERA_HZ}']
+    if args.max_steps is not None or not libero:
+        world_args += ['-p', f'max_steps:={80 if args.max_steps is None else args.max_steps}']
+    # LIBERO steps slower than real time on a CPU: one world runs in lockstep (it publishes
+    # /clock, the policy node follows it); several keep real time (one /clock each would clash).
+    lockstep = libero and not robots
+    if libero:
+        world_args += ['-p', f'suite:={args.suite}', '-p', f'render:={args.render}',
+                       '-p', f'lockstep:={str(lockstep).lower()}']
+    # LIBERO: every robot on OpenVLA's environment seed; the mock: seeds apart.
+    procs = [start_world(robot, args.seed + (0 if libero else 1000 * i), logs, *world_args,
+                         world=args.world)
              for i, robot in enumerate(names)]
-    procs.append(start_policy(model, logs, robots, f'device:={args.device}', *args.param))
+    sim_time = ['use_sim_time:=true'] if lockstep else []
+    procs.append(start_policy(model, logs, robots, f'device:={args.device}', *sim_time,
+                              *args.param,
+                              params_file=config_file('libero.yaml') if libero else None))
     rclpy.init()
-    node = rclpy.create_node('flashvla_demo_monitor')
+    # In lockstep the commands' stamps are simulated time: the monitor reads the same clock.
+    from rclpy.parameter import Parameter
+    node = rclpy.create_node('flashvla_demo_monitor', parameter_overrides=[
+        Parameter('use_sim_time', Parameter.Type.BOOL, lockstep)])
     diagnostics = DiagnosticsWatch(node)
     # The commands' timing, seen from outside the node, per robot.
     probes = {r: CommandProbe(node, f'/{r}/policy_node' if r else '/policy_node')
@@ -162,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             result_times.append(time.monotonic())
 
     for robot in names:
-        node.create_subscription(String, f'/{robot}/mock_world/episode_result' if robot
-                                 else '/mock_world/episode_result',
+        node.create_subscription(String, f'/{robot}/{args.world}_world/episode_result'
+                                 if robot else f'/{args.world}_world/episode_result',
                                  lambda msg, robot=robot: on_result(msg, robot), 10)
     if sink is not None:
         from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -183,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
         node.create_subscription(Image, f'{prefix}/image_raw', on_image,
                                  qos_profile_sensor_data)
-    print(f'closed loop: {len(names)} mock world(s) + one policy node ({model}); '
+    print(f'closed loop: {len(names)} {args.world} world(s) + one policy node ({model}); '
           f'logs in {logs}/')
     start = time.monotonic()
     show = StatusPrinter(sys.stdout.isatty())
@@ -213,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         summarize_robots(results, status, robot_status, probes)
     else:
         summarize(results[''], status, probes[''])
+    if lockstep and len(result_times) > 1:  # from the first episode's end: no start-up
+        steps = sum(r['steps'] for r in results[''][1:])
+        wall = result_times[-1] - result_times[0]
+        print(f'lockstep: the loop ran on {args.world}_world\'s /clock, so the timing above '
+              f'is in simulated time; {steps} world steps took {wall:.0f} s of wall clock '
+              f'({steps / wall:.1f} steps/s, episode starts included)')
     return 0
 
 

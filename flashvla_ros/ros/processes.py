@@ -70,6 +70,15 @@ def tool(name: str) -> str:
     return path
 
 
+def config_file(name: str) -> Path:
+    """Return a parameter file of config/: the source tree's, else the installed share's."""
+    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / 'share' / 'flashvla_ros'):
+        path = root / 'config' / name
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f'config/{name} is neither in the source tree nor installed')
+
+
 def resolve_model(model: str | None) -> str:
     """Return the absolute checkpoint directory of `model` (default: the embedded model)."""
     from ..policy.presets import model_path  # deferred: it imports torch
@@ -90,13 +99,19 @@ def robot_names(count: int) -> list[str]:
 
 
 def start_world(robot: str, seed: int, logs: Path, *args: str,
-                log_prefix: str = '') -> subprocess.Popen:
-    """Start a mock world in `robot`'s namespace ('' for none), commanded by its policy node."""
+                log_prefix: str = '', world: str = 'mock') -> subprocess.Popen:
+    """
+    Start a world node in `robot`'s namespace ('' for none), commanded by its policy node.
+
+    `world`: mock (`mock_world`, seeded by `seed`) or libero (`libero_world`; `seed` is its
+    environment's seed, OpenVLA's 0).
+    """
+    name = f'{world}_world'
     namespace = ['-r', f'__ns:=/{robot}'] if robot else []
     return subprocess.Popen(
-        [tool('mock_world'), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
+        [tool(name), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
          '-r', 'commands:=policy_node/commands'],
-        stdout=(logs / f'{log_prefix}mock_world{"-" + robot if robot else ""}.log').open('w'),
+        stdout=(logs / f'{log_prefix}{name}{"-" + robot if robot else ""}.log').open('w'),
         stderr=subprocess.STDOUT)
 
 

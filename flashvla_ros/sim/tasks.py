@@ -124,16 +124,20 @@ class MockWorld:
     name = 'mock'
     command = CommandUnits()  # metres per step; gripper 1 closes
 
-    def __init__(self, max_steps: int = 80, families: tuple[str, ...] = FAMILIES) -> None:
+    def __init__(self, max_steps: int = 80, families: tuple[str, ...] = FAMILIES,
+                 image_size: int = 224) -> None:
         self.max_steps = max_steps
         self.families = families
+        self.image_size = image_size
 
     def specs(self, count: int, start: int = 0) -> list[EpisodeSpec]:
         return [EpisodeSpec(self.families[i % len(self.families)], start + i)
                 for i in range(count)]
 
     def open(self, spec: EpisodeSpec, render: bool = True) -> Episode:
-        return Episode(spec.seed, spec.group, max_steps=self.max_steps)
+        """Start `spec`; an empty group is a family drawn from the seed."""
+        return Episode(spec.seed, spec.group or None, max_steps=self.max_steps,
+                       image_size=self.image_size)
 
     def close(self) -> None:
         pass
