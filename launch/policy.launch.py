@@ -47,6 +47,8 @@ ARGUMENTS = {
     'world': ('mock', 'World node closing the loop: mock, libero or none.'),
     'suite': ('libero_object', 'world:=libero: the LIBERO suite.'),
     'render': ('openvla', "world:=libero: openvla (LIBERO's render) or fast."),
+    'center_crop': ('false', "world:=libero: OpenVLA's centre crop of the frame, for "
+                             'checkpoints trained with crops (its LIBERO fine-tunes).'),
     'lockstep': ('auto', 'world:=libero: the world publishes /clock, one control period per '
                          'step, and the policy node runs on it (use_sim_time); auto: with one '
                          'robot (worlds of several robots would each publish a /clock).'),
@@ -84,8 +86,8 @@ def nodes(context):
                     parameters=[config, overrides])]
     if world == 'none':
         return actions
-    params = {'suite': arg('suite'), 'render': arg('render'), 'lockstep': lockstep} \
-        if world == 'libero' else {}
+    params = {'suite': arg('suite'), 'render': arg('render'), 'lockstep': lockstep,
+              'center_crop': arg('center_crop').lower() == 'true'} if world == 'libero' else {}
     for i, robot in enumerate(robots or ['']):
         seed = {} if world == 'libero' else {'seed': 1000 * i}  # LIBERO: OpenVLA's env seed
         actions.append(Node(
