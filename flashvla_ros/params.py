@@ -54,7 +54,10 @@ OUTPUTS = {
     'trajectory': ('joint_trajectory', 'trajectory_msgs/msg/JointTrajectory'),
     'gripper': ('gripper_cmd', 'std_msgs/msg/Float64'),
     'raw': ('raw_action', 'std_msgs/msg/Float64MultiArray'),
+    'joint_positions': ('joint_positions', 'std_msgs/msg/Float64MultiArray'),
 }
+# Outputs of absolute joint positions (the robot model, joint states and IK behind them).
+JOINT_OUTPUTS = ('trajectory', 'joint_positions')
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] = ()
     kind: type | None = None  # the type of an entry whose default is None (unset)
+    size: int | None = ACTION_DIM  # entries of a list of numbers (None: any)
 
 
 def param(default: Any, description: str, **declaration: Any) -> Any:
@@ -152,7 +156,26 @@ class NodeConfig:
         f'{list(OUTPUTS)}.', read_only=True, choices=tuple(OUTPUTS))
     command_frame_id: str = param(
         'base_link', "frame_id of TwistStamped commands (the frame the policy's end-effector "
-        'deltas are expressed in).')
+        'deltas are expressed in); joint outputs: a frame of the robot model.', read_only=True)
+    ee_frame: str = param(
+        '', 'Joint outputs: the tool frame the actions move (a link of the URDF); required by '
+        'the trajectory and joint_positions outputs.', read_only=True)
+    base_frame: str = param(
+        '', "Joint outputs: the arm's fixed base (a link of the URDF, an ancestor of ee_frame); "
+        "empty: the URDF's root link. The joints between it and ee_frame are commanded.",
+        read_only=True)
+    robot_description: str = param(
+        '', 'Joint outputs: the URDF (XML text); empty: from the robot_description topic '
+        '(reliable, transient local, as robot_state_publisher publishes it).', read_only=True)
+    max_joint_state_age_s: float = param(
+        0.5, 'Joint outputs: newest valid joint_states older than this (by arrival): hold and '
+        'stop commanding, s.', low=0.01, high=10.0)
+    gripper_joints: tuple[str, ...] = param(
+        [], 'Joint outputs: gripper joints commanded with the arm, e.g. [panda_finger_joint1]; '
+        'empty: the gripper command only on ~/gripper_cmd.', read_only=True)
+    gripper_joint_positions: tuple[float, ...] = param(
+        [0.0, 1.0], 'Joint outputs: the gripper joints\' position at gripper command 0 and at 1 '
+        '(linear between).', read_only=True, low=-1000.0, high=1000.0, size=2)
     action_scale: tuple[float, ...] = param(
         [1.0] * ACTION_DIM, 'Per-dimension factor applied to the policy action before clamping.',
         low=-100.0, high=100.0)
@@ -167,8 +190,8 @@ class NodeConfig:
         'dropped visual tokens darkened, the commanded motion drawn and reuse or hold marked.',
         read_only=True)
     joint_names: tuple[str, ...] = param(
-        list(ACTION_NAMES), 'Names of the JointTrajectory dimensions (one per action dimension).',
-        read_only=True)
+        list(ACTION_NAMES), 'Unused: ~/joint_trajectory names the joints of the URDF chain '
+        '(ee_frame); kept so that older parameter files still load.', read_only=True)
     chunk_mode: str = param(
         'execute', 'How action chunks become commands: execute (the first chunk_steps actions of '
         'each chunk, one per tick) or ensemble (a prediction every tick, blended with the '
@@ -263,6 +286,10 @@ def check_value(name: str, value: Any) -> str | None:
         return None
     if name == 'robots':
         return check_robots(value)
+    if name == 'gripper_joints':
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value) \
+            and len(set(value)) == len(value)
+        return None if ok else f'gripper_joints must be distinct joint names, not {value!r}'
     # Lists: numbers or strings, one entry per action dimension unless they are choices.
     if not isinstance(value, (list, tuple)):
         return f'{name} must be a list'
@@ -276,8 +303,10 @@ def check_value(name: str, value: Any) -> str | None:
             return None
     elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return f'{name} must be a list of numbers'
-    if len(value) != ACTION_DIM:
+    if spec.size == ACTION_DIM and len(value) != ACTION_DIM:
         return f'{name} needs {ACTION_DIM} entries (one per action dimension), got {len(value)}'
+    if spec.size is not None and len(value) != spec.size:
+        return f'{name} needs {spec.size} entries, got {len(value)}'
     if not isinstance(default[0], str):
         for v in value:
             reason = _check_number(spec, float(v))
@@ -327,6 +356,10 @@ def check_config(values: dict[str, Any]) -> str | None:
         return (f'action_lower/action_upper exclude zero in motion dimensions '
                 f'{[ACTION_NAMES[i] for i in bad]}: a hold (zero motion) must stay inside the '
                 f'limits')
+    joint_outputs = [o for o in values['outputs'] if o in JOINT_OUTPUTS]
+    if joint_outputs and not values['ee_frame']:
+        return (f'outputs {joint_outputs} command joints: set ee_frame, the tool frame the '
+                'actions move (a link of the robot model)')
     if values['instruction']:
         try:
             check_instruction(values['instruction'])

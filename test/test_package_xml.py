@@ -49,6 +49,7 @@ VERIFIED = {
     'ament_flake8': 'humble+jazzy distribution.yaml, repository ament_lint',
     'ament_pep257': 'humble+jazzy distribution.yaml, repository ament_lint',
     'rosbag2_storage_mcap': 'humble+jazzy distribution.yaml, repository rosbag2',
+    'pinocchio': 'humble+jazzy distribution.yaml, repository pinocchio (4.1.0-1)',
     'python3-numpy': 'rosdep/python.yaml: debian/ubuntu apt python3-numpy',
     'python3-opencv': 'rosdep/python.yaml: debian/ubuntu apt python3-opencv',
     'python3-yaml': 'rosdep/python.yaml: debian/ubuntu apt python3-yaml',

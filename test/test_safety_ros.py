@@ -59,7 +59,9 @@ TRAJECTORY = '/policy_node/joint_trajectory'
 TWIST = '/policy_node/delta_twist_cmds'
 TIMING = '/policy_node/command_timing'
 TASK = 'pick up the red block'
-ALL_OUTPUTS = 'outputs:=[twist, array, trajectory, gripper, raw]'
+# Every output; the joint ones from the mock world's gantry, its gripper as a joint.
+ALL_OUTPUTS = ('outputs:=[twist, array, trajectory, joint_positions, gripper, raw]',
+               'ee_frame:=tool', 'gripper_joints:=[gripper]')
 ACTIVATE, DEACTIVATE, ACTIVE_SHUTDOWN = 3, 4, 7  # lifecycle_msgs/Transition ids
 
 
@@ -89,11 +91,13 @@ def wait_for_hold(probe, procs, since: int, what: str) -> None:
 
 def hold_flags(probe) -> list[bool]:
     """
-    Tell which commands were holds, from the trajectory output (an empty trajectory).
+    Tell which commands were holds, from the trajectory output (one point, due now).
 
-    The array cannot tell: the policy itself may command zero motion.
+    The array cannot tell: the policy itself may command zero motion. An action's first point
+    is due one control period on.
     """
-    return [not m.points for _, m in probe.messages[TRAJECTORY]]
+    return [m.points[0].time_from_start.sec == m.points[0].time_from_start.nanosec == 0
+            for _, m in probe.messages[TRAJECTORY]]
 
 
 def node_log(procs: Processes) -> str:
@@ -124,7 +128,7 @@ def test_a_hold_never_changes_the_gripper(probe, procs):
 
     relay_sub = probe.node.create_subscription(Float64MultiArray, COMMANDS, relay, 10)
     start_world(procs, 'task_family:=pick_place', 'seed:=0', commands='/world_commands')
-    procs.start('policy_node', *policy_args(default_model_dir(), ALL_OUTPUTS))
+    procs.start('policy_node', *policy_args(default_model_dir(), *ALL_OUTPUTS))
     wait_active(probe, procs)
     instruction = probe.node.create_publisher(String, '/instruction', 10)
     probe.wait_for(instruction.get_subscription_count, 10, 'the instruction subscription', procs)
@@ -171,7 +175,8 @@ def test_a_hold_never_changes_the_gripper(probe, procs):
     assert all(c[6] >= 0.5 for c, _ in after), after
     assert all(m.data >= 0.5 for t, m in probe.messages[GRIPPER_CMD] if t > grasp['at'])
     trajectories = [m for t, m in probe.messages[TRAJECTORY] if t > grasp['at']]
-    assert all(p.positions[6] >= 0.5 for m in trajectories for p in m.points)
+    assert all(m.joint_names[2] == 'gripper' and p.positions[2] >= 0.5
+               for m in trajectories for p in m.points)
     twists = [m.twist for t, m in probe.messages[TWIST] if t > grasp['at']]
     assert sum(t.linear.x == t.linear.y == t.angular.z == 0.0 for t in twists) >= len(faults)
     # Before any gripper command a hold commands no gripper: NaN, nothing on ~/gripper_cmd.

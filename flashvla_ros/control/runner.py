@@ -122,6 +122,9 @@ class PolicyRunner:
         self._waiting_for: float | None = None  # a tick waiting for its action: its planned
         self.delivered = threading.Event()  # set when a step ends (a waiting tick runs again)
         self.running = False  # served by the worker (between resume and pause)
+        # Another input the commands need (the joint states of joint outputs): why it is not
+        # usable now, or ''. A fault like a stale camera: one hold, then silence.
+        self.input_fault: Callable[[float], str] | None = None
         worker.add(self)
 
     # -- inputs (any thread) -------------------------------------------------------------
@@ -373,6 +376,8 @@ class PolicyRunner:
         camera = self._frames.fault(now, self.settings.max_image_age_s)
         if camera:
             return camera
+        if self.input_fault is not None and (other := self.input_fault(now)):
+            return other
         if not self.worker_alive:
             return self.worker.stuck() or 'inference worker is not running'
         return self._error

@@ -98,6 +98,10 @@ KNOWN_TIMM_TOWERS: dict[str, ViTConfig] = {
 
 SUPPORTED_RESIZE = ('resize-naive',)
 SUPPORTED_PROJECTORS = ('no-align+fused-gelu-mlp', 'fused-gelu-mlp')
+# What an action's motion dimensions are (config.json "action_space"): end-effector deltas
+# (OpenVLA, CogACT, LIBERO's OSC_POSE) or absolute joint positions named by "joint_names".
+EE_DELTA, JOINT_POSITION = 'ee_delta', 'joint_position'
+ACTION_SPACES = (EE_DELTA, JOINT_POSITION)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class OpenVLAConfig:
     # A CogACT-style diffusion action head (None: OpenVLA's action tokens).
     action_model: DiTConfig | None = None
     execution: Execution = Execution()  # the recommended execution (none: the node's defaults)
+    action_space: str = EE_DELTA  # EE_DELTA or JOINT_POSITION
+    # JOINT_POSITION: the joint each leading action dimension commands (the last is the gripper)
+    action_joint_names: tuple[str, ...] = ()
 
     @property
     def image_size(self) -> int:
@@ -218,6 +225,7 @@ class OpenVLAConfig:
         if not 2 <= n_bins <= text.vocab_size:
             raise CheckpointError(f'{source}: "n_action_bins" = {n_bins} is out of range')
         head = raw.get('action_model')
+        space, joint_names = _action_space(raw, source)
         return cls(
             vision=tuple(towers),
             text=text,
@@ -228,6 +236,8 @@ class OpenVLAConfig:
             timm_model_ids=timm_ids,
             action_model=None if head is None else DiTConfig.from_dict(head, source),
             execution=Execution.from_dict(raw.get('execution', {}), source),
+            action_space=space,
+            action_joint_names=joint_names,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,9 +246,12 @@ class OpenVLAConfig:
         text['model_type'] = 'llama'
         head = {} if self.action_model is None else {'action_model': self.action_model.to_dict()}
         execution = self.execution.to_dict()
+        joints = {} if self.action_space == EE_DELTA else {
+            'action_space': self.action_space, 'joint_names': list(self.action_joint_names)}
         return {
             **head,
             **({'execution': execution} if execution else {}),
+            **joints,
             'architectures': ['OpenVLAForActionPrediction' if self.action_model is None
                               else 'CogACT'],
             'model_type': 'openvla',
@@ -260,6 +273,23 @@ class OpenVLAConfig:
             'text_config': text,
             'torch_dtype': 'bfloat16',
         }
+
+
+def _action_space(raw: dict[str, Any], source: str) -> tuple[str, tuple[str, ...]]:
+    """Return the action kind and, for joint positions, the joint of each motion dimension."""
+    space = raw.get('action_space', EE_DELTA)
+    if space not in ACTION_SPACES:
+        raise CheckpointError(f'{source}: "action_space" is {space!r}; supported: '
+                              f'{list(ACTION_SPACES)}')
+    names = raw.get('joint_names', [])
+    if space == EE_DELTA:
+        return space, ()
+    if not isinstance(names, list) or not names \
+            or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(f'{source}: "action_space" joint_position needs "joint_names", '
+                              f'the distinct joints of the leading action dimensions, not '
+                              f'{names!r}')
+    return space, tuple(names)
 
 
 def _vit_from_spec(specs: Any, i: int, source: str) -> ViTConfig:

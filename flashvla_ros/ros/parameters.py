@@ -70,8 +70,9 @@ def declare(node: Any) -> None:
 def read(node: Any) -> dict[str, Any]:
     """Return every parameter's value, arrays as lists."""
     values = {p.name: plain(node.get_parameter(p.name).value) for p in PARAMS}
-    if values['robots'] is None:  # `robots:=[]` leaves it unset
-        values['robots'] = []
+    for name in ('robots', 'gripper_joints'):  # `robots:=[]` leaves it unset
+        if values[name] is None:
+            values[name] = []
     return values
 
 

@@ -46,18 +46,20 @@ from std_srvs.srv import SetBool, Trigger
 
 from ..accel.registry import accelerate, update_options
 from ..control.chunks import MODEL_STEPS
+from ..control.joint_commands import require_pinocchio
 from ..control.runner import PolicyRunner
 from ..control.throttle import ThrottledLog
 from ..control.ticker import FixedRateLoop
 from ..control.worker import InferenceWorker
-from ..params import ACCEL_PARAMS, NodeConfig, build_config
+from ..params import ACCEL_PARAMS, JOINT_OUTPUTS, NodeConfig, build_config
 from ..policy import CheckpointError, InputError, PolicyError, load_policy, set_cpu_threads
 from ..policy.actions import ACTION_DIM, ACTION_NAMES
+from ..policy.config import JOINT_POSITION, OpenVLAConfig
 from ..policy.instruction import check_instruction
 from ..policy.presets import EMBEDDED_MODELS, model_path
 from . import parameters
 from .diagnostics import node_diagnostics
-from .robot_io import RobotIO
+from .robot_io import RobotIO, joint_commander
 from .spin import ExitSignals, make_executor, wait_for_acks
 
 ROBOT_STAGGER_S = 0.002  # several robots: each robot's tick this much after the previous one's
@@ -127,6 +129,13 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f'cannot load the model: {exc}')
             self.stop_reason = f'configure failed: {exc}'
             return TransitionCallbackReturn.FAILURE
+        try:
+            self._check_outputs(plain_policy.cfg)
+        except (PolicyError, ValueError, ImportError) as exc:
+            self.get_logger().error(f'outputs refused: {exc}')
+            self.stop_reason = f'configure failed: {exc}'
+            self.policy = None
+            return TransitionCallbackReturn.FAILURE
         self.model_label = c.model or 'default'
         # One robot is a batch of one: the same worker, runners and robot policies either way.
         self.worker = InferenceWorker(self.policy.predict_batch, c.batch_window_s,
@@ -134,7 +143,9 @@ class PolicyNode(LifecycleNode):
         settings = self._runner_settings()
         for name in c.robots or ('',):
             runner = PolicyRunner(self.policy.for_robot(), settings, self.worker, self.now_s)
-            self.robots.append(RobotIO(self, name, runner, c, self._on_instruction))
+            self.robots.append(RobotIO(self, name, runner, c, self._on_instruction,
+                                       self.policy.cfg.action_space,
+                                       self.policy.cfg.action_joint_names))
         self._robot_services = [  # a server's robots: a reset and a lifecycle each
             service for robot in self.robots if robot.name for service in (
                 self.create_service(Trigger, robot.private('reset'),
@@ -154,6 +165,27 @@ class PolicyNode(LifecycleNode):
                                + (f'; robots {list(c.robots)}, batches of up to {c.max_batch} '
                                   f'within {c.batch_window_s:g} s' if c.robots else ''))
         return TransitionCallbackReturn.SUCCESS
+
+    def _check_outputs(self, cfg: OpenVLAConfig) -> None:
+        """
+        Refuse outputs the node cannot make for this model and robot, with the reason.
+
+        A joint-position model has no end-effector displacements to send; joint outputs need
+        Pinocchio and, when it is a parameter, a robot model that loads with the frames asked.
+        """
+        c = self.config
+        if cfg.action_space == JOINT_POSITION:
+            ee = [o for o in c.outputs if o in ('twist', 'array')]
+            if ee:
+                raise CheckpointError(
+                    f'the model outputs joint positions ({list(cfg.action_joint_names)}); '
+                    f'outputs {ee} carry end-effector displacements: choose from '
+                    f'{[*JOINT_OUTPUTS, "gripper", "raw"]}')
+        if not any(o in JOINT_OUTPUTS for o in c.outputs):
+            return
+        require_pinocchio()
+        if c.robot_description:
+            joint_commander(c.robot_description, c, cfg.action_space, cfg.action_joint_names)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # outputs enabled before the first tick

@@ -20,7 +20,9 @@ A server for several robots has one per robot, each under the robot's namespace,
 topics a single-robot node in that namespace would have (`r1/image_raw`,
 `r1/policy_node/commands`, `r1/policy_node/reset`), so a robot's side is the same either way.
 All real-time logic stays in its `PolicyRunner`; this turns messages into calls and results
-into messages.
+into messages. With joint outputs (`trajectory`, `joint_positions`) it also holds the robot's
+model (the URDF from the `robot_description` parameter or topic) and a `JointCommander` that
+turns each tick into joint targets (`control/joint_commands.py`).
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ from sensor_msgs.msg import CompressedImage, Image, JointState, TimeReference
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..control.joint_commands import JointCommander, JointTargets
+from ..control.kinematics import ArmKinematics, KinematicsError
 from ..control.records import Tick
 from ..control.runner import PolicyRunner
 from ..control.throttle import ThrottledLog
-from ..params import OUTPUTS, NodeConfig
+from ..params import JOINT_OUTPUTS, OUTPUTS, NodeConfig
 from ..policy import InputError, StepInfo
 from ..policy.actions import ANGULAR, GRIPPER, LINEAR, XY
+from ..policy.config import EE_DELTA
 from ..viz.debug_view import render_debug
 from .convert import compressed_to_rgb, image_to_rgb, rgb_to_image
 
@@ -56,6 +61,19 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 RELIABLE_CAMERA_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                  durability=QoSDurabilityPolicy.VOLATILE)
+# As robot_state_publisher publishes it: a late subscriber still gets the description.
+DESCRIPTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def joint_commander(urdf: str, config: NodeConfig, action_space: str = EE_DELTA,
+                    action_joints: tuple[str, ...] = ()) -> JointCommander:
+    """Build a robot's joint commander from its URDF; raise KinematicsError with the reason."""
+    kinematics = ArmKinematics.from_urdf(urdf, config.ee_frame, config.base_frame or None,
+                                         command_frame=config.command_frame_id)
+    return JointCommander(kinematics, config.control_period_s, config.max_joint_state_age_s,
+                          action_space, action_joints, config.gripper_joints,
+                          config.gripper_joint_positions)
 
 
 def message_type(name: str) -> type:
@@ -68,7 +86,8 @@ class RobotIO:
     """A robot's subscriptions, lifecycle publishers and runner on the node `node`."""
 
     def __init__(self, node: Any, name: str, runner: PolicyRunner, config: NodeConfig,
-                 on_instruction) -> None:
+                 on_instruction, action_space: str = EE_DELTA,
+                 action_joints: tuple[str, ...] = ()) -> None:
         self.node, self.name, self.runner = node, name, runner
         self.label = name or node.get_name()  # in logs and diagnostics
         self.lock = threading.Lock()  # its ticks and its final hold never interleave
@@ -106,6 +125,20 @@ class RobotIO:
             node.create_subscription(JointState, self.input('joint_states'),
                                      self._on_joint_state, qos_profile_sensor_data)]
         self.config = config
+        # Joint outputs: the robot's model, its joint states, and no command without both.
+        self.joints: JointCommander | None = None
+        self.joint_model_error = ''  # why the robot's model is not loaded ('' once it is)
+        self._urdf = ''
+        self._model = (action_space, action_joints)
+        if any(o in JOINT_OUTPUTS for o in config.outputs):
+            runner.input_fault = self._joint_fault
+            if config.robot_description:
+                self._load_model(config.robot_description)
+            else:
+                topic = self.input('robot_description')
+                self.joint_model_error = f'waiting for the robot model on {topic}'
+                self.subs.append(node.create_subscription(
+                    String, topic, lambda msg: self._load_model(msg.data), DESCRIPTION_QOS))
 
     # -- names -----------------------------------------------------------------------------
 
@@ -152,6 +185,36 @@ class RobotIO:
 
     def _on_joint_state(self, msg: JointState) -> None:
         self.joint_state = msg
+        if self.joints is not None:
+            self.joints.observe(msg.name, msg.position, self.node.now_s())
+
+    def _load_model(self, urdf: str) -> None:
+        """Build the joint commander from a URDF; a model that does not load is a fault."""
+        if urdf == self._urdf:
+            return  # the same description again (a re-publish): keep the joint state
+        self._urdf = urdf
+        try:
+            joints = joint_commander(urdf, self.config, *self._model)
+        except (KinematicsError, ImportError) as exc:
+            self.joints, self.joint_model_error = None, f'robot model refused: {exc}'
+            self.node.get_logger().error(f'{self.where}{self.joint_model_error}')
+            return
+        if self.joint_state is not None:  # the joint state that came before the model
+            msg = self.joint_state
+            joints.observe(msg.name, msg.position, self.node.now_s())
+        self.joints, self.joint_model_error = joints, ''
+        k = joints.kinematics
+        self.node.get_logger().info(
+            f'{self.where}robot model: joints {joints.names} move {k.ee_frame!r} relative to '
+            f'{k.base_frame!r}, commands in {k.command_frame!r}')
+
+    def _joint_fault(self, now: float) -> str:
+        """Say why joint commands cannot be made now ('' when they can): the runner holds."""
+        joints = self.joints
+        if joints is None:
+            return self.joint_model_error
+        joints.max_age_s = self.config.max_joint_state_age_s  # a live change applies here
+        return joints.fault(now)
 
     @property
     def where(self) -> str:
@@ -171,6 +234,8 @@ class RobotIO:
             return
         cmd = tick.command
         period = self.config.control_period_s
+        # Joint targets first: should the IK fail, nothing at all is published for this tick.
+        joints = self._joint_targets(tick)
         if 'twist' in self.pub:
             msg = TwistStamped()
             msg.header.stamp, msg.header.frame_id = stamp, self.config.command_frame_id
@@ -184,8 +249,10 @@ class RobotIO:
             self.pub['gripper'].publish(Float64(data=float(cmd[GRIPPER])))
         if 'raw' in self.pub and tick.raw is not None:
             self.pub['raw'].publish(float_array(tick.raw, 'raw_action'))
-        if 'trajectory' in self.pub:
-            self.pub['trajectory'].publish(self._trajectory(tick, stamp, period))
+        if joints is not None and 'trajectory' in self.pub:
+            self.pub['trajectory'].publish(trajectory(joints, stamp, period))
+        if joints is not None and 'joint_positions' in self.pub:
+            self.pub['joint_positions'].publish(float_array(joints.points[0], 'joint_positions'))
         if 'debug' in self.pub:
             self._publish_debug(tick, stamp)
         self.pub['timing'].publish(command_timing(tick))
@@ -213,18 +280,18 @@ class RobotIO:
                              max_step=float(np.max(np.abs(self.config.action_upper[XY]))))
         self.pub['debug'].publish(rgb_to_image(image, stamp))
 
-    def _trajectory(self, tick: Tick, stamp, period: float) -> JointTrajectory:
-        """Execute the chunk as timed points; a hold is an empty trajectory (stop)."""
-        msg = JointTrajectory()
-        msg.header.stamp = stamp
-        msg.joint_names = list(self.config.joint_names)
-        if tick.kind == 'action':
-            for i, values in enumerate([tick.command, *tick.remaining], start=1):
-                nanos = int(round(i * period * 1e9))
-                msg.points.append(JointTrajectoryPoint(
-                    positions=[float(v) for v in values],
-                    time_from_start=Duration(sec=nanos // 10**9, nanosec=nanos % 10**9)))
-        return msg
+    def _joint_targets(self, tick: Tick) -> JointTargets | None:
+        """
+        Return the tick's joint targets (None without joint outputs or a joint state).
+
+        An action: one point per remaining action of the chunk; a hold: the measured positions.
+        """
+        joints = self.joints
+        if joints is None or tick.command is None:
+            return None
+        if tick.kind == 'hold':
+            return joints.hold(float(tick.command[GRIPPER]))
+        return joints.targets([tick.command, *tick.remaining])
 
     # -- diagnostics -----------------------------------------------------------------------
 
@@ -244,6 +311,15 @@ class RobotIO:
             age = now - (self.joint_state.header.stamp.sec
                          + self.joint_state.header.stamp.nanosec * 1e-9)
             values['joint_state_age_s'] = round(age, 3)
+        if any(o in JOINT_OUTPUTS for o in self.config.outputs):
+            joints = self.joints
+            values['joint_model'] = self.joint_model_error or (
+                f'{joints.kinematics.base_frame} -> {joints.kinematics.ee_frame}: '
+                f'{",".join(joints.names)}')
+            if joints is not None and joints.target_ms:
+                ms = np.array(joints.target_ms)
+                values['joint_targets_p50_ms'] = float(np.percentile(ms, 50))
+                values['joint_targets_max_ms'] = float(ms.max())
         return values, warnings, s['fault']
 
     def status(self, now: float, hardware_id: str, node_state: str,
@@ -273,6 +349,23 @@ class RobotIO:
             status.level, status.message = DiagnosticStatus.OK, 'commanding'
         status.values = key_values(values)
         return status
+
+
+def trajectory(joints: JointTargets, stamp, period: float) -> JointTrajectory:
+    """
+    Return joint targets as a JointTrajectory: point k at k control periods.
+
+    A hold is one point at the measured positions, due now (time_from_start 0): a stop that
+    every controller release honours, never an empty trajectory.
+    """
+    msg = JointTrajectory(joint_names=list(joints.names))
+    msg.header.stamp = stamp
+    for i, values in enumerate(joints.points, start=0 if joints.hold else 1):
+        nanos = int(round(i * period * 1e9))
+        msg.points.append(JointTrajectoryPoint(
+            positions=[float(v) for v in values],
+            time_from_start=Duration(sec=nanos // 10**9, nanosec=nanos % 10**9)))
+    return msg
 
 
 def policy_values(info: StepInfo | None) -> dict[str, Any]:

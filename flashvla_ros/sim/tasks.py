@@ -63,6 +63,36 @@ class Task:
 
 
 GANTRY_JOINTS = ('gantry_x', 'gantry_y', 'gripper')  # the mock robot: an x-y gantry
+# Its URDF: base_link at the table's corner (x right, y up in the image), two prismatic joints
+# over the table (the ee's range: world.step clips it there) carrying the `tool` frame, and the
+# gripper (0 open, 1 closed) on the tool. The velocity limit is above any clamped command.
+GANTRY_URDF = f"""<robot name="mock_gantry">
+  <link name="base_link"/>
+  <link name="x_carriage"/>
+  <link name="y_carriage"/>
+  <link name="tool"/>
+  <link name="finger"/>
+  <joint name="gantry_x" type="prismatic">
+    <parent link="base_link"/><child link="x_carriage"/>
+    <origin xyz="0 0 0" rpy="0 0 0"/><axis xyz="1 0 0"/>
+    <limit lower="0" upper="{TABLE_SIZE}" effort="100" velocity="1.0"/>
+  </joint>
+  <joint name="gantry_y" type="prismatic">
+    <parent link="x_carriage"/><child link="y_carriage"/>
+    <origin xyz="0 0 0" rpy="0 0 0"/><axis xyz="0 1 0"/>
+    <limit lower="0" upper="{TABLE_SIZE}" effort="100" velocity="1.0"/>
+  </joint>
+  <joint name="tool_fixed" type="fixed">
+    <parent link="y_carriage"/><child link="tool"/>
+    <origin xyz="0 0 0" rpy="0 0 0"/>
+  </joint>
+  <joint name="gripper" type="prismatic">
+    <parent link="tool"/><child link="finger"/>
+    <origin xyz="0 0 0" rpy="0 0 0"/><axis xyz="0 0 1"/>
+    <limit lower="0" upper="1" effort="10" velocity="10"/>
+  </joint>
+</robot>
+"""
 
 
 class Episode:
@@ -141,6 +171,10 @@ class MockWorld:
 
     def close(self) -> None:
         pass
+
+    def robot_description(self) -> str:
+        """Return the gantry's URDF: joint_state()'s joints, the ee's range, a `tool` frame."""
+        return GANTRY_URDF
 
 
 def _sample_task(rng: np.random.Generator, family: str, state: WorldState) -> Task | None:
