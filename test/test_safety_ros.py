@@ -353,6 +353,7 @@ def test_compressed_images_are_size_checked_before_decoding(probe, procs, tiny_d
     probe.node.destroy_publisher(camera)
 
 
+@pytest.mark.slow  # 10 s; the default tier's 5 minutes went to the joint outputs' test
 def test_an_instruction_flood_starves_nothing(probe, procs, tiny_dir):
     listen_once(probe, Float64MultiArray, COMMANDS)
     start_world(procs, 'camera_rate_hz:=30.0')
