@@ -212,7 +212,7 @@ def wilson(successes: list[bool]) -> list[float]:
     p, z = float(np.mean(successes)), 1.96
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [centre - half, centre + half]
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def paired_diff(a: list[bool], b: list[bool]) -> dict:
@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.max_steps, args.device, log=print, chunks=chunks,
                            decisions=args.decisions, quantize=args.quantize, dtype=args.dtype,
                            world=world, specs=specs, unnorm_key=unnorm_key)
+        if world is not None:
+            world.close()  # its GL contexts, before the interpreter tears EGL down
         if args.world == 'libero':
             report.update(suite=args.suite, init_states=list(specs_range(args.init_states)),
                           render=args.render, center_crop=args.center_crop)
