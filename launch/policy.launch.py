@@ -20,12 +20,15 @@ Launch the VLA policy node, and optionally a world node, with one YAML parameter
     ros2 launch flashvla_ros policy.launch.py robots:=[r1,r2]   # one model, two robots
     ros2 launch flashvla_ros policy.launch.py world:=libero suite:=libero_object \
         model:=/path/to/openvla-7b-finetuned-libero-object
+    ros2 launch flashvla_ros policy.launch.py world:=libero control:=joint   # joint targets
 
 Launch arguments left empty keep the YAML file's value. `world`: mock (the Gazebo-free
 tabletop), libero (LIBERO's `suite`; config/libero.yaml unless `config:=` names another file)
 or none; `use_mock_world:=false` is the older spelling of world:=none. With `robots`, one
 policy node serves every robot under its namespace, and one world per robot runs there (each
-its own process and seed).
+its own process and seed). `control:=joint` drives the world's robot by the policy node's
+joint outputs (inverse kinematics) instead of its end-effector commands: the world tracks
+`~/joint_trajectory`, and config/joints_<world>.yaml is layered over the parameter file.
 """
 
 from launch import LaunchDescription
@@ -52,6 +55,8 @@ ARGUMENTS = {
     'lockstep': ('auto', 'world:=libero: the world publishes /clock, one control period per '
                          'step, and the policy node runs on it (use_sim_time); auto: with one '
                          'robot (worlds of several robots would each publish a /clock).'),
+    'control': ('ee', "How the world's robot is driven: ee (the end-effector commands) or "
+                      'joint (joint targets by inverse kinematics, config/joints_<world>.yaml).'),
     'use_mock_world': ('true', 'Deprecated: false is world:=none.'),
     'use_sim_time': ('false', 'Use /clock time.'),
 }
@@ -72,6 +77,13 @@ def nodes(context):
     config = arg('config') or PathJoinSubstitution(
         [FindPackageShare('flashvla_ros'), *CONFIGS.get(world, CONFIGS['mock'])]).perform(context)
     sim_time = arg('use_sim_time').lower() == 'true'
+    control = arg('control')
+    if control not in ('ee', 'joint') or (control == 'joint' and world == 'none'):
+        raise ValueError(f'control:={control}: ee, or joint with world:=mock or libero')
+    configs = [config]
+    if control == 'joint':  # the joint path's parameters for this world's robot
+        configs.append(PathJoinSubstitution(
+            [FindPackageShare('flashvla_ros'), 'config', f'joints_{world}.yaml']).perform(context))
     robots = robot_names(arg('robots'), config)
     lockstep = world == 'libero' and (arg('lockstep').lower() == 'true' or (
         arg('lockstep').lower() == 'auto' and len(robots) <= 1))
@@ -83,18 +95,20 @@ def nodes(context):
     namespace = arg('namespace')
     actions = [Node(package='flashvla_ros', executable='policy_node', name='policy_node',
                     namespace=namespace, output='screen',
-                    parameters=[config, overrides])]
+                    parameters=[*configs, overrides])]
     if world == 'none':
         return actions
     params = {'suite': arg('suite'), 'render': arg('render'), 'lockstep': lockstep,
               'center_crop': arg('center_crop').lower() == 'true'} if world == 'libero' else {}
+    params['control'] = control
     for i, robot in enumerate(robots or ['']):
         seed = {} if world == 'libero' else {'seed': 1000 * i}  # LIBERO: OpenVLA's env seed
         actions.append(Node(
             package='flashvla_ros', executable=WORLDS[world], name=WORLDS[world],
             namespace='/'.join(filter(None, [namespace, robot])), output='screen',
             parameters=[{'use_sim_time': sim_time and not lockstep, **seed, **params}],
-            remappings=[('commands', 'policy_node/commands')]))
+            remappings=[('commands', 'policy_node/commands'),
+                        ('joint_trajectory', 'policy_node/joint_trajectory')]))
     return actions
 
 

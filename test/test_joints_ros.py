@@ -19,11 +19,20 @@ The mock world's robot model and joint states in, absolute joint targets out (IK
 the measured positions, stale joint states.
 """
 
+import itertools
 import time
 
 import numpy as np
 import pytest
-from ros_harness import COMMANDS, commands, is_hold, listen_once, policy_args, wait_active
+from ros_harness import (
+    COMMANDS,
+    ROOT,
+    commands,
+    is_hold,
+    listen_once,
+    policy_args,
+    wait_active,
+)
 
 rclpy = pytest.importorskip('rclpy', reason='real rclpy (pip wheels) is part of make test')
 pytest.importorskip('pinocchio')
@@ -34,6 +43,8 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from flashvla_ros.sim.world import MAX_STEP  # noqa: E402
 
 TRAJECTORY = '/policy_node/joint_trajectory'
 POSITIONS = '/policy_node/joint_positions'
@@ -117,3 +128,36 @@ def test_joint_outputs_ik_holds_and_stale_joint_states(probe, procs, tiny_dir):
     assert is_hold(commands(probe)[-1][1])
     probe.node.destroy_subscription(sub)
     probe.node.destroy_publisher(pub)
+
+
+def test_the_world_steps_on_the_joint_targets(probe, procs, tiny_dir):
+    # The joint path drives the world (`control:=joint`, config/joints_mock.yaml): each
+    # trajectory's first point is where the world's gantry goes.
+    listen_once(probe, JointTrajectory, TRAJECTORY)
+    listen_once(probe, JointState, '/joint_states', qos_profile_sensor_data)
+    procs.start('mock_world', '--ros-args', '-p', 'seed:=3', '-p', 'max_steps:=400',
+                '-p', 'control:=joint', '-r', f'joint_trajectory:={TRAJECTORY}')
+    procs.start('policy_node', *policy_args(tiny_dir, 'accel:=[none]'),
+                '--params-file', str(ROOT / 'config' / 'joints_mock.yaml'))
+    wait_active(probe, procs)
+    since = len(probe.messages['/joint_states'])
+    probe.wait_for(lambda: len(probe.messages[TRAJECTORY]) > 12, 30, 'joint trajectories',
+                   procs)
+    probe.spin(0.3)  # the world's state after the last step
+    targets = [m for _, m in probe.messages[TRAJECTORY]
+               if m.points[0].time_from_start.nanosec]
+    assert all(list(m.joint_names) == [*CHAIN, 'gripper'] for m in targets), targets[0]
+    states = np.array([m.position[:3] for _, m in probe.messages['/joint_states'][since:]])
+    # Each move of the gantry is a step towards one of the targets it was sent, as its
+    # controller makes it (at most MAX_STEP a step), gripper included (closed from 0.5).
+    goals = np.array([[*m.points[0].positions[:2], float(m.points[0].positions[2] >= 0.5)]
+                      for m in targets])
+    changes = [(a, b) for a, b in itertools.pairwise(states) if (a != b).any()]
+    assert len(changes) > 5, states
+
+    def stepped_to(a, b):
+        reach = a[:2] + np.clip(goals[:, :2] - a[:2], -MAX_STEP, MAX_STEP)
+        return bool((np.isclose(reach, b[:2], atol=1e-9).all(axis=1)
+                     & (goals[:, 2] == b[2])).any())
+    explained = [stepped_to(a, b) for a, b in changes]
+    assert sum(explained) >= len(explained) - 1, explained  # the episode may reset once

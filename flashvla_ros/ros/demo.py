@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--suite', default='libero_object', help='--world libero: the suite')
     parser.add_argument('--render', choices=('openvla', 'fast'), default='openvla',
                         help="--world libero: LIBERO's render, or a cheaper one")
+    parser.add_argument('--control', choices=('ee', 'joint'), default='ee',
+                        help="drive the world's robot by the end-effector commands, or by "
+                             'joint targets from the inverse kinematics '
+                             '(config/joints_<world>.yaml)')
     parser.add_argument('--episodes', type=int, default=3, help='stop after this many')
     parser.add_argument('--duration', type=float, default=None,
                         help='stop after seconds (default: 60, LIBERO 900)')
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     robots = robot_names(args.robots)
     names = robots or ['']
-    world_args = ['-p', f'camera_rate_hz:={CAMERA_HZ}']
+    world_args = ['-p', f'camera_rate_hz:={CAMERA_HZ}', '-p', f'control:={args.control}']
     if args.max_steps is not None or not libero:
         world_args += ['-p', f'max_steps:={80 if args.max_steps is None else args.max_steps}']
     # LIBERO steps slower than real time on a CPU: one world runs in lockstep (it publishes
@@ -174,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     sim_time = ['use_sim_time:=true'] if lockstep else []
     procs.append(start_policy(model, logs, robots, f'device:={args.device}', *sim_time,
                               *args.param,
-                              params_file=config_file('libero.yaml') if libero else None))
+                              params_file=config_file('libero.yaml') if libero else None,
+                              more_params_files=(config_file(f'joints_{args.world}.yaml'),)
+                              if args.control == 'joint' else ()))
     rclpy.init()
     # In lockstep the commands' stamps are simulated time: the monitor reads the same clock.
     from rclpy.parameter import Parameter

@@ -110,16 +110,23 @@ def start_world(robot: str, seed: int, logs: Path, *args: str,
     namespace = ['-r', f'__ns:=/{robot}'] if robot else []
     return subprocess.Popen(
         [tool(name), '--ros-args', *namespace, '-p', f'seed:={seed}', *args,
-         '-r', 'commands:=policy_node/commands'],
+         '-r', 'commands:=policy_node/commands',
+         '-r', 'joint_trajectory:=policy_node/joint_trajectory'],
         stdout=(logs / f'{log_prefix}{name}{"-" + robot if robot else ""}.log').open('w'),
         stderr=subprocess.STDOUT)
 
 
 def start_policy(model: str, logs: Path, robots: list[str], *params: str,
-                 params_file: Path | None = None, log_prefix: str = '') -> subprocess.Popen:
-    """Start the policy node (a parameter file, else its defaults) for `robots` or one robot."""
+                 params_file: Path | None = None, log_prefix: str = '',
+                 more_params_files: tuple[Path, ...] = ()) -> subprocess.Popen:
+    """
+    Start the policy node (a parameter file, else its defaults) for `robots` or one robot.
+
+    `more_params_files` are layered over `params_file` (a later file's values win).
+    """
     robot_param = ['-p', f'robots:=[{", ".join(robots)}]'] if robots else []
-    file = ['--params-file', str(params_file)] if params_file else []
+    files = [params_file] if params_file else []
+    file = [x for f in (*files, *more_params_files) for x in ('--params-file', str(f))]
     return subprocess.Popen(
         [tool('policy_node'), '--ros-args', *file, '-p', f'model:={model}', *robot_param,
          *[x for p in params for x in ('-p', p)]],

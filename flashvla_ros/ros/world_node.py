@@ -27,6 +27,12 @@ episode ends on success or after `max_steps` commands; the result goes out on
 next episode starts. Open loop (`frames_source` set): frames come from a folder of images or a
 video file.
 
+With `control: joint` the world takes joint position targets instead, as a robot's joint
+controller would: each `joint_trajectory` message (trajectory_msgs/JointTrajectory, the policy
+node's joint output) advances the world one step towards its first point, by joint name
+(`Episode.step_joints`); `commands` is then not subscribed. The policy node's parameters for
+that path are in config/joints_<world>.yaml.
+
 For LIBERO `image_raw` is `episode.observe()`, the frame of OpenVLA's LIBERO evaluation
 (rotated upright, JPEG round trip, lanczos3 to 224 px, optionally its centre crop): a LIBERO
 checkpoint behind the policy node sees exactly what OpenVLA's evaluation feeds it (so the
@@ -61,6 +67,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from ..sim import tasks
 from ..sim.worlds import Episode, EpisodeSpec, World
@@ -73,6 +80,9 @@ DESCRIPTION_QOS = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_L
 SIM_START_S = 1.0  # /clock's first time: a clock that reads 0 means "no time yet" to ROS
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp'}
 WORLDS = ('mock', 'libero')
+CONTROLS = ('ee', 'joint')
+# A joint command: the names and positions of a trajectory's first point.
+JointCommand = tuple[list[str], np.ndarray]
 
 
 class FrameSource:
@@ -158,6 +168,10 @@ class WorldNode(Node):
         self.step_s = param('step_s', 0.05 if world == 'libero' else 0.1,
                             "Simulated time per world step with lockstep, s (the policy node's "
                             'control period).')
+        self.control = param('control', 'ee', "'ee': end-effector commands on `commands`; "
+                             "'joint': joint position targets on `joint_trajectory`.")
+        if self.control not in CONTROLS:
+            raise ValueError(f'control {self.control!r} is not one of {CONTROLS}')
         if rate <= 0:
             raise ValueError('camera_rate_hz must be positive')
         if self.step_s <= 0:
@@ -211,7 +225,7 @@ class WorldNode(Node):
         # GL context MuJoCo renders with (created, used and freed there only).
         self.threaded = world == 'libero' and self.source is None
         self._wake = threading.Condition()
-        self._pending: np.ndarray | None = None  # the newest command not yet stepped
+        self._pending: np.ndarray | JointCommand | None = None  # newest command not stepped
         self._open_requested = False
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -220,7 +234,11 @@ class WorldNode(Node):
                                             daemon=True)
             self._thread.start()
         if self.source is None:
-            self.create_subscription(Float64MultiArray, 'commands', self._on_command, 10)
+            if self.control == 'ee':
+                self.create_subscription(Float64MultiArray, 'commands', self._on_command, 10)
+            else:
+                self.create_subscription(JointTrajectory, 'joint_trajectory',
+                                         self._on_joint_trajectory, 10)
             self.create_service(Trigger, '~/reset', self._on_reset)
             self._start_episode()
         self.create_timer(1.0 / rate, self._publish_frame)
@@ -252,7 +270,7 @@ class WorldNode(Node):
         seed = param('seed', 0, "The environment's seed (OpenVLA's evaluation: 0).")
         # Constructing the world reads the suite; no scene (nor GL context) exists yet.
         world_ = LiberoWorld(suite, render=render, center_crop=center_crop, wrist=self.wrist,
-                             seed=seed)
+                             seed=seed, control=self.control)
         chosen = parse_indices(task_text, 'tasks') or None
         if chosen and max(chosen) >= world_.n_tasks:
             raise ValueError(f'tasks {task_text!r}: {suite} has tasks 0..{world_.n_tasks - 1}')
@@ -321,12 +339,15 @@ class WorldNode(Node):
         joints = episode.joint_state()
         self._joints = joints.names, [float(x) for x in joints.positions]
 
-    def _step(self, values: np.ndarray) -> None:
+    def _step(self, command: np.ndarray | JointCommand) -> None:
         episode = self.episode
         if episode is None or episode.done:
             return  # a command that waited while the episode ended
         try:
-            episode.step(self.world.command.from_metres(values))
+            if isinstance(command, tuple):
+                episode.step_joints(*command)
+            else:
+                episode.step(self.world.command.from_metres(command))
         except ValueError as exc:
             self.rejected_commands += 1
             self.get_logger().warning(f'rejected command: {exc}', throttle_duration_sec=2.0)
@@ -418,16 +439,29 @@ class WorldNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_command(self, msg: Float64MultiArray) -> None:
+        self._take(np.asarray(msg.data, dtype=np.float64))
+
+    def _on_joint_trajectory(self, msg: JointTrajectory) -> None:
+        """Step towards the first point: the target for the next control period (or a hold)."""
+        if not msg.points or len(msg.points[0].positions) != len(msg.joint_names):
+            self.rejected_commands += 1
+            self.get_logger().warning('rejected joint_trajectory: no first point with a '
+                                      'position per joint', throttle_duration_sec=2.0)
+            return
+        self._take((list(msg.joint_names),
+                    np.asarray(msg.points[0].positions, dtype=np.float64)))
+
+    def _take(self, command: np.ndarray | JointCommand) -> None:
+        """Step on `command` now (mock) or hand it to the world thread (the newest wins)."""
         if self.resume_at or not self.accepting:
             return  # between episodes
-        values = np.asarray(msg.data, dtype=np.float64)
         if not self.threaded:
-            self._step(values)
+            self._step(command)
             return
         with self._wake:
             if self._pending is not None:
                 self.skipped_commands += 1
-            self._pending = values
+            self._pending = command
             self._wake.notify()
 
     def _on_reset(self, request, response):

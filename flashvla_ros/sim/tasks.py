@@ -137,6 +137,24 @@ class Episode:
     def step(self, action: np.ndarray) -> None:
         step(self.state, action)
 
+    def step_joints(self, names: list[str], positions: np.ndarray) -> None:
+        """
+        Step towards absolute joint targets (`GANTRY_JOINTS` by name; a joint controller's).
+
+        The gantry moves by the targets' offset from where it is (clipped to one step's
+        reach, as every step); `gripper` closes as a command's does; absent, it stays.
+        """
+        by_name = dict(zip(names, np.asarray(positions, dtype=np.float64), strict=True))
+        unknown = sorted(set(by_name) - set(GANTRY_JOINTS))
+        missing = [n for n in GANTRY_JOINTS[:2] if n not in by_name]
+        if unknown or missing:
+            raise ValueError(f'joint targets: unknown {unknown}, missing {missing}')
+        target = np.array([by_name['gantry_x'], by_name['gantry_y']])
+        if not np.isfinite(target).all():
+            raise ValueError('joint targets must be finite')
+        gripper = by_name.get('gripper', np.nan)  # NaN: as it is
+        step(self.state, np.array([*(target - self.state.ee), 0.0, 0.0, 0.0, 0.0, gripper]))
+
     def success(self) -> bool:
         return is_success(self.task, self.state)
 

@@ -70,6 +70,12 @@ class CommandUnits:
         out[:6] = out[:6] / np.asarray(self.motion_scale)
         return out
 
+    def to_metres(self, command: np.ndarray) -> np.ndarray:
+        """Convert a command in this world's units into metres and radians per step."""
+        out = np.array(command, dtype=np.float64)
+        out[:6] = out[:6] * np.asarray(self.motion_scale)
+        return out
+
 
 class Episode(Protocol):
     spec: EpisodeSpec
