@@ -74,8 +74,8 @@ def test_launch_arguments_are_the_documented_ones():
                   and getattr(n.targets[0], 'id', '') == 'ARGUMENTS')
     names = {ast.literal_eval(k) for k in assign.value.keys}
     assert names == {'model', 'config', 'device', 'dtype', 'quantize', 'namespace', 'robots',
-                     'world', 'suite', 'render', 'center_crop', 'lockstep', 'control', 'use_mock_world',
-                     'use_sim_time'}
+                     'world', 'suite', 'render', 'center_crop', 'lockstep', 'control',
+                     'use_mock_world', 'use_sim_time'}
     reference = (ROOT / 'docs' / 'PARAMETERS.md').read_text()
     for name in names:
         assert f'`{name}`' in reference, f'launch argument {name} is not in docs/PARAMETERS.md'
