@@ -149,3 +149,25 @@ def test_checkpoint_action_space_is_checked(raw, reason):
     assert _action_space({}, 'config.json') == ('ee_delta', ())
     assert _action_space({'action_space': 'joint_position', 'joint_names': ['j1', 'j2']},
                          'config.json') == ('joint_position', ('j1', 'j2'))
+
+
+def test_the_mock_gantry_steps_towards_joint_targets_by_name():
+    from flashvla_ros.sim.world import MAX_STEP
+    from flashvla_ros.sim.worlds import EpisodeSpec
+    episode = MockWorld().open(EpisodeSpec('reach', 5))
+    start = episode.joint_state().positions
+    near = start[:2] + np.array([0.01, -0.005])
+    episode.step_joints(['gantry_y', 'gantry_x'], np.array([near[1], near[0]]))  # any order
+    np.testing.assert_allclose(episode.joint_state().positions, [*near, start[2]])
+    far = near + np.array([0.3, 0.0])  # a controller's reach per step: MAX_STEP
+    episode.step_joints(['gantry_x', 'gantry_y', 'gripper'], np.array([*far, 1.0]))
+    np.testing.assert_allclose(episode.joint_state().positions, [near[0] + MAX_STEP, near[1], 1])
+    episode.step_joints(['gantry_x', 'gantry_y', 'gripper'], np.array([*far, np.nan]))
+    assert episode.joint_state().positions[2] == 1.0  # NaN: the gripper as it is
+    assert episode.steps == 3
+    for names, values, reason in ((['gantry_x'], [0.1], 'missing'),
+                                  (['gantry_x', 'gantry_y', 'z'], [0.1, 0.1, 0], 'unknown'),
+                                  (['gantry_x', 'gantry_y'], [np.inf, 0.1], 'finite')):
+        with pytest.raises(ValueError, match=reason):
+            episode.step_joints(names, np.array(values))
+    assert episode.steps == 3

@@ -180,3 +180,26 @@ def test_the_robot_description_is_the_simulated_arm(world):
                                    'panda_grip_site')
         assert np.allclose(pose[:3, 3], sim.data.site_xpos[site] - base, atol=1e-6)
         assert np.allclose(pose[:3, :3], sim.data.site_xmat[site].reshape(3, 3), atol=1e-6)
+
+
+def test_joint_control_tracks_targets_and_keeps_its_interface_apart(world):
+    joint_world = LiberoWorld('libero_object', control='joint')
+    try:
+        episode = joint_world.open(joint_world.specs(1, 0, [0])[0], render=False)
+        joints = episode.joint_state()
+        names = list(joints.names[:7])
+        target = joints.positions[:7] + np.array([0.05, -0.05, 0, 0.05, 0, 0.05, 0])
+        for _ in range(10):  # a few control periods: the controller settles on the target
+            episode.step_joints([*names, 'panda_finger_joint1'], np.r_[target, 0.0])
+        reached = episode.joint_state().positions
+        assert np.abs(reached[:7] - target).max() < 0.01, reached[:7] - target
+        assert reached[7] < 0.03  # finger target 0: the gripper closed
+        with pytest.raises(ValueError, match='end-effector commands'):
+            episode.step(np.zeros(7))
+        with pytest.raises(ValueError, match='missing'):
+            episode.step_joints(names[:6], target[:6])
+        assert episode.steps == 10
+    finally:
+        joint_world.close()
+    with pytest.raises(ValueError, match='joint targets'):
+        world.open(world.specs(1, 0, [0])[0], render=False).step_joints(names, target)
