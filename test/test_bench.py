@@ -141,3 +141,30 @@ def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
     assert told['configs'][0]['chunk_steps'] == 0 and told['configs'][0]['steps'] == 2
     plain = benchmark(str(path), ['none'], chunks=ChunkExecution(steps=MODEL_STEPS), **quiet)
     assert plain['configs'][0]['chunk_steps'] == 0  # no recommendation: the whole chunk
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
+    import flashvla_ros.bench.run as bench
+    quiet = dict(episodes=3, seed=1_000_000, max_steps=3, log=lambda *a, **k: None)
+    accels = ['none', 'none']
+    whole = benchmark(str(tiny_dir), accels, **quiet)
+    progress = tmp_path / 'progress.pkl'
+    expert = bench.run_expert
+    calls = []
+
+    def dies_on_the_third(world, spec):
+        calls.append(spec)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends mid-run
+        return expert(world, spec)
+    monkeypatch.setattr(bench, 'run_expert', dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark(str(tiny_dir), accels, resume=progress, **quiet)
+    monkeypatch.setattr(bench, 'run_expert', expert)
+    resumed = benchmark(str(tiny_dir), accels, resume=progress, **quiet)
+    for a, b in zip(whole['configs'], resumed['configs'], strict=True):
+        assert a['successes'] == b['successes'] and a['step_digests'] == b['step_digests']
+        assert a['steps'] == b['steps'] and a['flops_per_step'] == b['flops_per_step']
+    assert resumed['expert'] == whole['expert']
+    with pytest.raises(ValueError, match="another run's progress"):
+        benchmark(str(tiny_dir), ['none'], resume=progress, **{**quiet, 'max_steps': 2})

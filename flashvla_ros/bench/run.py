@@ -59,7 +59,9 @@ from dataclasses import dataclass, field
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
+import pickle
 import sys
 import time
 from typing import Any
@@ -110,6 +112,48 @@ class ConfigRun:
     executed: list[int] = field(default_factory=list)  # control steps each inference drove
     quantize: str = 'none'
     full_precision: Any = None  # the same configuration unquantized, if this one is quantized
+
+
+# What a configuration has measured so far: what `--resume` saves after every episode.
+MEASURED = ('successes', 'groups', 'latency', 'flops', 'reused', 'records', 'token_match',
+            'abs_diff', 'digests', 'commands', 'executed')
+
+
+class Progress:
+    """
+    The episodes done so far, saved after each one (`--resume FILE`): a rerun goes on there.
+
+    The file names the run it belongs to (model, configurations, episodes, execution); a
+    different run refuses it rather than mixing two runs' numbers.
+    """
+
+    def __init__(self, path: Path | None, run_key: dict) -> None:
+        self.path, self.key = path, json.dumps(run_key, sort_keys=True, default=str)
+
+    def load(self, runs: list[ConfigRun], expert: list[bool]) -> int:
+        """Restore the measurements into `runs` and `expert`; return the episodes done."""
+        if self.path is None or not self.path.exists():
+            return 0
+        with self.path.open('rb') as f:
+            saved = pickle.load(f)
+        if saved['key'] != self.key:
+            raise ValueError(f'{self.path} holds another run\'s progress ({saved["key"]}); '
+                             'remove it or name another file')
+        for run, measured in zip(runs, saved['runs'], strict=True):
+            for name in MEASURED:
+                setattr(run, name, measured[name])
+        expert[:] = saved['expert']
+        return len(expert)
+
+    def save(self, runs: list[ConfigRun], expert: list[bool]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix('.partial')
+        with partial.open('wb') as f:  # then renamed: a run killed mid-write keeps the last
+            pickle.dump({'key': self.key, 'expert': expert,
+                         'runs': [{n: getattr(r, n) for n in MEASURED} for r in runs]}, f)
+        os.replace(partial, self.path)
 
 
 def read_accel(spec: str) -> tuple[list[str], dict]:
@@ -267,7 +311,7 @@ def benchmark(model: str, accels: list[str], episodes: int = 0, seed: int = HELD
               chunks: ChunkExecution = MODEL_CHUNKS, decisions: Path | None = None,
               quantize: list[str] | None = None, dtype: str = 'float32',
               world: World | None = None, specs: list[EpisodeSpec] | None = None,
-              unnorm_key: str | None = None) -> dict:
+              unnorm_key: str | None = None, resume: Path | None = None) -> dict:
     """
     Run every configuration on the same held-out episodes.
 
@@ -277,7 +321,8 @@ def benchmark(model: str, accels: list[str], episodes: int = 0, seed: int = HELD
     A configuration is `[MODEL@]ACCEL`: MODEL (a path or an embedded name) runs instead of
     `model`, so two models compare side by side, paired on the same seeds. Each of `quantize`
     (default: none) crosses every configuration, in order. `decisions`: write every step's
-    record there, per configuration (bench/replay.py replays them).
+    record there, per configuration (bench/replay.py replays them). `resume`: save the
+    progress there after every episode, and go on from it (`Progress`).
     """
     plain: dict[str, OpenVLAPolicy] = {}
 
@@ -310,12 +355,22 @@ def benchmark(model: str, accels: list[str], episodes: int = 0, seed: int = HELD
         world = MockWorld(max_steps)
         specs = world.specs(episodes, seed)
     specs = list(specs or [])
-    expert = []
+    expert: list[bool] = []
+    progress = Progress(resume, {
+        'model': model, 'configs': [(r.name, r.model) for r in runs], 'world': world.name,
+        'specs': [(s.group, s.task, s.seed) for s in specs], 'max_steps': max_steps,
+        'chunks': [r.chunks for r in runs], 'dtype': dtype, 'unnorm_key': unnorm_key})
+    done = progress.load(runs, expert)
+    if done:
+        log(f'resuming after {done}/{len(specs)} episodes ({resume})', file=sys.stderr)
     start = time.perf_counter()
     for i, spec in enumerate(specs):
+        if i < done:
+            continue
         expert.append(run_expert(world, spec))
         for r in runs:
             run_episode(r, world.open(spec), r.baseline)
+        progress.save(runs, expert)
         if (i + 1) % 10 == 0 or i + 1 == len(specs):
             rates = ' '.join(f'{r.name} {np.mean(r.successes):.1%}' for r in runs)
             log(f'episode {i + 1}/{len(specs)} | {rates} | '
@@ -613,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
                              "each model's config.json recommends, else all)")
     parser.add_argument('--ensemble-horizon', type=int, default=2)
     parser.add_argument('--ensemble-alpha', type=float, default=0.1)
+    parser.add_argument('--resume', type=expand_path, metavar='FILE',
+                        help='save the progress here after every episode, and go on from it '
+                             '(a long LIBERO run over several sessions)')
     parser.add_argument('--json', type=expand_path, help='write the report here')
     parser.add_argument('--plot', type=expand_path,
                         help='write the figure (success with 95%% CIs, FLOPs, latency) here')
@@ -644,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         report = benchmark(model, args.accel or ['none'], args.episodes, args.seed,
                            args.max_steps, args.device, log=print, chunks=chunks,
                            decisions=args.decisions, quantize=args.quantize, dtype=args.dtype,
-                           world=world, specs=specs, unnorm_key=unnorm_key)
+                           world=world, specs=specs, unnorm_key=unnorm_key,
+                           resume=args.resume)
         if world is not None:
             world.close()  # its GL contexts, before the interpreter tears EGL down
         if args.world == 'libero':
