@@ -329,15 +329,16 @@ class ArmKinematics:
         free = np.ones(self.dof, dtype=bool)
         q = q0.copy()
         for it in range(_MAX_ITER):
-            if it:
-                jac = self._kinematics(q, jacobian=True)
+            if it:  # the placements first: most commands converge here, with no Jacobian
+                self._kinematics(q, jacobian=False)
                 ee = self._data.oMf[self._ee_id]
             err = np.concatenate([p_t - ee.translation,
                                   self._pin.log3(r_t @ ee.rotation.T)])
-            done = (np.linalg.norm(err[:3]) < _TOL_POS_M
-                    and np.linalg.norm(err[3:]) < _TOL_ROT_RAD)
+            done = (err[:3] @ err[:3] < _TOL_POS_M ** 2 and err[3:] @ err[3:] < _TOL_ROT_RAD ** 2)
             if done or not free.any():
                 break
+            if it:
+                jac = self._kinematics(q, jacobian=True)
             jf = jac[:, free]
             u, sv, vt = np.linalg.svd(jf, full_matrices=False)
             # Damp only the weak directions, more the weaker they are (none above
