@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 PLACEMENT_SEED_START = 1_000_000
+HOPELESS = 20  # episodes without one success after which a task is given up
 STEP_KEYS = ('episode', 'qpos', 'action', 'joint_pos', 'gripper_qpos', 'eef_pos', 'eef_quat')
 EPISODE_KEYS = ('ep_seed', 'ep_success', 'ep_steps')
 
@@ -108,7 +109,15 @@ def append(data: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str,
     return {k: np.concatenate([data[k], new[k]]) for k in (*STEP_KEYS, *EPISODE_KEYS)}
 
 
-def generate(suite: str, tasks: list[int] | None, per_task: int, out: Path, log=print) -> None:
+def generate(suite: str, tasks: list[int] | None, per_task: int, out: Path, log=print,
+             max_tries: int = 3) -> None:
+    """
+    Record every task until it holds `per_task` successes, or give it up.
+
+    A task is given up after `max_tries * per_task` episodes, or after `HOPELESS` that all
+    failed, so that one the expert rarely solves does not stall the rest (rerun after
+    improving the expert: the file goes on from where it stopped).
+    """
     from ..sim.libero import LiberoWorld
 
     world = LiberoWorld(suite)
@@ -118,6 +127,11 @@ def generate(suite: str, tasks: list[int] | None, per_task: int, out: Path, log=
         evaluation = world.init_states(task)
         start = time.perf_counter()
         while int(data.get('ep_success', np.zeros(0)).sum()) < per_task:
+            tried, ok = len(data.get('ep_seed', ())), int(data.get('ep_success', [0]).sum())
+            if tried >= max_tries * per_task or (tried >= HOPELESS and not ok):
+                log(f'{suite} task {task}: gave up after {tried} episodes, {ok} succeeded',
+                    flush=True)
+                break
             seed = int(data['ep_seed'].max()) + 1 if data else PLACEMENT_SEED_START
             data = append(data, record_episode(world, task, seed, evaluation))
             data.update(instruction=np.array(world.instruction(task)),
@@ -143,9 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--per-task', type=int, default=50,
                         help='successful demonstrations per task')
     parser.add_argument('--out', type=lambda s: Path(s).expanduser(), required=True)
+    parser.add_argument('--max-tries', type=int, default=3,
+                        help='give a task up after this many times per-task episodes')
     args = parser.parse_args(argv)
     tasks = [int(t) for t in args.tasks.split(',') if t.strip()] or None
-    generate(args.suite, tasks, args.per_task, args.out)
+    generate(args.suite, tasks, args.per_task, args.out, max_tries=args.max_tries)
 
 
 if __name__ == '__main__':
