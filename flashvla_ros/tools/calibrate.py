@@ -19,6 +19,8 @@ flashvla-calibrate: measure a model's decoder-layer importances for EfficientVLA
     flashvla-calibrate --model MODEL                       # mock-world episodes (the default)
     flashvla-calibrate --model MODEL --bag BAG --image-topic /image_raw \\
         --instruction-topic /instruction                   # your robot's recordings
+    flashvla-calibrate --model MODEL --libero libero_object,libero_spatial
+                                                           # cached LIBERO demonstration frames
 
 It runs the plain model on the samples and writes the calibration file (default:
 calibration.json beside the weights), which names the weights (sha256), the samples and
@@ -89,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='checkpoint directory, or an embedded model (default, default-dit)')
     parser.add_argument('--out', type=expand_path,
                         help=f'calibration file (default: MODEL/{CALIBRATION_FILE})')
-    parser.add_argument('--episodes', type=int, default=24,
-                        help='mock world: expert episodes (default 24)')
+    parser.add_argument('--episodes', type=int, default=None,
+                        help='mock world: expert episodes (default 24); --libero: episodes '
+                             'per task (default 1)')
     parser.add_argument('--seed', type=int, default=0, help='mock world: first episode seed')
     parser.add_argument('--every', type=int, default=4,
                         help='mock world: one frame every N steps (default 4)')
@@ -101,13 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--instruction', default=None,
                         help='the instruction, when the bag has no instruction topic')
     parser.add_argument('--samples', type=int, default=128, help='bag: frames used')
+    parser.add_argument('--libero', default='', metavar='SUITE[,SUITE]',
+                        help='LIBERO: the frames of these suites\' demonstrations (data/libero, '
+                             'cached in build/libero_frames: flashvla_ros.train.libero_frames), '
+                             '--episodes per task, every --every-th step')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
+    suites = [s for s in args.libero.split(',') if s]
+    if args.episodes is None:
+        args.episodes = 1 if suites else 24
     if min(args.episodes, args.every, args.samples) < 1:
         parser.error('--episodes, --every and --samples must be >= 1')
     try:
-        policy = load_policy(args.model, device=args.device)
-        if args.bag:
+        # A LIBERO model has one statistics key per suite; calibration does not un-normalise.
+        policy = load_policy(args.model, device=args.device,
+                             unnorm_key=suites[0] if suites else None)
+        if suites:
+            from ..train.libero_train import calibration_samples
+            observations = calibration_samples(suites, episodes=args.episodes,
+                                               every=args.every)
+            source = {'source': 'libero', 'suites': suites, 'episodes_per_task': args.episodes,
+                      'every': args.every}
+        elif args.bag:
             observations = bag_samples(args.bag, args.image_topic, args.instruction_topic,
                                        args.instruction, args.samples)
             source = {'source': 'bag', 'bag': str(args.bag), 'image_topic': args.image_topic,

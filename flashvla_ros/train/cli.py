@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     """Train, or only redraw the curves of a saved train_log.json (`--plot-log`)."""
     parser = argparse.ArgumentParser(description=trainer.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=expand_path, help='flashvla-dataset output (required)')
+    parser.add_argument('--data', type=expand_path,
+                        help='flashvla-dataset output, or LIBERO demonstrations (data/libero: '
+                             'flashvla-libero-data output, frames from --libero-frames) '
+                             '(required)')
     parser.add_argument('--out', type=expand_path, help='checkpoint directory (required)')
     parser.add_argument('--plot-log', type=expand_path, metavar='TRAIN_LOG_JSON',
                         help='only re-draw the curves of a saved train_log.json as loss.png '
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--stop-after', type=int, default=None,
                         help='end after this step (a save point), writing the model as it '
                              'stands; running again without it continues the schedule')
+    parser.add_argument('--libero-frames', type=expand_path, default=None,
+                        help='LIBERO data: the frame cache (python -m '
+                             'flashvla_ros.train.libero_frames; default build/libero_frames)')
     for f, default in asdict(trainer.TrainConfig()).items():
         parser.add_argument(f'--{f.replace("_", "-")}', type=type(default), default=default)
     args = parser.parse_args(argv)
@@ -52,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stop_after is not None and (args.stop_after % cfg.save_every
                                         or not 0 < args.stop_after < cfg.steps):
         parser.error('--stop-after must be a multiple of --save-every below --steps')
-    summary = trainer.train(args.data, args.out, cfg, init=args.init, stop_after=args.stop_after)
+    summary = trainer.train(args.data, args.out, cfg, init=args.init, stop_after=args.stop_after,
+                            libero_frames=args.libero_frames)
     if summary is None:
         print(f'stopped after step {args.stop_after} of {cfg.steps} (snapshot and resumable '
               f'state in {args.out})')

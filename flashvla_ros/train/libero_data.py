@@ -127,7 +127,8 @@ def generate(suite: str, tasks: list[int] | None, per_task: int, out: Path, log=
         evaluation = world.init_states(task)
         start = time.perf_counter()
         while int(data.get('ep_success', np.zeros(0)).sum()) < per_task:
-            tried, ok = len(data.get('ep_seed', ())), int(data.get('ep_success', [0]).sum())
+            tried = len(data.get('ep_seed', ()))
+            ok = int(np.sum(data.get('ep_success', 0)))
             if tried >= max_tries * per_task or (tried >= HOPELESS and not ok):
                 log(f'{suite} task {task}: gave up after {tried} episodes, {ok} succeeded',
                     flush=True)

@@ -29,6 +29,10 @@ The recipe (why it learns on 2 CPU cores where plain cross-entropy did not):
   gripper. They are dropped when saving: the checkpoint is plain OpenVLA;
 - position embeddings start as 2-D sin-cos patch coordinates;
 - expert data with noise injection covers states off the expert's path.
+
+`--data data/libero` trains on the scripted expert's LIBERO demonstrations instead, their
+frames read from the cache `libero_frames` draws (`--libero-frames`); the mock world's
+auxiliary losses need its state and are left out there (`libero_train`).
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ def model_config(base_vocab: int, norm_stats: dict, cfg: TrainConfig | None = No
                       max_position_embeddings=512, pad_token_id=base_vocab)
     head = None if cfg.head == 'tokens' else DiTConfig(
         hidden_size=cfg.dit_hidden, depth=cfg.dit_depth, num_heads=cfg.dit_heads,
-        action_dim=len(norm_stats['mock_world']['action']['q01']), token_size=128)
+        action_dim=len(next(iter(norm_stats.values()))['action']['q01']), token_size=128)
     return OpenVLAConfig(vision=(dino, siglip), text=text, norm_stats=norm_stats,
                          timm_model_ids=('flashvla_mock_dinov2_reg4', 'flashvla_mock_siglip'),
                          action_model=head)
@@ -172,6 +176,7 @@ class Batcher:
         return self.prompts[instruction]
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Return the batch of steps `idx`: `assemble`'s, and the mock world's auxiliary labels."""
         d = self.data
         frames, patch_labels, positions, offsets, focus = [], [], [], [], []
         for i in idx:
@@ -192,6 +197,19 @@ class Batcher:
             positions.append(np.concatenate([target - state.ee, zone - state.ee, state.ee])
                              / TABLE_SIZE)
             offsets.append((self.centres - state.ee) / TABLE_SIZE)
+        return {**self.assemble(idx, frames),
+                'patch_labels': torch.from_numpy(np.stack(patch_labels)),
+                'positions': torch.from_numpy(np.stack(positions)).float(),
+                'patch_offsets': torch.from_numpy(np.stack(offsets)).float(),
+                'focus': torch.from_numpy(np.stack(focus)).float()}
+
+    def assemble(self, idx: np.ndarray, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """
+        Return pixels, prompt (+ action) tokens and labels of steps `idx` shown as `frames`.
+
+        What any world's batch holds: `data` needs `action`, `episode` and `ep_instruction`.
+        """
+        d = self.data
         pixels = torch.cat([preprocess(frame, IMAGE_SIZE) for frame in frames])
         instructions = d['ep_instruction'][d['episode'][idx]]
         prompts = [self.prompt_ids(str(s)) for s in instructions]
@@ -211,11 +229,7 @@ class Batcher:
         extra = {'chunks': torch.from_numpy(chunk_targets(d, self.stats, idx, self.chunk)).float()
                  } if self.chunk else {}
         return {**extra, 'pixels': pixels, 'text': torch.from_numpy(text),
-                'first': torch.from_numpy(first), 'actions': torch.from_numpy(actions),
-                'patch_labels': torch.from_numpy(np.stack(patch_labels)),
-                'positions': torch.from_numpy(np.stack(positions)).float(),
-                'patch_offsets': torch.from_numpy(np.stack(offsets)).float(),
-                'focus': torch.from_numpy(np.stack(focus)).float()}
+                'first': torch.from_numpy(first), 'actions': torch.from_numpy(actions)}
 
     grid = IMAGE_SIZE // PATCH
     # Table coordinates of the patch centres, row-major from the image's top-left.
@@ -268,8 +282,11 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     """
     Return the action, vision (+ attention focus) and state losses, and token accuracy.
 
-    The decoder layers in `skip` do not run (LayerDrop).
+    The decoder layers in `skip` do not run (LayerDrop). A batch without the mock world's
+    state labels (LIBERO's) has no vision loss and, as state loss, only the diffusion head's
+    direct regression of the first actions.
     """
+    mock = 'patch_labels' in batch  # the mock world's training-only state labels
     llm = model.language_model
     patches = model.encode_image(batch['pixels'])  # [B, 256, D]
     emb = llm.embed(batch['text'])
@@ -277,7 +294,7 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
     seq = layout.assemble(emb, patches)
     plan = [i for i in range(llm.num_layers) if i not in skip]
     hidden, weights = run_with_attention(llm, seq, layout.positions(seq.device), plan,
-                                         FOCUS_LAYER)
+                                         FOCUS_LAYER if mock else -1)
     focus_loss = seq.new_zeros(()) if weights is None else \
         attention_focus_loss(weights, batch, layout)
     hidden = llm.model.norm(hidden)
@@ -296,11 +313,13 @@ def losses(model: OpenVLA, aux: AuxHeads, batch: dict, codec: ActionCodec, sigma
         target = soft_targets(batch['actions'], codec, logits.shape[-1], sigma)
         action_loss = -(target * F.log_softmax(logits.float(), -1)).sum(-1).mean()
         accuracy = (logits.argmax(-1) == batch['actions']).float().mean()
-    vision_loss = F.binary_cross_entropy_with_logits(aux.patch_objects(patches),
-                                                     batch['patch_labels'])
-    vision_loss = vision_loss + 10 * F.mse_loss(aux.patch_offsets(patches),
-                                                batch['patch_offsets'])
-    state_loss = F.mse_loss(aux.positions(h[:, 0]), batch['positions'])
+    vision_loss = state_loss = seq.new_zeros(())
+    if mock:
+        vision_loss = F.binary_cross_entropy_with_logits(aux.patch_objects(patches),
+                                                         batch['patch_labels'])
+        vision_loss = vision_loss + 10 * F.mse_loss(aux.patch_offsets(patches),
+                                                    batch['patch_offsets'])
+        state_loss = F.mse_loss(aux.positions(h[:, 0]), batch['positions'])
     if 'chunks' in batch:  # what the head needs, said directly to the cognition token
         first = batch['chunks'][:, :AUX_ACTIONS].flatten(1)
         state_loss = state_loss + F.mse_loss(aux.actions(h[:, 0]), first)
@@ -356,25 +375,37 @@ AUX_FILE = 'aux_heads.pt'  # training state beside the checkpoint; never part of
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
-          init: Path | None = None, stop_after: int | None = None) -> dict | None:
+          init: Path | None = None, stop_after: int | None = None,
+          libero_frames: Path | None = None) -> dict | None:
     """
     Train (or continue an interrupted run in `out`) and save the checkpoint there.
 
     `stop_after` ends the run after that step (a multiple of `save_every`) with its state
     saved, as an interruption would, and the model as it stands written; it returns None.
+    `data_dir` is a mock-world dataset, or LIBERO demonstrations whose frames are cached in
+    `libero_frames` (`libero_train`).
     """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     if cfg.chunk_labels not in ('plan', 'next'):
         raise ValueError(f"chunk_labels must be 'plan' or 'next', not {cfg.chunk_labels!r}")
-    data = ds.load(data_dir)
-    norm = json.loads((data_dir / 'norm_stats.json').read_text())
-    tok = build_llama_tokenizer(instruction_corpus(), merges=300)
+    from . import libero_train  # it imports this module: here, not at the top
+
+    libero = None
+    if libero_train.is_libero_data(data_dir):  # LIBERO demonstrations, their cached frames
+        libero = libero_train.load(data_dir, libero_frames or libero_train.FRAMES_DIR, out,
+                                   init, log)
+        data, norm, corpus, key = libero.data, libero.norm_stats, libero.corpus, libero.key
+    else:
+        data = ds.load(data_dir)
+        norm = json.loads((data_dir / 'norm_stats.json').read_text())
+        corpus, key = instruction_corpus(), 'mock_world'
+    tok = build_llama_tokenizer(corpus, merges=300)
     base_vocab = tok.get_vocab_size(with_added_tokens=False)
     config = model_config(base_vocab, norm, cfg)
     codec = ActionCodec(vocab_size=base_vocab, n_bins=config.n_action_bins)
-    _, stats = NormStats.select(norm, 'mock_world')
+    _, stats = NormStats.select(norm, key)
     model = OpenVLA(config)
     init_model(model)
     head = config.action_model
@@ -390,7 +421,12 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
                                    if k.startswith(('vision_backbone.', 'projector.'))},
                                   strict=False)
         if cfg.grow_llm:
-            model.load_state_dict(grown_decoder(expand_path(cfg.grow_llm), cfg.layers),
+            grown = grown_decoder(expand_path(cfg.grow_llm), cfg.layers)
+            own = model.state_dict()
+            other = sorted(k for k, v in grown.items() if own[k].shape != v.shape)
+            if other:  # another tokenizer's vocabulary (LIBERO's): its own embeddings
+                log(f'--grow-llm: kept the new model\'s {", ".join(other)} (other shapes)')
+            model.load_state_dict({k: v for k, v in grown.items() if k not in other},
                                   strict=False)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
                           if cfg.device == 'auto' else cfg.device)
@@ -401,7 +437,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print,
     chunk = config.action_model.chunk if config.action_model is not None else 0
     if cfg.chunk_labels == 'next':
         data = {k: v for k, v in data.items() if k != 'plan'}
-    batcher = Batcher(data, tok, codec, stats, chunk=chunk)
+    batcher = Batcher(data, tok, codec, stats, chunk=chunk) if libero is None else \
+        libero.batcher(tok, codec, stats, chunk)
     history: list[dict] = []
     done, before = 0, 0.0  # steps and seconds of an interrupted run, when resuming
     state_file = out / STATE_FILE
