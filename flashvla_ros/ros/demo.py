@@ -175,8 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     procs = [start_world(robot, args.seed + (0 if libero else 1000 * i), logs, *world_args,
                          world=args.world)
              for i, robot in enumerate(names)]
-    sim_time = ['use_sim_time:=true'] if lockstep else []
-    procs.append(start_policy(model, logs, robots, f'device:={args.device}', *sim_time,
+    policy_params = ['use_sim_time:=true'] if lockstep else []
+    if libero and not any(p.startswith('unnorm_key:=') for p in args.param):
+        # A model with statistics for several suites (the embedded libero one): the suite's,
+        # as the bench picks them.
+        from ..sim.openvla_protocol import unnorm_key
+        keys = list(json.loads((Path(model) / 'config.json').read_text()).get('norm_stats', {}))
+        if len(keys) > 1:
+            policy_params.append(f'unnorm_key:={unnorm_key(args.suite, keys)}')
+    procs.append(start_policy(model, logs, robots, f'device:={args.device}', *policy_params,
                               *args.param,
                               params_file=config_file('libero.yaml') if libero else None,
                               more_params_files=(config_file(f'joints_{args.world}.yaml'),)
