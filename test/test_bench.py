@@ -145,7 +145,7 @@ def test_chunks_drive_several_steps_and_ensembles_blend(tmp_path, tiny_dir):
 
 def test_an_interrupted_run_resumes_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
     import flashvla_ros.bench.run as bench
-    quiet = dict(episodes=3, seed=1_000_000, max_steps=3, log=lambda *a, **k: None)
+    quiet = dict(episodes=2, seed=1_000_000, max_steps=2, log=lambda *a, **k: None)
     accels = ['none', 'none']
     whole = benchmark(str(tiny_dir), accels, **quiet)
     progress = tmp_path / 'progress.pkl'
@@ -167,4 +167,4 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_dir, tmp_path, monkeyp
         assert a['steps'] == b['steps'] and a['flops_per_step'] == b['flops_per_step']
     assert resumed['expert'] == whole['expert']
     with pytest.raises(ValueError, match="another run's progress"):
-        benchmark(str(tiny_dir), ['none'], resume=progress, **{**quiet, 'max_steps': 2})
+        benchmark(str(tiny_dir), ['none'], resume=progress, **{**quiet, 'max_steps': 3})
