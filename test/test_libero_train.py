@@ -29,6 +29,7 @@ from flashvla_ros.sim.openvla_protocol import unnorm_key
 from flashvla_ros.train import libero_frames as lf
 from flashvla_ros.train import libero_train as lt
 from flashvla_ros.train.libero_data import load_task, save_task, task_file
+from flashvla_ros.train.libero_train import random_shift
 from flashvla_ros.train.trainer import (
     AuxHeads,
     TrainConfig,
@@ -143,8 +144,10 @@ def test_a_batch_has_the_frames_labels_and_normalisation(cached, tmp_path):
     batch = batcher(idx)
     assert set(batch) == {'pixels', 'text', 'first', 'actions', 'chunks'}  # no mock labels
     frames = lf.TaskFrames.open(cache, SUITE, TASK)
+    rng = np.random.default_rng(idx)  # the batch's shifts (random_shift), drawn in order
     for b, i in enumerate(idx):
-        assert np.array_equal(batch['pixels'][b:b + 1], preprocess(frames.frame(int(i)), 224))
+        shifted = random_shift(frames.frame(int(i)), rng)
+        assert np.array_equal(batch['pixels'][b:b + 1], preprocess(shifted, 224))
     assert np.array_equal(batch['actions'].numpy(),
                           codec.encode(stats.normalize(demos['action'][idx])))
     labels = stats.normalize(demos['action'].astype(np.float64))
