@@ -52,6 +52,9 @@ for suite in $SUITES; do
     done
     nice -n 19 $BIN/flashvla-libero-data --suite "$suite" --tasks "$(tasks_of "$suite")" \
       --per-task 50 --out "$DATA"
+    while pgrep -f "flashvla_ros.train.libero_frames --suite $suite( |$)" > /dev/null; do
+      echo "$suite: waiting for the running frame cache"; sleep 60
+    done
     nice -n 19 $BIN/python -m flashvla_ros.train.libero_frames --suite "$suite" \
       --data "$DATA" --out "$FRAMES"
   ) > "$OUT/prepare_$suite.log" 2>&1 &
