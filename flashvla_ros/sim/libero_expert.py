@@ -46,14 +46,19 @@ MAX_CMD = 1.0
 HOVER = 0.07  # above the grasp point before descending onto it
 LIFT_CLEAR = 0.04  # the carried object's bottom over whatever it passes
 GRASP_TOL = 0.008  # metres: close the fingers within this of the grasp point
+SQUEEZE_TOL = 0.03  # metres the object may slide from the fingers while they close on it
 PLACE_TOL = 0.01
 FINGER_OPEN = 0.075  # finger gap (m) above which the gripper counts as open
-FINGER_REACH = 0.045  # half the open gap plus a finger's thickness
+FINGER_REACH = 0.053  # the open fingers' outer faces at their tips, from the grip site
+FINGER_UPPER = (0.065, 0.02)  # ... and higher up, where they widen: reach, height over the tips
 NEIGHBOUR = 0.10  # what stands within this of the path sets the travel height
-ANGLES = np.deg2rad(np.arange(0, 360, 45))  # candidate sides of a bowl's rim to grasp
+ANGLES = np.deg2rad(np.arange(0, 360, 45))  # candidate closing directions of a round object
+RIM_ANGLES = np.deg2rad(np.arange(0, 360, 10))  # candidate sides of a bowl's rim to grasp
+TURN_COST = 0.005  # metres of clearance worth one radian less of wrist turn
 HAND_HALF = (0.11, 0.035)  # the hand's half length (along the fingers' closing) and width
 HAND_ABOVE = 0.03  # the hand's underside over the grip site
 CLEAR_ENOUGH = 0.03  # clearance beyond this scores no better
+TIP_MARGIN = 0.01  # the fingertips' clearance below this scores twice
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,31 @@ def goal_of(env: Any) -> tuple[str, str, str]:
     return goals[0][0].lower(), goals[0][1], goals[0][2]
 
 
-def _geom_corners(env: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return the corners (G, 8, 3) of each collision geom's box (world) and its root body."""
+def _geom_corners(env: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Return each collision geom's box: its world corners (G, 8, 3), root body and footprint.
+
+    A footprint row is (centre x, y, axis x, y, half length along it, half width across it,
+    top): the rectangle, aligned with the geom, that bounds its shadow on the table. Unlike
+    the world-aligned box it stays tight around a turned thin wall (a drawer's, a cabinet's).
+    """
     model, data = env.sim.model._model, env.sim.data._data
     geoms = np.flatnonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))
-    local = model.geom_aabb[geoms, None, :3] + _SIGNS * model.geom_aabb[geoms, None, 3:]
-    world = data.geom_xpos[geoms, None] + np.einsum(
-        'gij,gkj->gki', data.geom_xmat[geoms].reshape(-1, 3, 3), local)
-    return world, model.body_rootid[model.geom_bodyid[geoms]]
+    rot = data.geom_xmat[geoms].reshape(-1, 3, 3)
+    half = model.geom_aabb[geoms, 3:]
+    local = model.geom_aabb[geoms, None, :3] + _SIGNS * half[:, None]
+    world = data.geom_xpos[geoms, None] + np.einsum('gij,gkj->gki', rot, local)
+    # the most horizontal of the geom's axes sets the rectangle's directions
+    flat = np.argmin(np.abs(rot[:, 2, :]), axis=1)
+    axis = rot[np.arange(len(geoms)), :2, flat]
+    axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-9)
+    across = np.stack([-axis[:, 1], axis[:, 0]], axis=1)
+    spans = np.abs(np.einsum('gi,gij->gj', axis, rot[:, :2])) * half
+    widths = np.abs(np.einsum('gi,gij->gj', across, rot[:, :2])) * half
+    center = world.mean(1)
+    footprint = np.column_stack([center[:, :2], axis, spans.sum(1), widths.sum(1),
+                                 world[:, :, 2].max(1)])
+    return world, model.body_rootid[model.geom_bodyid[geoms]], footprint
 
 
 _SIGNS = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
@@ -156,29 +178,32 @@ class Grasp:
     yaw: float
 
 
-def _xy_distances(boxes: list[Box], points: list[np.ndarray], above: float) -> np.ndarray:
-    """Return the xy distances from `points` to the boxes whose tops rise above `above`."""
-    tall = [b for b in boxes if b.hi[2] > above]
-    if not tall:
+def _xy_distances(footprints: np.ndarray, points: list[np.ndarray], above: float) -> np.ndarray:
+    """Return the xy distances from `points` to the footprints whose tops rise above `above`."""
+    tall = footprints[footprints[:, 6] > above]
+    if not len(tall):
         return np.full(1, np.inf)
-    lo = np.array([b.lo[:2] for b in tall])[None]
-    hi = np.array([b.hi[:2] for b in tall])[None]
-    p = np.array(points)[:, None, :2]
-    return np.linalg.norm(np.maximum(np.maximum(lo - p, p - hi), 0.0), axis=-1).ravel()
+    d = np.array(points)[:, None, :2] - tall[None, :, :2]
+    along = np.abs(d[..., 0] * tall[:, 2] + d[..., 1] * tall[:, 3]) - tall[:, 4]
+    across = np.abs(d[..., 1] * tall[:, 2] - d[..., 0] * tall[:, 3]) - tall[:, 5]
+    return np.hypot(np.maximum(along, 0.0), np.maximum(across, 0.0)).ravel()
 
 
-def _clearance(point: np.ndarray, closing: np.ndarray, others: list[Box]) -> float:
-    """Return how far (xy, m) the open fingers and the hand above them keep from `others`."""
+def _clearance(point: np.ndarray, closing: np.ndarray, others: np.ndarray
+               ) -> tuple[float, float]:
+    """Return how far (xy, m) the open fingers and the hand keep from `others`; the tips'."""
     across = np.array([-closing[1], closing[0], 0.0])
-    fingers = [point + s * FINGER_REACH * closing for s in (-1, 0, 1)]
+    tips = [point + s * FINGER_REACH * closing for s in (-1, 0, 1)]
+    upper = [point + s * FINGER_UPPER[0] * closing for s in (-1, 1)]
     hand = [point + a * HAND_HALF[0] * closing + b * HAND_HALF[1] * across
             for a in np.linspace(-1, 1, 7) for b in (-1, 0, 1)]
-    return float(min(_xy_distances(others, fingers, point[2] - 0.01).min(),
-                     _xy_distances(others, hand, point[2] + HAND_ABOVE).min(), CLEAR_ENOUGH))
+    tip = min(float(_xy_distances(others, tips, point[2] - 0.01).min()), CLEAR_ENOUGH)
+    return float(min(tip, _xy_distances(others, upper, point[2] + FINGER_UPPER[1]).min(),
+                     _xy_distances(others, hand, point[2] + HAND_ABOVE).min())), tip
 
 
 def _grasp(env: Any, name: str, shape: Box, corners: np.ndarray, eef_yaw: float,
-           others: list[Box]) -> Grasp:
+           others: np.ndarray) -> Grasp:
     """
     Choose the grasp: a bowl by its rim, anything else across its narrow side, from above.
 
@@ -191,7 +216,7 @@ def _grasp(env: Any, name: str, shape: Box, corners: np.ndarray, eef_yaw: float,
     if 'bowl' in name:
         center, radius = shape.center, (shape.hi[0] - shape.lo[0] + shape.hi[1] - shape.lo[1]) / 4
         # further in, the outer finger clears a wall close around the bowl (the drawer's)
-        for a in ANGLES:
+        for a in RIM_ANGLES:
             for inset in (0.008, 0.018, 0.028):
                 point = center + (radius - inset) * np.array([np.cos(a), np.sin(a), 0.0])
                 point[2] = shape.hi[2] - 0.02
@@ -217,7 +242,10 @@ def _grasp(env: Any, name: str, shape: Box, corners: np.ndarray, eef_yaw: float,
     for point, angle, shift in candidates:
         u = np.array([np.cos(angle), np.sin(angle), 0.0])
         # the turn from the arm's home yaw (0), not its current one: the choice stays put
-        score = _clearance(point, u, others) - 0.02 * abs(_yaw_for(angle, 0.0)) - 0.2 * shift
+        clear, tip = _clearance(point, u, others)
+        # a fingertip that lands on a wall stalls the descent: that counts twice
+        score = (clear + min(tip, TIP_MARGIN) - TURN_COST * abs(_yaw_for(angle, 0.0))
+                 - 0.2 * shift)
         if score > best_score:
             best, best_score = Grasp(point, _yaw_for(angle, eef_yaw)), score
     return best
@@ -245,9 +273,10 @@ def expert_action(episode: Any) -> np.ndarray:
     eef_yaw = float(np.arctan2(rot[1, 0], rot[0, 0]))
     gap = float(obs['robot0_gripper_qpos'][0] - obs['robot0_gripper_qpos'][1])
     opening = float(obs['robot0_gripper_qvel'][0]) > 0.005
+    closing = float(obs['robot0_gripper_qvel'][0]) < -0.005
 
     root = _root(env, name)
-    geoms, roots = _geom_corners(env)
+    geoms, roots, footprints = _geom_corners(env)
     corners = geoms[roots == root].reshape(-1, 3)
     shape = _box(corners)
     if predicate == 'in':  # a region (site) of a container: the container is the obstacle
@@ -259,7 +288,8 @@ def expert_action(episode: Any) -> np.ndarray:
     holder_shape = _box(geoms[roots == _root(env, holder)].reshape(-1, 3))
     # every object and fixture but the one carried (not the robot, the table or the floor)
     scene = {_root(env, n) for n in list(env.objects_dict) + list(env.fixtures_dict)} - {root}
-    others = [_box(g) for g in geoms[np.isin(roots, list(scene))]]
+    in_scene = np.isin(roots, list(scene))
+    others = [_box(g) for g in geoms[in_scene]]
     held = bool(env._check_grasp(gripper=env.robots[0].gripper, object_geoms=env.get_object(name)))
     held = held and 0.002 < gap < FINGER_OPEN and not opening
 
@@ -278,7 +308,7 @@ def expert_action(episode: Any) -> np.ndarray:
         gripper = OPEN if placed else CLOSED
         yaw = eef_yaw
     else:
-        grasp = _grasp(env, name, shape, corners, eef_yaw, others)
+        grasp = _grasp(env, name, shape, corners, eef_yaw, footprints[in_scene])
         yaw = grasp.yaw
         near = _top_along(others, eef, grasp.point, NEIGHBOUR)
         hover = grasp.point + np.array([0.0, 0.0, HOVER])
@@ -286,9 +316,11 @@ def expert_action(episode: Any) -> np.ndarray:
         err = grasp.point - eef
         yaw_err = abs((yaw - eef_yaw + np.pi) % (2 * np.pi) - np.pi)
         at_grasp = np.linalg.norm(err[:2]) < GRASP_TOL and abs(err[2]) < GRASP_TOL
-        if at_grasp and not opening and gap > 0.004:
+        # a finger that meets the object first pushes it: keep closing while the fingers move
+        squeezing = closing and np.linalg.norm(err[:2]) < SQUEEZE_TOL and abs(err[2]) < GRASP_TOL
+        if (at_grasp or squeezing) and not opening and gap > 0.004:
             command, gripper = np.zeros(3), CLOSED
-        elif gap < FINGER_OPEN and not at_grasp:  # a missed grasp: open, rise, try again
+        elif gap < FINGER_OPEN and not (at_grasp or squeezing):  # missed: open, rise, retry
             command, gripper = _move(eef, eef + np.array([0.0, 0.0, 0.05]), eef[2], 1.0), OPEN
         elif np.linalg.norm(err[:2]) < 0.01 and yaw_err < 0.1:  # above it, turned: descend
             command, gripper = _move(eef, grasp.point, -np.inf, GRASP_TOL), OPEN
